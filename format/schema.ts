@@ -1,0 +1,219 @@
+// The repository's metadata: types and validation, no I/O. Every metadata file is
+// JSON, signed detached (file.asc) over its exact bytes. Unknown fields are errors.
+import { z } from 'zod';
+import { MetadataError } from './errors.js';
+import { LIMITS, BLOCK_SIZE, zstdCompressBound } from './limits.js';
+
+export const SPEC_VERSION = 1;
+
+const sha256Hex = z.string().regex(/^[0-9a-f]{64}$/, 'expected a lowercase hex sha256 digest');
+const fingerprint = z.string().regex(/^[0-9a-f]{40}([0-9a-f]{24})?$/, 'expected a lowercase hex OpenPGP fingerprint');
+const timestamp = z.iso.datetime({ offset: true });
+const count = z.number().int().nonnegative();
+export const imageName = z.string().regex(/^[a-z0-9][a-z0-9._-]{0,63}$/, 'expected lowercase letters, digits, ".", "_" or "-" (max 64)');
+export const imageVersion = z.string().regex(/^[0-9A-Za-z][0-9A-Za-z.+~_-]{0,63}$/, 'expected a version such as 1.2.3 (letters, digits, . + ~ _ -)');
+export const channelName = z.string().regex(/^[a-z][a-z0-9_-]{0,31}$/, 'expected a channel name such as stable');
+export const arch = z.enum(['amd64', 'arm64', 'i386']);
+
+// ---------- root.json ----------
+
+const role = z.strictObject({
+  keys: z.array(fingerprint).min(1).max(LIMITS.keysPerRoot),
+  threshold: z.number().int().min(1),
+});
+
+export const RootSchema = z
+  .strictObject({
+    type: z.literal('loopship/root'),
+    spec_version: z.literal(SPEC_VERSION),
+    version: z.number().int().min(1),
+    expires: timestamp,
+    keys: z.record(
+      fingerprint,
+      z.strictObject({ name: z.string().max(200), public_key: z.string().max(16 * 1024) }),
+    ),
+    roles: z.strictObject({ root: role, index: role, publisher: role }),
+  })
+  .superRefine((root, ctx) => {
+    if (Object.keys(root.keys).length > LIMITS.keysPerRoot) ctx.addIssue({ code: 'custom', path: ['keys'], message: `more than ${LIMITS.keysPerRoot} keys` });
+    for (const [name, r] of Object.entries(root.roles)) {
+      if (r.threshold > r.keys.length) ctx.addIssue({ code: 'custom', path: ['roles', name, 'threshold'], message: `threshold ${r.threshold} exceeds the role's ${r.keys.length} key(s)` });
+      if (new Set(r.keys).size !== r.keys.length) ctx.addIssue({ code: 'custom', path: ['roles', name, 'keys'], message: 'duplicate key' });
+      for (const k of r.keys) if (!root.keys[k]) ctx.addIssue({ code: 'custom', path: ['roles', name, 'keys'], message: `key ${k} is not listed in keys` });
+    }
+  });
+export type Root = z.infer<typeof RootSchema>;
+export type RoleName = keyof Root['roles'];
+
+// ---------- index.json ----------
+
+const versionEntry = z.strictObject({
+  manifest: sha256Hex,
+  size: count.max(LIMITS.manifestBytes),
+  arch,
+  published: timestamp,
+});
+
+const imageEntry = z
+  .strictObject({
+    versions: z.record(imageVersion, versionEntry),
+    channels: z.record(channelName, imageVersion),
+  })
+  .superRefine((img, ctx) => {
+    if (Object.keys(img.versions).length > LIMITS.versionsPerImage) ctx.addIssue({ code: 'custom', path: ['versions'], message: 'too many versions' });
+    for (const [ch, v] of Object.entries(img.channels)) {
+      if (!img.versions[v]) ctx.addIssue({ code: 'custom', path: ['channels', ch], message: `channel points to unknown version ${v}` });
+    }
+  });
+
+export const IndexSchema = z
+  .strictObject({
+    type: z.literal('loopship/index'),
+    spec_version: z.literal(SPEC_VERSION),
+    version: z.number().int().min(1),
+    expires: timestamp,
+    root_version: z.number().int().min(1),
+    images: z.record(imageName, imageEntry),
+  })
+  .superRefine((idx, ctx) => {
+    if (Object.keys(idx.images).length > LIMITS.imagesPerIndex) ctx.addIssue({ code: 'custom', path: ['images'], message: 'too many images' });
+  });
+export type Index = z.infer<typeof IndexSchema>;
+export type IndexImage = Index['images'][string];
+export type IndexVersion = IndexImage['versions'][string];
+
+// ---------- manifests/<sha256>.json ----------
+
+const chunk = z.strictObject({
+  offset: count,
+  length: z.number().int().min(1).max(LIMITS.chunkLength),
+  sha256: sha256Hex,
+  /** size of the zstd object in chunks/: informational (delta accounting); reads are bounded by length */
+  csize: z.number().int().min(1),
+});
+export type Chunk = z.infer<typeof chunk>;
+
+function blob(maxSize: number, blockAligned: boolean) {
+  return z
+    .strictObject({
+      size: count.max(maxSize),
+      sha256: sha256Hex.optional(),
+      chunks: z.array(chunk).max(LIMITS.chunksPerBlob),
+    })
+    .superRefine((b, ctx) => {
+      let end = 0;
+      b.chunks.forEach((c, i) => {
+        if (c.offset < end) ctx.addIssue({ code: 'custom', path: ['chunks', i, 'offset'], message: `chunk overlaps the previous one (offset ${c.offset} < ${end})` });
+        if (c.offset + c.length > b.size) ctx.addIssue({ code: 'custom', path: ['chunks', i], message: `chunk runs past the end (${c.offset}+${c.length} > ${b.size})` });
+        if (blockAligned && c.offset % BLOCK_SIZE !== 0) ctx.addIssue({ code: 'custom', path: ['chunks', i, 'offset'], message: `offset ${c.offset} is not a multiple of ${BLOCK_SIZE}` });
+        if (c.csize > zstdCompressBound(c.length)) ctx.addIssue({ code: 'custom', path: ['chunks', i, 'csize'], message: `compressed size ${c.csize} exceeds zstd's bound for ${c.length} bytes` });
+        end = c.offset + c.length;
+      });
+    });
+}
+export const ImageBlobSchema = blob(LIMITS.imageSize, true);
+export const FileBlobSchema = blob(LIMITS.kernelSize, false);
+export type Blob = z.infer<typeof ImageBlobSchema>;
+
+export const settingType = z.enum(['string', 'hostname', 'url', 'ip', 'cidr', 'ip-list', 'port', 'boolean', 'ssh-keys', 'users']);
+export type SettingType = z.infer<typeof settingType>;
+
+export const ManifestSchema = z.strictObject({
+  type: z.literal('loopship/manifest'),
+  spec_version: z.literal(SPEC_VERSION),
+  name: imageName,
+  version: imageVersion,
+  arch,
+  build: z.strictObject({
+    recipe_digest: sha256Hex,
+    suite: z.string().max(64),
+    packages: z.array(z.strictObject({ name: z.string().max(200), version: z.string().max(200) })).max(LIMITS.packagesPerManifest),
+    built_at: timestamp,
+    source_date_epoch: count.optional(),
+    builder: z.string().max(200),
+  }),
+  image: ImageBlobSchema.and(z.strictObject({ fs: z.literal('ext4'), uuid: z.uuid().optional() })),
+  kernel: FileBlobSchema,
+  initrd: FileBlobSchema.nullable(),
+  boot: z.strictObject({
+    type: z.enum(['pv', 'pvh']),
+    cmdline: z.string().max(4096),
+    ready_marker: z.string().min(1).max(200),
+  }),
+  xen: z.strictObject({
+    memory: z.number().int().min(32).max(1024 * 1024),
+    vcpus: z.number().int().min(1).max(512),
+    network: z.strictObject({ bridge: z.string().max(64).optional(), nics: z.number().int().min(0).max(8) }),
+  }),
+  settings: z.record(
+    z.string().regex(/^[a-z][a-z0-9_.-]{0,63}$/),
+    z.strictObject({
+      type: settingType,
+      description: z.string().max(500).optional(),
+      default: z.string().max(4096).optional(),
+      required: z.boolean().optional(),
+    }),
+  ),
+});
+export type Manifest = z.infer<typeof ManifestSchema>;
+
+// ---------- parsing with clear errors ----------
+
+export type MetadataKind = 'root' | 'index' | 'manifest';
+const SCHEMAS = { root: RootSchema, index: IndexSchema, manifest: ManifestSchema } as const;
+const MAX_BYTES = { root: LIMITS.rootBytes, index: LIMITS.indexBytes, manifest: LIMITS.manifestBytes } as const;
+type Parsed = { root: Root; index: Index; manifest: Manifest };
+
+/** Formats zod issues as "field.path: message" lines, at most a few of them. */
+export function describeIssues(issues: readonly z.core.$ZodIssue[], max = 5): string {
+  const lines = issues.slice(0, max).map((i) => `${i.path.length ? i.path.join('.') : '(top level)'}: ${i.message}`);
+  if (issues.length > max) lines.push(`... and ${issues.length - max} more`);
+  return lines.join('; ');
+}
+
+/** Parses and validates a metadata file's bytes. `where` names the file for error messages. */
+export function parseMetadata<K extends MetadataKind>(kind: K, bytes: Uint8Array, where: string): Parsed[K] {
+  if (bytes.length > MAX_BYTES[kind]) {
+    throw new MetadataError('METADATA_TOO_LARGE', `${bytes.length} bytes exceeds the ${MAX_BYTES[kind]}-byte limit for ${kind} metadata`, { where });
+  }
+  let value: unknown;
+  try {
+    value = JSON.parse(Buffer.from(bytes).toString('utf8'));
+  } catch (cause) {
+    throw new MetadataError('METADATA_INVALID', `not valid JSON (${(cause as Error).message})`, { where, cause });
+  }
+  const result = SCHEMAS[kind].safeParse(value);
+  if (!result.success) {
+    throw new MetadataError('METADATA_INVALID', `invalid ${kind} metadata: ${describeIssues(result.error.issues)}`, { where });
+  }
+  return result.data as Parsed[K];
+}
+
+/** The canonical bytes we write for a metadata object (stable key order as built, 2-space JSON). */
+export function serialize(value: Root | Index | Manifest): Buffer {
+  return Buffer.from(JSON.stringify(value, null, 2) + '\n', 'utf8');
+}
+
+/** Natural ordering of versions: numeric runs compare as numbers ("1.10" > "1.9"). */
+export function compareVersions(a: string, b: string): number {
+  const pa = a.split(/(\d+)/);
+  const pb = b.split(/(\d+)/);
+  for (let i = 0; i < Math.max(pa.length, pb.length); i++) {
+    const x = pa[i] ?? '';
+    const y = pb[i] ?? '';
+    if (x === y) continue;
+    if (i % 2 === 1) {
+      const d = BigInt(x || '0') - BigInt(y || '0');
+      if (d !== 0n) return d < 0n ? -1 : 1;
+    } else {
+      // "~" sorts before anything, like Debian
+      if (x.startsWith('~') !== y.startsWith('~')) return x.startsWith('~') ? -1 : 1;
+      return x < y ? -1 : 1;
+    }
+  }
+  return 0;
+}
+
+export function latestVersion(image: IndexImage): string | undefined {
+  return Object.keys(image.versions).sort(compareVersions).at(-1);
+}
