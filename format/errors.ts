@@ -28,6 +28,7 @@ export type ErrorCode =
   | 'FETCH_FAILED'
   | 'EXEC_FAILED'
   | 'LOCKED'
+  | 'CONFLICT'
   | 'IO'
   | 'INTERNAL';
 

@@ -1,0 +1,187 @@
+// Where repository files come from: an HTTP(S) base URL or a local directory (a mirror
+// on disk, a USB stick). Every read is bounded by the caller's maxBytes and by time,
+// whatever the server claims, so a hostile server cannot feed us forever.
+import http from 'node:http';
+import https from 'node:https';
+import { createReadStream } from 'node:fs';
+import { open, realpath } from 'node:fs/promises';
+import { join, resolve, sep } from 'node:path';
+import { Readable, Transform } from 'node:stream';
+import { FetchError } from './errors.js';
+
+export interface StreamOptions {
+  start?: number;
+}
+
+export interface Fetcher {
+  readonly source: string;
+  /** A whole (small) file, at most maxBytes. 404 throws FetchError with code NOT_FOUND. */
+  get(path: string, maxBytes: number): Promise<Buffer>;
+  /** A stream of the file from `start`, ending with an error if it runs past maxBytes. */
+  stream(path: string, maxBytes: number, opts?: StreamOptions): Promise<Readable>;
+}
+
+export interface HttpFetcherOptions {
+  /** no byte for this long: give up */
+  idleTimeoutMs?: number;
+  /** whole request deadline = baseTimeoutMs + bytes / minBytesPerSecond */
+  baseTimeoutMs?: number;
+  minBytesPerSecond?: number;
+  maxSockets?: number;
+  headers?: Record<string, string>;
+}
+
+const DEFAULTS: Required<Omit<HttpFetcherOptions, 'headers'>> = {
+  idleTimeoutMs: 30_000,
+  baseTimeoutMs: 60_000,
+  minBytesPerSecond: 32 * 1024,
+  maxSockets: 16,
+};
+
+/** Counts bytes through a stream and fails it once they exceed `max`. */
+function limitStream(max: number, where: string): Transform {
+  let n = 0;
+  return new Transform({
+    transform(chunk: Buffer, _enc, cb) {
+      n += chunk.length;
+      if (n > max) cb(new FetchError(`more than ${max} bytes (the limit for this file)`, { where }));
+      else cb(null, chunk);
+    },
+  });
+}
+
+async function collect(stream: Readable, max: number, where: string): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  let n = 0;
+  for await (const part of stream) {
+    n += (part as Buffer).length;
+    if (n > max) {
+      stream.destroy();
+      throw new FetchError(`more than ${max} bytes (the limit for this file)`, { where });
+    }
+    parts.push(part as Buffer);
+  }
+  return Buffer.concat(parts);
+}
+
+function checkPath(path: string, where: string): void {
+  if (path.startsWith('/') || path.split('/').some((p) => p === '..' || p === '' || p.startsWith('.'))) {
+    throw new FetchError('refusing a path outside the repository tree', { where, code: 'USAGE' });
+  }
+}
+
+export class HttpFetcher implements Fetcher {
+  private readonly base: URL;
+  private readonly opts: Required<Omit<HttpFetcherOptions, 'headers'>> & { headers: Record<string, string> };
+  private readonly agent: http.Agent;
+
+  constructor(readonly source: string, opts: HttpFetcherOptions = {}) {
+    this.base = new URL(source.endsWith('/') ? source : source + '/');
+    this.opts = { ...DEFAULTS, ...opts, headers: opts.headers ?? {} };
+    const Agent = this.base.protocol === 'https:' ? https.Agent : http.Agent;
+    this.agent = new Agent({ keepAlive: true, maxSockets: this.opts.maxSockets });
+  }
+
+  private url(path: string): URL {
+    return new URL(path, this.base);
+  }
+
+  async get(path: string, maxBytes: number): Promise<Buffer> {
+    const where = this.url(path).href;
+    return collect(await this.stream(path, maxBytes), maxBytes, where);
+  }
+
+  stream(path: string, maxBytes: number, opts: StreamOptions = {}): Promise<Readable> {
+    const url = this.url(path);
+    const where = url.href;
+    checkPath(path, where);
+    const lib = url.protocol === 'https:' ? https : http;
+    const deadline = this.opts.baseTimeoutMs + (maxBytes / this.opts.minBytesPerSecond) * 1000;
+    return new Promise((resolvePromise, reject) => {
+      const headers: Record<string, string> = { 'user-agent': 'loopship', ...this.opts.headers };
+      if (opts.start) headers.range = `bytes=${opts.start}-`;
+      const req = lib.get(url, { agent: this.agent, headers });
+      const timer = setTimeout(() => req.destroy(new FetchError(`took longer than ${Math.round(deadline / 1000)} s`, { where })), deadline);
+      timer.unref();
+      req.setTimeout(this.opts.idleTimeoutMs, () => req.destroy(new FetchError(`no data for ${this.opts.idleTimeoutMs / 1000} s`, { where })));
+      req.on('error', (err) => {
+        clearTimeout(timer);
+        reject(err instanceof FetchError ? err : new FetchError(`request failed (${err.message})`, { where, cause: err }));
+      });
+      req.on('response', (res) => {
+        const status = res.statusCode ?? 0;
+        const fail = (msg: string, code?: 'NOT_FOUND') => {
+          clearTimeout(timer);
+          res.resume();
+          reject(new FetchError(msg, { where, status, code }));
+        };
+        // Redirects are not followed: a repository is a plain tree, and a redirect to
+        // another host is exactly what a hijacked mirror would send.
+        if (status >= 300 && status < 400) return fail(`HTTP ${status} redirect to ${res.headers.location ?? '?'} refused`);
+        if (status === 404 || status === 410) return fail(`HTTP ${status}: not found`, 'NOT_FOUND');
+        const wantStatus = opts.start ? 206 : 200;
+        if (status !== wantStatus) return fail(`HTTP ${status} (expected ${wantStatus})`);
+        const declared = Number(res.headers['content-length'] ?? NaN);
+        if (Number.isFinite(declared) && declared > maxBytes) return fail(`Content-Length ${declared} exceeds the ${maxBytes}-byte limit for this file`);
+        const limiter = limitStream(maxBytes, where);
+        res.on('error', (err) => limiter.destroy(err instanceof FetchError ? err : new FetchError(`download failed (${err.message})`, { where, cause: err })));
+        res.on('aborted', () => limiter.destroy(new FetchError('connection closed before the end of the file', { where })));
+        req.on('error', (err) => limiter.destroy(err));
+        limiter.on('close', () => clearTimeout(timer));
+        limiter.on('end', () => clearTimeout(timer));
+        resolvePromise(res.pipe(limiter));
+      });
+    });
+  }
+
+  close(): void {
+    this.agent.destroy();
+  }
+}
+
+export class DirFetcher implements Fetcher {
+  readonly source: string;
+  constructor(dir: string) {
+    this.source = resolve(dir);
+  }
+
+  private async resolvePath(path: string): Promise<string> {
+    const where = join(this.source, path);
+    checkPath(path, where);
+    let real: string;
+    try {
+      real = await realpath(where);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new FetchError('not found', { where, code: 'NOT_FOUND', status: 404 });
+      throw new FetchError(`cannot read (${(err as Error).message})`, { where, cause: err });
+    }
+    const base = await realpath(this.source);
+    if (!real.startsWith(base + sep)) throw new FetchError('symlink leads outside the repository', { where });
+    return real;
+  }
+
+  async get(path: string, maxBytes: number): Promise<Buffer> {
+    const p = await this.resolvePath(path);
+    const fh = await open(p, 'r');
+    try {
+      const size = (await fh.stat()).size;
+      if (size > maxBytes) throw new FetchError(`${size} bytes exceeds the ${maxBytes}-byte limit for this file`, { where: p });
+      return await fh.readFile();
+    } finally {
+      await fh.close();
+    }
+  }
+
+  async stream(path: string, maxBytes: number, opts: StreamOptions = {}): Promise<Readable> {
+    const p = await this.resolvePath(path);
+    return createReadStream(p, { start: opts.start ?? 0 }).pipe(limitStream(maxBytes, p));
+  }
+}
+
+export function createFetcher(source: string, opts: HttpFetcherOptions = {}): Fetcher {
+  if (/^https?:\/\//i.test(source)) return new HttpFetcher(source, opts);
+  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(source)) throw new FetchError('only http://, https:// and local directories are supported', { where: source, code: 'USAGE' });
+  return new DirFetcher(source.replace(/^file:\/\//, ''));
+}
+
+export { Readable };

@@ -1,0 +1,17 @@
+// The repository format's public API: used by builder, repo-server and client-agent.
+export * from './errors.js';
+export { LIMITS, BLOCK_SIZE, zstdCompressBound } from './limits.js';
+export {
+  SPEC_VERSION, RootSchema, IndexSchema, ManifestSchema, parseMetadata, serialize, describeIssues, compareVersions, latestVersion,
+  imageName, imageVersion, channelName, settingType,
+  type Root, type Index, type IndexImage, type IndexVersion, type Manifest, type Chunk, type Blob, type SettingType, type MetadataKind, type RoleName,
+} from './schema.js';
+export * from './paths.js';
+export { sha256Hex, compressChunk, decodeChunk, DEFAULT_ZSTD_LEVEL } from './codec.js';
+export { chunkFile, IMAGE_CHUNKING, FILE_CHUNKING, type ChunkerOptions, type RawChunk } from './chunker.js';
+export { ChunkStore, writeFileAtomic, fsyncDir } from './chunkstore.js';
+export { createPackage, readPackage, writePackageTar, manifestChunks, MANIFEST_ENTRY, SIGNATURE_ENTRY, type CreatePackageOptions, type CreatedPackage, type PackageStats, type ReadPackageResult } from './package.js';
+export { RepositoryWriter, WRITER_DIR, type PublishResult, type RepositoryWriterOptions } from './writer.js';
+export { createFetcher, HttpFetcher, DirFetcher, type Fetcher, type HttpFetcherOptions } from './fetcher.js';
+export { RepoClient, verifyIndex, verifyManifest, checkNotExpired, type RootPin, type UpdateResult, type Resolved } from './client.js';
+export { roleKeys, verifyRole, verifyManifestSignature, verifyRootTransition } from './trust.js';

@@ -1,0 +1,250 @@
+// Package tars: one image version in one file, for publishing and offline import.
+// Entry order is fixed so a reader can verify while streaming: manifest.json,
+// manifest.json.asc, then chunks/<aa>/<sha256> (zstd), each named by the manifest.
+import { createReadStream, createWriteStream } from 'node:fs';
+import { mkdtemp, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, dirname } from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import { Readable } from 'node:stream';
+import tar from 'tar-stream';
+import { signDetached, type PrivateKey } from '../keys/pgp.js';
+import { chunkFile, IMAGE_CHUNKING, FILE_CHUNKING, type ChunkerOptions } from './chunker.js';
+import { compressChunk, decodeChunk, sha256Hex, DEFAULT_ZSTD_LEVEL } from './codec.js';
+import { ChunkStore } from './chunkstore.js';
+import { PackageError, MetadataError, LoopshipError } from './errors.js';
+import { LIMITS, zstdCompressBound } from './limits.js';
+import { chunkPath } from './paths.js';
+import { parseMetadata, serialize, ManifestSchema, describeIssues, type Manifest, type Blob, type Chunk, type Root } from './schema.js';
+import { verifyManifestSignature } from './trust.js';
+
+export const MANIFEST_ENTRY = 'manifest.json';
+export const SIGNATURE_ENTRY = 'manifest.json.asc';
+
+export interface PackageStats {
+  chunks: number;
+  newChunks: number;
+  apparent: number;
+  stored: number;
+  compressed: number;
+  newCompressed: number;
+}
+
+type ManifestInput = Omit<Manifest, 'image' | 'kernel' | 'initrd'> & { image: { fs: 'ext4'; uuid?: string } };
+
+export interface CreatePackageOptions {
+  manifest: ManifestInput;
+  imagePath: string;
+  kernelPath: string;
+  initrdPath: string | null;
+  publisherKey: PrivateKey;
+  /** a tar file; or chunks straight into a repository's chunk store (manifest returned, not indexed) */
+  out: { tarPath: string } | { repoDir: string };
+  zstdLevel?: number;
+  chunking?: ChunkerOptions;
+  onProgress?: (doneBytes: number, totalBytes: number) => void;
+}
+
+export interface CreatedPackage {
+  manifest: Manifest;
+  manifestBytes: Buffer;
+  signature: string;
+  stats: PackageStats;
+}
+
+async function chunkInto(
+  path: string,
+  opts: ChunkerOptions,
+  store: ChunkStore,
+  level: number,
+  stats: PackageStats,
+  seen: Set<string>,
+  progress: (n: number) => void,
+): Promise<Blob> {
+  const size = (await stat(path)).size;
+  const chunks: Chunk[] = [];
+  const whole = opts.skipZeroBlocks ? undefined : await import('node:crypto').then((c) => c.createHash('sha256'));
+  let last = 0;
+  for await (const raw of chunkFile(path, opts)) {
+    const sha = sha256Hex(raw.data);
+    whole?.update(raw.data);
+    const compressed = compressChunk(raw.data, level);
+    const isNew = !seen.has(sha) && (await store.put(sha, compressed, { fsync: false }));
+    seen.add(sha);
+    chunks.push({ offset: raw.offset, length: raw.data.length, sha256: sha, csize: compressed.length });
+    stats.chunks++;
+    stats.stored += raw.data.length;
+    stats.compressed += compressed.length;
+    if (isNew) {
+      stats.newChunks++;
+      stats.newCompressed += compressed.length;
+    }
+    progress(raw.offset + raw.data.length - last);
+    last = raw.offset + raw.data.length;
+  }
+  progress(size - last);
+  stats.apparent += size;
+  return whole ? { size, sha256: whole.digest('hex'), chunks } : { size, chunks };
+}
+
+/** Chunks, compresses, hashes and signs an image with its kernel and initrd. */
+export async function createPackage(opts: CreatePackageOptions): Promise<CreatedPackage> {
+  const level = opts.zstdLevel ?? DEFAULT_ZSTD_LEVEL;
+  const stats: PackageStats = { chunks: 0, newChunks: 0, apparent: 0, stored: 0, compressed: 0, newCompressed: 0 };
+  const staging = 'tarPath' in opts.out ? await mkdtemp(join(dirname(opts.out.tarPath), '.loopship-pkg-')) : undefined;
+  const store = new ChunkStore(staging ?? (opts.out as { repoDir: string }).repoDir);
+  try {
+    const files = [opts.imagePath, opts.kernelPath, ...(opts.initrdPath ? [opts.initrdPath] : [])];
+    const total = (await Promise.all(files.map((f) => stat(f)))).reduce((a, s) => a + s.size, 0);
+    let done = 0;
+    const progress = (n: number) => {
+      done += n;
+      opts.onProgress?.(done, total);
+    };
+    const seen = new Set<string>();
+    const image = await chunkInto(opts.imagePath, opts.chunking ?? IMAGE_CHUNKING, store, level, stats, seen, progress);
+    const kernel = await chunkInto(opts.kernelPath, FILE_CHUNKING, store, level, stats, seen, progress);
+    const initrd = opts.initrdPath ? await chunkInto(opts.initrdPath, FILE_CHUNKING, store, level, stats, seen, progress) : null;
+    const candidate = { ...opts.manifest, image: { ...opts.manifest.image, ...image }, kernel, initrd };
+    // Validate what we are about to sign: a builder bug must not produce a package no client accepts.
+    const checked = ManifestSchema.safeParse(candidate);
+    if (!checked.success) throw new MetadataError('METADATA_INVALID', `manifest would be invalid: ${describeIssues(checked.error.issues)}`, { where: 'manifest' });
+    const manifest = checked.data;
+    const manifestBytes = serialize(manifest);
+    const signature = await signDetached(manifestBytes, [opts.publisherKey]);
+    if (staging && 'tarPath' in opts.out) {
+      await writePackageTar(opts.out.tarPath, manifest, manifestBytes, signature, store);
+    }
+    return { manifest, manifestBytes, signature, stats };
+  } finally {
+    if (staging) await rm(staging, { recursive: true, force: true });
+  }
+}
+
+/** Every distinct chunk a manifest names, in order of first appearance. */
+export function manifestChunks(manifest: Manifest): Chunk[] {
+  const seen = new Set<string>();
+  const out: Chunk[] = [];
+  for (const blob of [manifest.image, manifest.kernel, manifest.initrd]) {
+    for (const c of blob?.chunks ?? []) {
+      if (!seen.has(c.sha256)) {
+        seen.add(c.sha256);
+        out.push(c);
+      }
+    }
+  }
+  return out;
+}
+
+/** Streams a package tar from a chunk store (no whole-file buffering). */
+export async function writePackageTar(tarPath: string, manifest: Manifest, manifestBytes: Buffer, signature: string, store: ChunkStore): Promise<void> {
+  const pack = tar.pack();
+  const header = (name: string, size: number) => ({ name, size, mode: 0o644, mtime: new Date(0), uid: 0, gid: 0, uname: 'root', gname: 'root' });
+  const done = pipeline(pack, createWriteStream(tarPath));
+  const put = (name: string, data: Buffer) => new Promise<void>((res, rej) => pack.entry(header(name, data.length), data, (e) => (e ? rej(e) : res())));
+  await put(MANIFEST_ENTRY, manifestBytes);
+  await put(SIGNATURE_ENTRY, Buffer.from(signature));
+  for (const c of manifestChunks(manifest)) {
+    const p = store.pathOf(c.sha256);
+    const size = (await stat(p)).size;
+    await new Promise<void>((res, rej) => {
+      const entry = pack.entry(header(chunkPath(c.sha256), size), (e) => (e ? rej(e) : res()));
+      createReadStream(p).on('error', rej).pipe(entry);
+    });
+  }
+  pack.finalize();
+  await done;
+}
+
+export interface ReadPackageOptions {
+  /** whose publisher keys may sign the manifest */
+  root: Root;
+  /** called with each verified chunk, in tar order */
+  onChunk: (sha256: string, compressed: Buffer) => Promise<void>;
+  /** chunks the package may leave out because the receiver has them already */
+  haveChunk?: (sha256: string) => Promise<boolean>;
+  /** a name for error messages, e.g. the file or "upload" */
+  where?: string;
+}
+
+export interface ReadPackageResult {
+  manifest: Manifest;
+  manifestBytes: Buffer;
+  signature: string;
+  manifestSha256: string;
+}
+
+async function readEntry(stream: AsyncIterable<unknown>, max: number, where: string): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  let n = 0;
+  for await (const part of stream) {
+    n += (part as Buffer).length;
+    if (n > max) throw new PackageError('PACKAGE_INVALID', `entry is larger than ${max} bytes`, { where });
+    parts.push(part as Buffer);
+  }
+  return Buffer.concat(parts);
+}
+
+/**
+ * Reads and verifies a package tar while streaming: the manifest signature is checked
+ * before any chunk is accepted; every chunk must be named by the manifest, bounded,
+ * and hash-correct; links, devices, absolute paths and traversal are refused.
+ */
+export async function readPackage(input: NodeJS.ReadableStream, opts: ReadPackageOptions): Promise<ReadPackageResult> {
+  const where = opts.where ?? 'package';
+  const extract = tar.extract();
+  let manifestBytes: Buffer | undefined;
+  let signature: string | undefined;
+  let manifest: Manifest | undefined;
+  let expected = new Map<string, Chunk>();
+  const received = new Set<string>();
+  const src = input as Readable;
+  src.on('error', (e) => extract.destroy(e));
+  src.pipe(extract);
+  try {
+    let index = 0;
+    for await (const entry of extract) {
+      const h = entry.header;
+      const name = h.name;
+      const at = `${where}: ${name}`;
+      if (h.type !== 'file') throw new PackageError('PACKAGE_INVALID', `entry of type ${h.type} is not allowed (only regular files)`, { where: at });
+      if (name.startsWith('/') || name.split('/').includes('..')) throw new PackageError('PACKAGE_INVALID', 'absolute or parent-relative path', { where: at });
+      if (index === 0) {
+        if (name !== MANIFEST_ENTRY) throw new PackageError('PACKAGE_INVALID', `first entry must be ${MANIFEST_ENTRY}`, { where: at });
+        manifestBytes = await readEntry(entry, LIMITS.manifestBytes, at);
+      } else if (index === 1) {
+        if (name !== SIGNATURE_ENTRY) throw new PackageError('PACKAGE_INVALID', `second entry must be ${SIGNATURE_ENTRY}`, { where: at });
+        signature = (await readEntry(entry, LIMITS.signatureBytes, at)).toString('utf8');
+        await verifyManifestSignature(manifestBytes!, signature, opts.root, `${where}: ${MANIFEST_ENTRY}`);
+        manifest = parseMetadata('manifest', manifestBytes!, `${where}: ${MANIFEST_ENTRY}`);
+        expected = new Map(manifestChunks(manifest).map((c) => [c.sha256, c]));
+      } else {
+        const m = /^chunks\/([0-9a-f]{2})\/(\1[0-9a-f]{62})$/.exec(name);
+        if (!m) throw new PackageError('PACKAGE_INVALID', 'unexpected entry (only chunks/<aa>/<sha256> may follow the manifest)', { where: at });
+        const sha = m[2];
+        const c = expected.get(sha);
+        if (!c) throw new PackageError('PACKAGE_INVALID', 'chunk is not named by the manifest', { where: at });
+        if (received.has(sha)) throw new PackageError('PACKAGE_INVALID', 'duplicate chunk', { where: at });
+        const compressed = await readEntry(entry, zstdCompressBound(c.length), at);
+        decodeChunk(compressed, c, at);
+        received.add(sha);
+        await opts.onChunk(sha, compressed);
+      }
+      index++;
+    }
+    if (!manifest) throw new PackageError('PACKAGE_INVALID', index === 0 ? 'empty or not a tar archive' : 'no signature entry', { where });
+    for (const sha of expected.keys()) {
+      if (!received.has(sha) && !(await opts.haveChunk?.(sha))) {
+        throw new PackageError('PACKAGE_INVALID', `chunk ${sha} named by the manifest is missing`, { where });
+      }
+    }
+    return { manifest, manifestBytes: manifestBytes!, signature: signature!, manifestSha256: sha256Hex(manifestBytes!) };
+  } catch (err) {
+    extract.destroy();
+    src.unpipe?.(extract);
+    if (err instanceof LoopshipError) throw err;
+    // tar-stream's own errors (bad header, truncated archive) and stream errors
+    throw new PackageError('PACKAGE_INVALID', `malformed tar (${(err as Error).message})`, { where, cause: err });
+  }
+}
+export { DEFAULT_ZSTD_LEVEL };

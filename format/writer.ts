@@ -1,0 +1,301 @@
+// The repository writer: the only code that changes a repository tree. Order is what
+// makes it safe for readers (DESIGN.md "Publishing is atomic"): content-addressed
+// files first (fsync), the versioned index copy next, index.json last by rename.
+// Verification happens on a staging copy outside the served tree, so a rejected
+// package leaves the repository exactly as it was. One lock serialises writers
+// across processes, a promise chain within one.
+import { mkdir, readFile, rename, rm, readdir, stat, mkdtemp } from 'node:fs/promises';
+import { join, dirname } from 'node:path';
+import lockfile from 'proper-lockfile';
+import { signDetached, type PrivateKey } from '../keys/pgp.js';
+import { ChunkStore, writeFileAtomic, fsyncDir } from './chunkstore.js';
+import { decodeChunk, sha256Hex } from './codec.js';
+import { LoopshipError, VerificationError } from './errors.js';
+import { LIMITS } from './limits.js';
+import { manifestChunks, readPackage } from './package.js';
+import { INDEX_FILE, ROOT_FILE, chunkPath, indexHistoryPath, manifestPath, rootHistoryPath, sigPath } from './paths.js';
+import { parseMetadata, serialize, SPEC_VERSION, channelName, type Index, type Manifest, type Root } from './schema.js';
+import { verifyManifestSignature, verifyRootTransition, verifyRole } from './trust.js';
+
+export const WRITER_DIR = '.loopship';
+const DAY_MS = 86_400_000;
+
+export interface RepositoryWriterOptions {
+  /** keys of the index role (enough of them to meet its threshold) */
+  indexKeys: PrivateKey[];
+  now?: () => Date;
+  /** how long a freshly signed index stays valid */
+  expiresDays?: number;
+}
+
+export interface PublishResult {
+  name: string;
+  version: string;
+  arch: string;
+  manifestSha256: string;
+  indexVersion: number;
+  newChunks: number;
+  reusedChunks: number;
+  /** true when exactly this manifest was already published */
+  unchanged: boolean;
+}
+
+const inProcess = new Map<string, Promise<unknown>>();
+
+export class RepositoryWriter {
+  private readonly now: () => Date;
+  private readonly expiresDays: number;
+
+  constructor(
+    readonly repoDir: string,
+    private readonly opts: RepositoryWriterOptions,
+  ) {
+    this.now = opts.now ?? (() => new Date());
+    this.expiresDays = opts.expiresDays ?? 30;
+  }
+
+  /** Creates an empty repository: root version 1 (already signed by the root keys) and an empty index. */
+  static async init(repoDir: string, root: { bytes: Buffer; signature: string }, opts: RepositoryWriterOptions): Promise<RepositoryWriter> {
+    const parsed = parseMetadata('root', root.bytes, 'new root');
+    if (parsed.version !== 1) throw new LoopshipError('USAGE', 'a new repository starts at root version 1');
+    try {
+      await stat(join(repoDir, ROOT_FILE));
+      throw new LoopshipError('CONFLICT', 'already a repository (root.json exists)', { where: repoDir });
+    } catch (err) {
+      if (err instanceof LoopshipError) throw err;
+    }
+    await verifyRole(root.bytes, root.signature, parsed, 'root', 'new root');
+    await mkdir(join(repoDir, WRITER_DIR), { recursive: true });
+    const writer = new RepositoryWriter(repoDir, opts);
+    await writer.locked(async () => {
+      await writer.writeFile(rootHistoryPath(1), root.bytes);
+      await writer.writeFile(sigPath(rootHistoryPath(1)), root.signature);
+      await writer.writeFile(sigPath(ROOT_FILE), root.signature);
+      await writer.writeFile(ROOT_FILE, root.bytes);
+      const index: Index = { type: 'loopship/index', spec_version: SPEC_VERSION, version: 1, expires: writer.expiry(), root_version: 1, images: {} };
+      await writer.writeIndex(index, parsed);
+    });
+    return writer;
+  }
+
+  async readRoot(): Promise<Root> {
+    const where = join(this.repoDir, ROOT_FILE);
+    return parseMetadata('root', await this.readBounded(ROOT_FILE, LIMITS.rootBytes), where);
+  }
+
+  async readIndex(): Promise<Index> {
+    return parseMetadata('index', await this.readBounded(INDEX_FILE, LIMITS.indexBytes), join(this.repoDir, INDEX_FILE));
+  }
+
+  /**
+   * Publishes a package tar (streamed). Chunks are verified into a staging directory;
+   * nothing enters the tree unless the whole package verified.
+   */
+  async addPackage(tar: NodeJS.ReadableStream, opts: { where?: string; channel?: string } = {}): Promise<PublishResult> {
+    const root = await this.readRoot();
+    const repoStore = new ChunkStore(this.repoDir);
+    await mkdir(join(this.repoDir, WRITER_DIR), { recursive: true });
+    const stagingDir = await mkdtemp(join(this.repoDir, WRITER_DIR, 'staging-'));
+    const staging = new ChunkStore(stagingDir);
+    let reused = 0;
+    try {
+      const pkg = await readPackage(tar, {
+        root,
+        where: opts.where ?? 'package',
+        haveChunk: (sha) => repoStore.has(sha),
+        onChunk: async (sha, compressed) => {
+          if (await repoStore.has(sha)) reused++;
+          else await staging.put(sha, compressed);
+        },
+      });
+      return await this.locked(async () => {
+        const staged = await listStaged(stagingDir);
+        for (const sha of staged) {
+          const dest = repoStore.pathOf(sha);
+          await mkdir(dirname(dest), { recursive: true });
+          await rename(staging.pathOf(sha), dest);
+        }
+        await Promise.all([...new Set(staged.map((s) => dirname(repoStore.pathOf(s))))].map(fsyncDir));
+        return this.commitManifest(pkg.manifest, pkg.manifestBytes, pkg.signature, root, { newChunks: staged.length, reused, channel: opts.channel });
+      });
+    } finally {
+      await rm(stagingDir, { recursive: true, force: true });
+    }
+  }
+
+  /**
+   * Publishes a manifest whose chunks were already written into this repository's
+   * chunk store (the builder's --repo output). Every chunk is re-read and verified.
+   */
+  async addManifest(manifestBytes: Buffer, signature: string, opts: { channel?: string } = {}): Promise<PublishResult> {
+    const root = await this.readRoot();
+    await verifyManifestSignature(manifestBytes, signature, root, 'manifest');
+    const manifest = parseMetadata('manifest', manifestBytes, 'manifest');
+    const store = new ChunkStore(this.repoDir);
+    for (const c of manifestChunks(manifest)) {
+      const where = join(this.repoDir, chunkPath(c.sha256));
+      let compressed: Buffer;
+      try {
+        compressed = await readFile(store.pathOf(c.sha256));
+      } catch (cause) {
+        throw new VerificationError('PACKAGE_INVALID', 'chunk named by the manifest is missing', { where, cause });
+      }
+      decodeChunk(compressed, c, where);
+    }
+    return this.locked(() => this.commitManifest(manifest, manifestBytes, signature, root, { newChunks: 0, reused: 0, channel: opts.channel }));
+  }
+
+  /** Points a channel at a published version; the index is re-signed. */
+  async promote(name: string, channel: string, version: string): Promise<{ indexVersion: number }> {
+    const ch = channelName.safeParse(channel);
+    if (!ch.success) throw new LoopshipError('USAGE', `invalid channel name ${JSON.stringify(channel)}: expected lowercase letters, digits, _ or -`);
+    return this.locked(async () => {
+      const root = await this.readRoot();
+      const index = await this.readIndex();
+      const image = index.images[name];
+      if (!image) throw new LoopshipError('NOT_FOUND', `no image named ${name}`);
+      if (!image.versions[version]) throw new LoopshipError('NOT_FOUND', `image ${name} has no version ${version}`);
+      image.channels[channel] = version;
+      return { indexVersion: await this.writeIndex(this.bump(index, root), root) };
+    });
+  }
+
+  /** Re-signs the index with a fresh expiry (run periodically, e.g. daily). */
+  async resign(): Promise<{ indexVersion: number; expires: string }> {
+    return this.locked(async () => {
+      const root = await this.readRoot();
+      const index = this.bump(await this.readIndex(), root);
+      await this.writeIndex(index, root);
+      return { indexVersion: index.version, expires: index.expires };
+    });
+  }
+
+  /** Appends a new root version (rotation). It must verify against the current root. */
+  async addRoot(bytes: Buffer, signature: string): Promise<Root> {
+    return this.locked(async () => {
+      const current = await this.readRoot();
+      const next = parseMetadata('root', bytes, 'new root');
+      if (next.version !== current.version + 1) throw new LoopshipError('CONFLICT', `new root must be version ${current.version + 1}, got ${next.version}`);
+      await verifyRootTransition(current, next, bytes, signature, 'new root');
+      await this.writeFile(rootHistoryPath(next.version), bytes);
+      await this.writeFile(sigPath(rootHistoryPath(next.version)), signature);
+      await this.writeFile(sigPath(ROOT_FILE), signature);
+      await this.writeFile(ROOT_FILE, bytes);
+      // The index must be signed under the new root (its index keys may have changed).
+      await this.writeIndex(this.bump(await this.readIndex(), next), next);
+      return next;
+    });
+  }
+
+  // ---------- internals ----------
+
+  private async commitManifest(
+    manifest: Manifest,
+    manifestBytes: Buffer,
+    signature: string,
+    root: Root,
+    info: { newChunks: number; reused: number; channel?: string },
+  ): Promise<PublishResult> {
+    const sha = sha256Hex(manifestBytes);
+    const index = await this.readIndex();
+    const image = (index.images[manifest.name] ??= { versions: {}, channels: {} });
+    const existing = image.versions[manifest.version];
+    const result = { name: manifest.name, version: manifest.version, arch: manifest.arch, manifestSha256: sha, newChunks: info.newChunks, reusedChunks: info.reused };
+    if (existing) {
+      if (existing.manifest !== sha) {
+        throw new LoopshipError('CONFLICT', `${manifest.name} ${manifest.version} is already published with a different manifest (${existing.manifest}); versions are immutable, publish a new version`);
+      }
+      if (!info.channel || image.channels[info.channel] === manifest.version) return { ...result, indexVersion: index.version, unchanged: true };
+    }
+    await this.writeFile(manifestPath(sha), manifestBytes);
+    await this.writeFile(sigPath(manifestPath(sha)), signature);
+    image.versions[manifest.version] = { manifest: sha, size: manifestBytes.length, arch: manifest.arch, published: existing?.published ?? this.now().toISOString() };
+    if (info.channel) {
+      if (!channelName.safeParse(info.channel).success) throw new LoopshipError('USAGE', `invalid channel name ${JSON.stringify(info.channel)}`);
+      image.channels[info.channel] = manifest.version;
+    }
+    const indexVersion = await this.writeIndex(this.bump(index, root), root);
+    return { ...result, indexVersion, unchanged: false };
+  }
+
+  private bump(index: Index, root: Root): Index {
+    return { ...index, version: index.version + 1, expires: this.expiry(), root_version: root.version };
+  }
+
+  private expiry(): string {
+    return new Date(this.now().getTime() + this.expiresDays * DAY_MS).toISOString().replace(/\.\d{3}Z$/, 'Z');
+  }
+
+  private async writeIndex(index: Index, root: Root): Promise<number> {
+    const bytes = serialize(index);
+    parseMetadata('index', bytes, 'new index'); // never sign something clients would refuse
+    const signature = await signDetached(bytes, this.opts.indexKeys);
+    await verifyRole(bytes, signature, root, 'index', 'new index'); // the keys we hold are the root's index keys
+    await this.writeFile(indexHistoryPath(index.version), bytes);
+    await this.writeFile(sigPath(indexHistoryPath(index.version)), signature);
+    await this.writeFile(sigPath(INDEX_FILE), signature);
+    await this.writeFile(INDEX_FILE, bytes);
+    await fsyncDir(this.repoDir);
+    return index.version;
+  }
+
+  private async writeFile(rel: string, data: Uint8Array | string): Promise<void> {
+    await writeFileAtomic(join(this.repoDir, rel), data);
+  }
+
+  private async readBounded(rel: string, max: number): Promise<Buffer> {
+    const p = join(this.repoDir, rel);
+    let size: number;
+    try {
+      size = (await stat(p)).size;
+    } catch (cause) {
+      throw new LoopshipError('NOT_FOUND', `not a loopship repository (${rel} missing); create one with 'loopship repo init'`, { where: this.repoDir, cause });
+    }
+    if (size > max) throw new LoopshipError('METADATA_TOO_LARGE', `${size} bytes exceeds ${max}`, { where: p });
+    return readFile(p);
+  }
+
+  /** Runs fn holding the repository lock (cross-process) and the in-process queue. */
+  private async locked<T>(fn: () => Promise<T>): Promise<T> {
+    const key = this.repoDir;
+    const prev = inProcess.get(key) ?? Promise.resolve();
+    const run = prev.catch(() => {}).then(async () => {
+      await mkdir(join(this.repoDir, WRITER_DIR), { recursive: true });
+      let release: () => Promise<void>;
+      try {
+        release = await lockfile.lock(this.repoDir, {
+          lockfilePath: join(this.repoDir, WRITER_DIR, 'lock'),
+          stale: 30_000,
+          retries: { retries: 120, minTimeout: 100, maxTimeout: 1000 },
+        });
+      } catch (cause) {
+        throw new LoopshipError('LOCKED', 'repository is locked by another writer', { where: this.repoDir, cause });
+      }
+      try {
+        return await fn();
+      } finally {
+        await release();
+      }
+    });
+    inProcess.set(key, run);
+    try {
+      return await run;
+    } finally {
+      if (inProcess.get(key) === run) inProcess.delete(key);
+    }
+  }
+}
+
+async function listStaged(stagingDir: string): Promise<string[]> {
+  const out: string[] = [];
+  let dirs: string[];
+  try {
+    dirs = await readdir(join(stagingDir, 'chunks'));
+  } catch {
+    return out;
+  }
+  for (const d of dirs.sort()) {
+    for (const f of (await readdir(join(stagingDir, 'chunks', d))).sort()) if (/^[0-9a-f]{64}$/.test(f)) out.push(f);
+  }
+  return out;
+}

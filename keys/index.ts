@@ -1,0 +1,4 @@
+export { generateKey, readPublicKey, readPublicKeyBytes, readPrivateKey, signDetached, validSigners, requireThreshold, fingerprintOf, type PublicKey, type PrivateKey, type GeneratedKey } from './pgp.js';
+export { Keystore, ROLES, type Role, type KeyEntry } from './keystore.js';
+export { buildRoot, signRoot } from './root.js';
+export { readPassphrase } from './passphrase.js';

@@ -1,0 +1,169 @@
+// The packaging team's key directory: which key plays which role, private keys
+// (mode 0600, optionally passphrase-protected) and their armored public halves.
+// It knows nothing of repositories; roots are built from it in keys/root.ts.
+import { chmod, mkdir, readFile, writeFile, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { z } from 'zod';
+import { LoopshipError } from '../format/errors.js';
+import { describeIssues } from '../format/schema.js';
+import { generateKey, readPrivateKey, readPublicKey, fingerprintOf, type PrivateKey, type PublicKey } from './pgp.js';
+
+export const ROLES = ['root', 'index', 'publisher'] as const;
+export type Role = (typeof ROLES)[number];
+const STORE_FILE = 'keystore.json';
+
+const entrySchema = z.strictObject({
+  role: z.enum(ROLES),
+  name: z.string().regex(/^[a-z0-9][a-z0-9._-]{0,63}$/),
+  fingerprint: z.string(),
+  created: z.string(),
+  public_file: z.string(),
+  private_file: z.string().nullable(),
+  retired: z.string().optional(),
+});
+const storeSchema = z.strictObject({
+  version: z.literal(1),
+  thresholds: z.strictObject({ root: z.number().int().min(1), index: z.number().int().min(1), publisher: z.number().int().min(1) }),
+  keys: z.array(entrySchema),
+});
+export type KeyEntry = z.infer<typeof entrySchema>;
+export type KeystoreData = z.infer<typeof storeSchema>;
+
+export class Keystore {
+  private constructor(
+    readonly dir: string,
+    private data: KeystoreData,
+  ) {}
+
+  static async open(dir: string): Promise<Keystore> {
+    const file = join(dir, STORE_FILE);
+    let text: string;
+    try {
+      text = await readFile(file, 'utf8');
+    } catch (cause) {
+      throw new LoopshipError('KEY_INVALID', `no key store here; create one with 'loopship keys init --dir ${dir}'`, { where: file, cause });
+    }
+    let value: unknown;
+    try {
+      value = JSON.parse(text);
+    } catch (cause) {
+      throw new LoopshipError('KEY_INVALID', `not valid JSON (${(cause as Error).message})`, { where: file, cause });
+    }
+    const parsed = storeSchema.safeParse(value);
+    if (!parsed.success) throw new LoopshipError('KEY_INVALID', describeIssues(parsed.error.issues), { where: file });
+    return new Keystore(dir, parsed.data);
+  }
+
+  /** Generates root key(s), an index key and a first publisher key. */
+  static async init(dir: string, opts: { passphrase?: string; rootKeys?: number; rootThreshold?: number; publisher?: string; userPrefix?: string } = {}): Promise<Keystore> {
+    try {
+      await stat(join(dir, STORE_FILE));
+      throw new LoopshipError('CONFLICT', 'a key store already exists here', { where: join(dir, STORE_FILE) });
+    } catch (err) {
+      if (err instanceof LoopshipError) throw err;
+    }
+    const rootKeys = opts.rootKeys ?? 1;
+    const rootThreshold = opts.rootThreshold ?? 1;
+    if (rootThreshold > rootKeys) throw new LoopshipError('USAGE', `root threshold ${rootThreshold} exceeds the ${rootKeys} root key(s)`);
+    await mkdir(dir, { recursive: true, mode: 0o700 });
+    const store = new Keystore(dir, { version: 1, thresholds: { root: rootThreshold, index: 1, publisher: 1 }, keys: [] });
+    for (let i = 1; i <= rootKeys; i++) await store.generate('root', `root-${i}`, opts);
+    await store.generate('index', 'index-1', opts);
+    await store.generate('publisher', opts.publisher ?? 'default', opts);
+    return store;
+  }
+
+  get thresholds(): KeystoreData['thresholds'] {
+    return this.data.thresholds;
+  }
+
+  entries(opts: { role?: Role; includeRetired?: boolean } = {}): KeyEntry[] {
+    return this.data.keys.filter((k) => (!opts.role || k.role === opts.role) && (opts.includeRetired || !k.retired));
+  }
+
+  find(role: Role, name?: string): KeyEntry {
+    const matches = this.entries({ role }).filter((k) => !name || k.name === name);
+    if (matches.length === 0) throw new LoopshipError('KEY_INVALID', `no active ${role} key${name ? ` named ${name}` : ''}`, { where: this.dir });
+    return matches[0];
+  }
+
+  /** Generates a new key for a role and saves the store. */
+  async generate(role: Role, name: string, opts: { passphrase?: string; userPrefix?: string } = {}): Promise<KeyEntry> {
+    if (this.data.keys.some((k) => k.role === role && k.name === name && !k.retired)) {
+      throw new LoopshipError('CONFLICT', `an active ${role} key named ${name} already exists`, { where: this.dir });
+    }
+    const key = await generateKey(`${opts.userPrefix ?? 'loopship'} ${role} key ${name}`, opts.passphrase);
+    const base = `${role}-${name}-${key.fingerprint.slice(-8).toLowerCase()}`;
+    await this.writeKeyFiles(base, key.publicArmored, key.privateArmored);
+    const entry: KeyEntry = { role, name, fingerprint: key.fingerprint.toLowerCase(), created: new Date().toISOString(), public_file: `${base}.pub.asc`, private_file: `${base}.key` };
+    this.data.keys.push(entry);
+    await this.save();
+    return entry;
+  }
+
+  /** Adds a key made elsewhere (e.g. `gpg --export --armor`, `gpg --export-secret-keys --armor`). */
+  async importKey(role: Role, name: string, publicArmored: string, privateArmored?: string, passphrase?: string): Promise<KeyEntry> {
+    const pub = await readPublicKey(publicArmored, 'imported public key');
+    const fpr = fingerprintOf(pub);
+    if (privateArmored) {
+      const priv = await readPrivateKey(privateArmored, passphrase, 'imported private key');
+      if (fingerprintOf(priv) !== fpr) throw new LoopshipError('KEY_INVALID', `private key ${fingerprintOf(priv)} does not belong to public key ${fpr}`);
+    }
+    if (this.data.keys.some((k) => k.fingerprint === fpr && !k.retired)) throw new LoopshipError('CONFLICT', `key ${fpr} is already in the store`);
+    const base = `${role}-${name}-${fpr.slice(-8)}`;
+    await this.writeKeyFiles(base, pub.armor(), privateArmored);
+    const entry: KeyEntry = { role, name, fingerprint: fpr, created: new Date().toISOString(), public_file: `${base}.pub.asc`, private_file: privateArmored ? `${base}.key` : null };
+    this.data.keys.push(entry);
+    await this.save();
+    return entry;
+  }
+
+  async retire(fingerprint: string): Promise<void> {
+    const k = this.data.keys.find((e) => e.fingerprint === fingerprint && !e.retired);
+    if (!k) throw new LoopshipError('KEY_INVALID', `no active key ${fingerprint}`);
+    k.retired = new Date().toISOString();
+    await this.save();
+  }
+
+  async publicKey(entry: KeyEntry): Promise<{ key: PublicKey; armored: string }> {
+    const where = join(this.dir, entry.public_file);
+    const armored = await readFile(where, 'utf8');
+    return { key: await readPublicKey(armored, where), armored };
+  }
+
+  async privateKey(entry: KeyEntry, passphrase?: string): Promise<PrivateKey> {
+    if (!entry.private_file) throw new LoopshipError('KEY_INVALID', `only the public half of ${entry.role} key ${entry.name} is in this store`, { where: this.dir });
+    const where = join(this.dir, entry.private_file);
+    let armored: string;
+    try {
+      armored = await readFile(where, 'utf8');
+    } catch (cause) {
+      throw new LoopshipError('KEY_INVALID', `private key file missing (root keys may be kept offline)`, { where, cause });
+    }
+    return readPrivateKey(armored, passphrase, where);
+  }
+
+  /** Private keys of a role, enough to meet its threshold. */
+  async signingKeys(role: Role, passphrase?: string): Promise<PrivateKey[]> {
+    const entries = this.entries({ role }).filter((e) => e.private_file);
+    const need = this.data.thresholds[role];
+    if (entries.length < need) throw new LoopshipError('KEY_INVALID', `${entries.length} ${role} private key(s) available, threshold is ${need}`, { where: this.dir });
+    return Promise.all(entries.slice(0, need).map((e) => this.privateKey(e, passphrase)));
+  }
+
+  private async writeKeyFiles(base: string, publicArmored: string, privateArmored?: string): Promise<void> {
+    await writeFile(join(this.dir, `${base}.pub.asc`), publicArmored, { mode: 0o644 });
+    if (privateArmored) {
+      const p = join(this.dir, `${base}.key`);
+      await writeFile(p, privateArmored, { mode: 0o600 });
+      await chmod(p, 0o600); // mode is ignored when the file already existed
+    }
+  }
+
+  private async save(): Promise<void> {
+    const p = join(this.dir, STORE_FILE);
+    await writeFile(p + '.tmp', JSON.stringify(this.data, null, 2) + '\n', { mode: 0o600 });
+    const { rename } = await import('node:fs/promises');
+    await rename(p + '.tmp', p);
+  }
+}

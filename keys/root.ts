@@ -1,0 +1,29 @@
+// Building and signing root.json from a key store: the bridge between keys/ and the
+// repository format.
+import { LoopshipError } from '../format/errors.js';
+import { RootSchema, serialize, describeIssues, SPEC_VERSION, type Root } from '../format/schema.js';
+import { signDetached, type PrivateKey } from './pgp.js';
+import type { Keystore, Role } from './keystore.js';
+
+const YEAR_MS = 365 * 86_400_000;
+
+export async function buildRoot(store: Keystore, version: number, opts: { now?: Date; expiresDays?: number } = {}): Promise<Root> {
+  const now = opts.now ?? new Date();
+  const keys: Root['keys'] = {};
+  const roles = {} as Root['roles'];
+  for (const role of ['root', 'index', 'publisher'] as Role[]) {
+    const entries = store.entries({ role });
+    for (const e of entries) keys[e.fingerprint] = { name: `${role}:${e.name}`, public_key: (await store.publicKey(e)).armored };
+    roles[role] = { keys: entries.map((e) => e.fingerprint), threshold: store.thresholds[role] };
+  }
+  const expires = new Date(now.getTime() + (opts.expiresDays ? opts.expiresDays * 86_400_000 : YEAR_MS)).toISOString().replace(/\.\d{3}Z$/, 'Z');
+  const root = { type: 'loopship/root' as const, spec_version: SPEC_VERSION, version, expires, keys, roles };
+  const checked = RootSchema.safeParse(root);
+  if (!checked.success) throw new LoopshipError('KEY_INVALID', `key store does not make a valid root: ${describeIssues(checked.error.issues)}`, { where: store.dir });
+  return checked.data;
+}
+
+export async function signRoot(root: Root, keys: PrivateKey[]): Promise<{ bytes: Buffer; signature: string }> {
+  const bytes = serialize(root);
+  return { bytes, signature: await signDetached(bytes, keys) };
+}
