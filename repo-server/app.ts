@@ -1,0 +1,90 @@
+// The whole HTTP surface in one readable place:
+//   GET  /                                  dashboard (HTML)
+//   POST /api/v1/packages                   publish a package tar        (publisher token)
+//   POST /api/v1/channels/:ch/promote       move a channel to a version  (publisher token)
+//   POST /api/v1/reports                    a host's fleet report        (site token)
+//   GET  /api/v1/reports                    the fleet as JSON            (publisher token)
+//   GET|HEAD /<repository path>             the static repository tree (format/paths.ts)
+import express, { type Express, type RequestHandler } from 'express';
+import pino, { type Logger } from 'pino';
+import { ApiError, errorHandler, sendError } from './api-error.js';
+import { apiRouter, type PackageWriter } from './api.js';
+import { serveRepository, type StaticOptions } from './static.js';
+import { RepositoryViewer } from './repo-view.js';
+import { renderDashboard } from './dashboard.js';
+import type { ReportStore } from './reports.js';
+import type { ServerConfig } from './config.js';
+
+export interface AppOptions {
+  repoDir: string;
+  config: ServerConfig;
+  /** publishes and promotes; without one, those routes answer 503 */
+  writer?: PackageWriter;
+  /** fleet reports; without one, reports answer 503 and the dashboard shows no fleet */
+  store?: ReportStore;
+  now?: () => Date;
+  log?: Logger;
+  static?: StaticOptions;
+}
+
+/** One log line per request, written when the response is done. */
+function requestLog(log: Logger): RequestHandler {
+  return (req, res, next) => {
+    const start = process.hrtime.bigint();
+    res.on('close', () => {
+      const ms = Number(process.hrtime.bigint() - start) / 1e6;
+      const line = {
+        method: req.method,
+        url: req.originalUrl,
+        status: res.statusCode,
+        bytes: Number(res.getHeader('content-length') ?? 0) || undefined,
+        ms: Math.round(ms * 10) / 10,
+        ip: req.socket.remoteAddress,
+        aborted: !res.writableFinished || undefined,
+      };
+      const msg = `${req.method} ${req.originalUrl} ${res.statusCode} ${line.ms}ms`;
+      if (res.statusCode >= 500) log.error(line, msg);
+      else log.info(line, msg);
+    });
+    next();
+  };
+}
+
+export function createApp(opts: AppOptions): Express {
+  const log = opts.log ?? pino({ level: 'silent' });
+  const now = opts.now ?? (() => new Date());
+  const viewer = new RepositoryViewer(opts.repoDir);
+  const app = express();
+  app.disable('x-powered-by');
+  app.disable('etag'); // repository files get their own strong ETags; API answers are not cacheable
+  app.set('query parser', 'simple');
+
+  app.use(requestLog(log));
+
+  app.get('/', async (_req, res, next) => {
+    try {
+      const view = await viewer.view();
+      const page = renderDashboard(view, opts.store?.list() ?? [], { title: opts.config.dashboard.title, now: now(), staleMinutes: opts.config.dashboard.staleMinutes });
+      res.setHeader('Content-Type', 'text/html; charset=utf-8');
+      res.setHeader('Cache-Control', 'no-store');
+      res.setHeader('Content-Security-Policy', "default-src 'none'; style-src 'unsafe-inline'");
+      res.setHeader('X-Content-Type-Options', 'nosniff');
+      res.send(page);
+    } catch (err) {
+      next(err);
+    }
+  });
+
+  app.use('/api/v1', apiRouter({ config: opts.config, writer: opts.writer, store: opts.store, log }));
+  app.use(serveRepository(opts.repoDir, opts.static));
+
+  // anything else: only GET and HEAD exist outside the API
+  app.use((req, res) => {
+    if (req.method !== 'GET' && req.method !== 'HEAD') {
+      return sendError(res, new ApiError(405, 'METHOD_NOT_ALLOWED', `${req.method} is not allowed here`, { headers: { Allow: 'GET, HEAD' } }));
+    }
+    sendError(res, new ApiError(404, 'NOT_FOUND', 'no such file in this repository'));
+  });
+  app.use(errorHandler(log));
+  return app;
+}

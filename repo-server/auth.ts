@@ -1,0 +1,41 @@
+// Bearer-token authentication. Tokens are compared as sha256 digests with
+// crypto.timingSafeEqual against every configured principal (no early exit), so the
+// time taken says nothing about how close a guess was or which entry matched.
+import { timingSafeEqual } from 'node:crypto';
+import type { RequestHandler, Request } from 'express';
+import { sha256, type Principal } from './config.js';
+import { ApiError } from './api-error.js';
+
+export function bearerToken(header: string | undefined): string | null {
+  if (!header) return null;
+  const m = /^Bearer[ \t]+([\x21-\x7e]+)[ \t]*$/i.exec(header);
+  return m ? m[1] : null;
+}
+
+export function findPrincipal(token: string, principals: readonly Principal[]): Principal | null {
+  const digest = sha256(token);
+  let found: Principal | null = null;
+  for (const p of principals) {
+    if (timingSafeEqual(digest, p.digest) && found === null) found = p;
+  }
+  return found;
+}
+
+export function principalOf(req: Request): Principal {
+  const p = (req as Request & { principal?: Principal }).principal;
+  if (!p) throw new ApiError(401, 'UNAUTHORIZED', 'not authenticated');
+  return p;
+}
+
+/** Middleware: lets the request through only with a valid token of one of `principals()`. */
+export function requireToken(what: string, principals: () => readonly Principal[]): RequestHandler {
+  return (req, _res, next) => {
+    const token = bearerToken(req.get('authorization'));
+    const challenge = { 'WWW-Authenticate': `Bearer realm="loopship ${what}"` };
+    if (token === null) return next(new ApiError(401, 'UNAUTHORIZED', `${what} needs an "Authorization: Bearer <token>" header`, { headers: challenge }));
+    const p = findPrincipal(token, principals());
+    if (!p) return next(new ApiError(401, 'UNAUTHORIZED', `the token is not valid for ${what}`, { headers: { ...challenge, 'WWW-Authenticate': challenge['WWW-Authenticate'] + ', error="invalid_token"' } }));
+    (req as Request & { principal?: Principal }).principal = p;
+    next();
+  };
+}

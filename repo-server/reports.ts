@@ -1,0 +1,191 @@
+// Fleet reports: what each host's agent says about itself. Validated strictly, stored one
+// JSON file per (site, host) under the state directory, each written atomically (temp file,
+// fsync, rename, fsync dir), so a crash leaves either the old report or the new one. The
+// store is bounded in hosts and in bytes per report, and is loaded back at start-up.
+import { mkdir, open, readdir, readFile, rename, rm } from 'node:fs/promises';
+import path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { z } from 'zod';
+import { imageName, imageVersion, channelName } from '../format/schema.js';
+import { LoopshipError } from '../format/errors.js';
+import { ApiError } from './api-error.js';
+
+const hostname = z
+  .string()
+  .max(253)
+  .regex(/^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/, 'expected a DNS host name');
+const siteName = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, 'expected a site name (letters, digits, ".", "_", "-")');
+
+export const HEALTH_STATES = ['healthy', 'unhealthy', 'starting', 'stopped', 'unknown'] as const;
+
+export const ApplianceReportSchema = z.strictObject({
+  name: imageName,
+  /** the installed (current) version; null when nothing is installed yet */
+  version: imageVersion.nullable(),
+  channel: channelName.optional(),
+  running: z.boolean(),
+  health: z.enum(HEALTH_STATES),
+  /** did the installed image verify against its signed manifest at the last check */
+  verified: z.boolean(),
+  error: z.string().max(2000).nullable().optional(),
+});
+
+export const ReportSchema = z.strictObject({
+  host: hostname,
+  site: siteName,
+  agent_version: z.string().min(1).max(64),
+  time: z.iso.datetime({ offset: true }),
+  appliances: z.array(ApplianceReportSchema).max(256),
+  last_error: z.string().max(4000).nullable(),
+});
+export type FleetReport = z.infer<typeof ReportSchema>;
+export type ApplianceReport = z.infer<typeof ApplianceReportSchema>;
+
+/** What the server keeps: the report as sent, plus when it arrived (by the server's clock). */
+export interface StoredReport {
+  report: FleetReport;
+  received_at: string;
+}
+
+export interface ReportStore {
+  put(report: FleetReport): Promise<StoredReport>;
+  list(): StoredReport[];
+}
+
+export interface FileReportStoreOptions {
+  maxHosts: number;
+  now?: () => Date;
+  log?: { warn: (obj: object, msg: string) => void };
+}
+
+/** Writes `data` to `file` so that readers see the old or the new content, never a mix. */
+export async function writeFileAtomic(file: string, data: Buffer): Promise<void> {
+  const dir = path.dirname(file);
+  const tmp = path.join(dir, `.tmp-${process.pid}-${randomBytes(6).toString('hex')}`);
+  const fh = await open(tmp, 'wx', 0o640);
+  try {
+    await fh.writeFile(data);
+    await fh.sync();
+  } catch (err) {
+    await fh.close().catch(() => {});
+    await rm(tmp, { force: true });
+    throw err;
+  }
+  await fh.close();
+  try {
+    await rename(tmp, file);
+  } catch (err) {
+    await rm(tmp, { force: true });
+    throw err;
+  }
+  const d = await open(dir, 'r');
+  try {
+    await d.sync();
+  } finally {
+    await d.close();
+  }
+}
+
+export class FileReportStore implements ReportStore {
+  readonly dir: string;
+  private readonly reports = new Map<string, StoredReport>();
+  private readonly opts: FileReportStoreOptions;
+  private writes = new Map<string, Promise<unknown>>();
+
+  private constructor(stateDir: string, opts: FileReportStoreOptions) {
+    this.dir = path.join(stateDir, 'reports');
+    this.opts = opts;
+  }
+
+  /** Opens (creating if needed) the store under `stateDir` and loads what earlier runs kept. */
+  static async open(stateDir: string, opts: FileReportStoreOptions): Promise<FileReportStore> {
+    const store = new FileReportStore(stateDir, opts);
+    await mkdir(store.dir, { recursive: true, mode: 0o750 });
+    await store.load();
+    return store;
+  }
+
+  private static key(site: string, host: string): string {
+    return `${site}/${host.toLowerCase()}`;
+  }
+
+  private async load(): Promise<void> {
+    for (const site of await readdir(this.dir, { withFileTypes: true })) {
+      if (!site.isDirectory() || !siteName.safeParse(site.name).success) continue;
+      const siteDir = path.join(this.dir, site.name);
+      for (const f of await readdir(siteDir, { withFileTypes: true })) {
+        if (!f.isFile()) continue;
+        const file = path.join(siteDir, f.name);
+        if (f.name.startsWith('.tmp-')) {
+          await rm(file, { force: true }); // left by a crash between write and rename
+          continue;
+        }
+        if (!f.name.endsWith('.json')) continue;
+        if (this.reports.size >= this.opts.maxHosts) {
+          this.opts.log?.warn({ file }, 'report store is over its host limit; not loading the rest');
+          return;
+        }
+        try {
+          const stored = JSON.parse(await readFile(file, 'utf8')) as StoredReport;
+          const report = ReportSchema.parse(stored.report);
+          if (report.site !== site.name || `${report.host.toLowerCase()}.json` !== f.name || typeof stored.received_at !== 'string') throw new Error('file name does not match its content');
+          this.reports.set(FileReportStore.key(report.site, report.host), { report, received_at: stored.received_at });
+        } catch (err) {
+          this.opts.log?.warn({ file, err: (err as Error).message }, 'ignoring an unreadable stored report');
+        }
+      }
+    }
+  }
+
+  async put(report: FleetReport): Promise<StoredReport> {
+    const key = FileReportStore.key(report.site, report.host);
+    if (!this.reports.has(key) && this.reports.size >= this.opts.maxHosts) {
+      throw new ApiError(507, 'STORE_FULL', `the fleet store holds its limit of ${this.opts.maxHosts} hosts; new host ${report.host} not stored`);
+    }
+    const stored: StoredReport = { report, received_at: (this.opts.now?.() ?? new Date()).toISOString() };
+    const file = path.join(this.dir, report.site, `${report.host.toLowerCase()}.json`);
+    // one write at a time per host, in arrival order: the last report wins, on disk and in memory
+    const prev = this.writes.get(key) ?? Promise.resolve();
+    const write = prev.catch(() => {}).then(async () => {
+      await mkdir(path.dirname(file), { recursive: true, mode: 0o750 });
+      await writeFileAtomic(file, Buffer.from(JSON.stringify(stored, null, 2) + '\n'));
+      this.reports.set(key, stored);
+    });
+    this.writes.set(key, write);
+    try {
+      await write;
+    } catch (cause) {
+      throw new LoopshipError('IO', `could not store the report (${(cause as Error).message})`, { where: file, cause });
+    } finally {
+      if (this.writes.get(key) === write) this.writes.delete(key);
+    }
+    return stored;
+  }
+
+  list(): StoredReport[] {
+    return [...this.reports.values()].sort((a, b) => a.report.site.localeCompare(b.report.site) || a.report.host.localeCompare(b.report.host));
+  }
+}
+
+/** Fixed one-minute windows per site: enough to stop one site flooding the server. */
+export class RateLimiter {
+  private windows = new Map<string, { start: number; count: number }>();
+  constructor(
+    private readonly perMinute: number,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  /** Returns 0 when allowed, else the seconds until the next window. */
+  take(key: string): number {
+    const t = this.now();
+    let w = this.windows.get(key);
+    if (!w || t - w.start >= 60_000) {
+      if (this.windows.size >= 100_000) this.windows.clear(); // bounded memory whatever the keys
+      w = { start: t, count: 0 };
+      this.windows.set(key, w);
+    }
+    if (w.count >= this.perMinute) return Math.max(1, Math.ceil((w.start + 60_000 - t) / 1000));
+    w.count++;
+    return 0;
+  }
+}

@@ -1,0 +1,77 @@
+// Starting and stopping the HTTP server around createApp: timeouts suited to big uploads
+// and many downloads, a bound address, and a graceful close (stop accepting, let running
+// requests finish for a while, then cut the rest).
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import pino, { type Logger } from 'pino';
+import { createApp, type AppOptions } from './app.js';
+import { loadServerConfig, DEFAULT_STATE_DIR, type ServerConfig } from './config.js';
+import { FileReportStore, type ReportStore } from './reports.js';
+import type { PackageWriter } from './api.js';
+
+export interface StartOptions {
+  repoDir: string;
+  port?: number;
+  host?: string;
+  /** a parsed config; otherwise read from configPath (default /etc/loopship/server.yaml) */
+  config?: ServerConfig;
+  configPath?: string;
+  /** where fleet reports live (default /var/lib/loopship-server); null: keep none */
+  stateDir?: string | null;
+  writer?: PackageWriter;
+  /** builds the writer from the config (index keys) when none is given */
+  createWriter?: (repoDir: string, config: ServerConfig) => Promise<PackageWriter | undefined>;
+  store?: ReportStore;
+  log?: Logger;
+  now?: () => Date;
+  static?: AppOptions['static'];
+}
+
+export interface RunningServer {
+  url: string;
+  port: number;
+  server: http.Server;
+  /** stops accepting; waits up to graceMs for running requests, then closes what is left */
+  close(graceMs?: number): Promise<void>;
+}
+
+export async function startServer(opts: StartOptions): Promise<RunningServer> {
+  const log = opts.log ?? pino({ level: 'silent' });
+  const config = opts.config ?? (await loadServerConfig(opts.configPath));
+  const store =
+    opts.store ??
+    (opts.stateDir === null ? undefined : await FileReportStore.open(opts.stateDir ?? DEFAULT_STATE_DIR, { maxHosts: config.limits.maxHosts, now: opts.now, log }));
+  const writer = opts.writer ?? (await opts.createWriter?.(opts.repoDir, config));
+  const app = createApp({ repoDir: opts.repoDir, config, writer, store, log, now: opts.now, static: opts.static });
+
+  const server = http.createServer(app);
+  // uploads are bounded by our own idle/total timeouts, not by Node's whole-request timer
+  server.requestTimeout = 0;
+  server.headersTimeout = 30_000;
+  server.keepAliveTimeout = 10_000;
+  server.setTimeout(120_000); // a socket silent for 2 min is gone
+  const host = opts.host ?? '127.0.0.1';
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(opts.port ?? 0, host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  const port = (server.address() as AddressInfo).port;
+  const url = `http://${host.includes(':') ? `[${host}]` : host}:${port}`;
+  log.info({ url, repoDir: opts.repoDir, publishing: Boolean(writer), reports: Boolean(store) }, `serving ${opts.repoDir} at ${url}`);
+
+  let closing: Promise<void> | undefined;
+  const close = (graceMs = 10_000) =>
+    (closing ??= new Promise<void>((resolve) => {
+      const timer = setTimeout(() => server.closeAllConnections(), graceMs);
+      timer.unref();
+      server.close(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+      server.closeIdleConnections();
+    }));
+  return { url, port, server, close };
+}
