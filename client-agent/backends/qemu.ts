@@ -1,0 +1,208 @@
+// QEMU backend, for hosts without Xen and for tests: the same kernel, initrd, cmdline and
+// disks (as virtio), console to a log file in the state dir, daemonized with a pid file.
+// Stop is graceful first (QMP system_powerdown), then SIGTERM, then SIGKILL.
+import { readFile, rm, mkdir, writeFile, access, open } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { connect } from 'node:net';
+import { join } from 'node:path';
+import { LoopshipError } from '../../format/index.js';
+import { type Exec, run, defaultExec } from '../exec.js';
+import { processAlive } from '../state.js';
+import type { Backend, DomainSpec } from './types.js';
+
+export interface QemuOptions {
+  exec?: Exec;
+  qemu?: string;
+  /** pid files and QMP sockets */
+  runDir: string;
+  /** console logs */
+  logDir: string;
+  /** 'auto': kvm when /dev/kvm opens, with tcg as the fallback */
+  accel?: 'auto' | 'tcg' | 'kvm';
+  sleep?: (ms: number) => Promise<void>;
+}
+
+/** Xen guests see xvdX; under virtio the same disks are vdX. */
+export function qemuCmdline(cmdline: string): string {
+  return `${cmdline.replace(/\/dev\/xvd([a-z])/g, '/dev/vd$1').replace(/\bconsole=hvc0\b/g, '').trim()} console=ttyS0`.trim();
+}
+
+async function kvmUsable(): Promise<boolean> {
+  try {
+    const fh = await open('/dev/kvm', constants.O_RDWR);
+    await fh.close();
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+export function qemuArgs(spec: DomainSpec, files: { pidFile: string; qmpSocket: string; consoleLog: string }, accel: string[]): string[] {
+  const args = [
+    '-name', spec.name,
+    ...accel.flatMap((a) => ['-accel', a]),
+    '-m', String(spec.memory),
+    '-smp', String(spec.vcpus),
+    '-kernel', spec.kernel,
+    ...(spec.initrd ? ['-initrd', spec.initrd] : []),
+    '-append', qemuCmdline(spec.cmdline),
+    '-drive', `file=${spec.disk},format=raw,if=virtio,cache=writeback`,
+    ...(spec.dataDisk ? ['-drive', `file=${spec.dataDisk},format=raw,if=virtio,cache=writeback`] : []),
+    ...(spec.nics > 0 ? spec.macs.slice(0, spec.nics).flatMap((mac) => ['-nic', `user,model=virtio-net-pci,mac=${mac}`]) : ['-nic', 'none']),
+    '-serial', `file:${files.consoleLog}`,
+    '-display', 'none',
+    '-monitor', 'none',
+    '-qmp', `unix:${files.qmpSocket},server=on,wait=off`,
+    '-pidfile', files.pidFile,
+    '-daemonize',
+  ];
+  for (const p of [spec.disk, spec.dataDisk ?? '']) {
+    if (p.includes(',')) throw new LoopshipError('CONFIG_INVALID', `disk path may not contain ",": ${p}`);
+  }
+  return args;
+}
+
+export class QemuBackend implements Backend {
+  readonly kind = 'qemu' as const;
+  private readonly exec: Exec;
+  private readonly qemu: string;
+  private readonly sleep: (ms: number) => Promise<void>;
+
+  constructor(private readonly o: QemuOptions) {
+    this.exec = o.exec ?? defaultExec;
+    this.qemu = o.qemu ?? 'qemu-system-x86_64';
+    this.sleep = o.sleep ?? ((ms) => new Promise((r) => setTimeout(r, ms)));
+  }
+
+  private files(name: string) {
+    return {
+      pidFile: join(this.o.runDir, `${name}.pid`),
+      qmpSocket: join(this.o.runDir, `${name}.qmp`),
+      consoleLog: this.consoleLog(name),
+      autostart: join(this.o.runDir, `${name}.autostart`),
+    };
+  }
+
+  consoleLog(name: string): string {
+    return join(this.o.logDir, `${name}.console.log`);
+  }
+
+  /** The pid of this domain's qemu, if it runs (checked against its command line). */
+  async pid(name: string): Promise<number | null> {
+    const { pidFile } = this.files(name);
+    const pid = Number((await readFile(pidFile, 'utf8').catch(() => '')).trim());
+    if (!pid || !processAlive(pid)) return null;
+    const cmd = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
+    // a recycled pid belongs to someone else
+    return cmd.split('\0').includes(pidFile) ? pid : null;
+  }
+
+  async isRunning(name: string): Promise<boolean> {
+    return (await this.pid(name)) !== null;
+  }
+
+  async start(spec: DomainSpec): Promise<void> {
+    if (await this.isRunning(spec.name)) return;
+    await mkdir(this.o.runDir, { recursive: true });
+    await mkdir(this.o.logDir, { recursive: true });
+    const f = this.files(spec.name);
+    await rm(f.qmpSocket, { force: true });
+    await rm(f.pidFile, { force: true });
+    // keep the previous boot's console for diagnosis
+    await rm(`${f.consoleLog}.1`, { force: true });
+    await access(f.consoleLog).then(
+      async () => writeFile(`${f.consoleLog}.1`, await readFile(f.consoleLog)),
+      () => {},
+    );
+    await rm(f.consoleLog, { force: true });
+    const accelMode = this.o.accel ?? 'auto';
+    const accel = accelMode === 'tcg' ? ['tcg'] : accelMode === 'kvm' ? ['kvm'] : (await kvmUsable()) ? ['kvm', 'tcg'] : ['tcg'];
+    await run(this.exec, this.qemu, qemuArgs(spec, f, accel), { timeoutMs: 60_000 });
+  }
+
+  async stop(name: string, opts: { timeoutMs?: number } = {}): Promise<void> {
+    const pid = await this.pid(name);
+    const f = this.files(name);
+    if (pid === null) {
+      await rm(f.qmpSocket, { force: true });
+      return;
+    }
+    const timeoutMs = opts.timeoutMs ?? 60_000;
+    const gone = async (ms: number): Promise<boolean> => {
+      const t0 = Date.now();
+      while (Date.now() - t0 < ms) {
+        if (!processAlive(pid)) return true;
+        await this.sleep(100);
+      }
+      return !processAlive(pid);
+    };
+    await qmpCommand(f.qmpSocket, 'system_powerdown', 5000).catch(() => {});
+    if (!(await gone(timeoutMs))) {
+      process.kill(pid, 'SIGTERM');
+      if (!(await gone(5000))) {
+        process.kill(pid, 'SIGKILL');
+        await gone(5000);
+      }
+    }
+    await rm(f.qmpSocket, { force: true });
+    await rm(f.pidFile, { force: true });
+  }
+
+  async setAutostart(name: string, enabled: boolean): Promise<void> {
+    const f = this.files(name);
+    if (enabled) {
+      await mkdir(this.o.runDir, { recursive: true });
+      await writeFile(f.autostart, '');
+    } else await rm(f.autostart, { force: true });
+  }
+
+  async forget(name: string): Promise<void> {
+    const f = this.files(name);
+    for (const p of [f.autostart, f.pidFile, f.qmpSocket]) await rm(p, { force: true });
+  }
+}
+
+/** Sends one QMP command (after the capabilities handshake) and resolves on its reply. */
+export function qmpCommand(socketPath: string, command: string, timeoutMs: number): Promise<unknown> {
+  return new Promise((resolve, reject) => {
+    const sock = connect(socketPath);
+    let buf = '';
+    let stage = 0;
+    const timer = setTimeout(() => {
+      sock.destroy();
+      reject(new Error(`QMP ${command}: no answer within ${timeoutMs} ms`));
+    }, timeoutMs);
+    const done = (err: Error | null, v?: unknown) => {
+      clearTimeout(timer);
+      sock.end();
+      if (err) reject(err);
+      else resolve(v);
+    };
+    sock.on('error', (e) => done(e));
+    sock.on('data', (d) => {
+      buf += d.toString();
+      let nl;
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        const line = buf.slice(0, nl).trim();
+        buf = buf.slice(nl + 1);
+        if (!line) continue;
+        let msg: Record<string, unknown>;
+        try {
+          msg = JSON.parse(line);
+        } catch {
+          continue;
+        }
+        if (stage === 0 && msg.QMP) {
+          stage = 1;
+          sock.write(JSON.stringify({ execute: 'qmp_capabilities' }) + '\n');
+        } else if (stage === 1 && 'return' in msg) {
+          stage = 2;
+          sock.write(JSON.stringify({ execute: command }) + '\n');
+        } else if (stage === 2 && ('return' in msg || 'error' in msg)) {
+          if (msg.error) done(new Error(`QMP ${command}: ${JSON.stringify(msg.error)}`));
+          else done(null, msg.return);
+        }
+      }
+    });
+  });
+}

@@ -1,0 +1,93 @@
+// Health check: the guest reached its ready state when its console prints the manifest's
+// ready marker. We follow the console log as it grows (no fixed sleeps) and give up at
+// the timeout, or as soon as the domain is gone.
+import { open, stat } from 'node:fs/promises';
+import { watch } from 'node:fs';
+import { dirname, basename } from 'node:path';
+
+export interface WaitReadyOptions {
+  logPath: string;
+  marker: string;
+  /** read from this byte offset (the log's size before this boot) */
+  fromOffset?: number;
+  timeoutMs: number;
+  /** polled now and then: returning false ends the wait early */
+  isAlive?: () => Promise<boolean>;
+  signal?: AbortSignal;
+}
+
+export interface WaitReadyResult {
+  ready: boolean;
+  reason: 'marker' | 'timeout' | 'stopped' | 'aborted';
+  ms: number;
+  /** the last console lines, for the report when not ready */
+  tail: string;
+}
+
+export async function fileSize(path: string): Promise<number> {
+  return stat(path).then((s) => s.size, () => 0);
+}
+
+export async function waitReady(o: WaitReadyOptions): Promise<WaitReadyResult> {
+  const t0 = Date.now();
+  let offset = o.fromOffset ?? 0;
+  let window = ''; // what we have read, bounded: the marker may straddle two reads
+  const keep = Math.max(4096, o.marker.length * 2);
+  let wake: () => void = () => {};
+  let watcher: ReturnType<typeof watch> | null = null;
+  try {
+    watcher = watch(dirname(o.logPath), (_ev, f) => {
+      if (!f || f === basename(o.logPath)) wake();
+    });
+  } catch {
+    watcher = null; // directory not there yet: polling below still finds the file
+  }
+  let lastAlive = 0;
+  try {
+    for (;;) {
+      const size = await fileSize(o.logPath);
+      if (size < offset) offset = 0; // the log was truncated or replaced: read it afresh
+      if (size > offset) {
+        const fh = await open(o.logPath, 'r');
+        try {
+          while (offset < size) {
+            const buf = Buffer.alloc(Math.min(1024 * 1024, size - offset));
+            const { bytesRead } = await fh.read(buf, 0, buf.length, offset);
+            if (bytesRead === 0) break;
+            offset += bytesRead;
+            window = (window + buf.subarray(0, bytesRead).toString('latin1')).slice(-keep - bytesRead);
+            if (window.includes(o.marker)) return { ready: true, reason: 'marker', ms: Date.now() - t0, tail: tailOf(window) };
+            window = window.slice(-keep);
+          }
+        } finally {
+          await fh.close();
+        }
+      }
+      const elapsed = Date.now() - t0;
+      if (elapsed >= o.timeoutMs) return { ready: false, reason: 'timeout', ms: elapsed, tail: tailOf(window) };
+      if (o.signal?.aborted) return { ready: false, reason: 'aborted', ms: elapsed, tail: tailOf(window) };
+      if (o.isAlive && Date.now() - lastAlive > 1000) {
+        lastAlive = Date.now();
+        if (!(await o.isAlive())) {
+          // one last read: the marker may have been written just before it stopped
+          if ((await fileSize(o.logPath)) > offset) continue;
+          return { ready: false, reason: 'stopped', ms: Date.now() - t0, tail: tailOf(window) };
+        }
+      }
+      // wake on a change of the file, or re-check after a short while (watch can miss events)
+      await new Promise<void>((res) => {
+        const t = setTimeout(res, Math.min(250, o.timeoutMs - elapsed));
+        wake = () => {
+          clearTimeout(t);
+          res();
+        };
+      });
+    }
+  } finally {
+    watcher?.close();
+  }
+}
+
+function tailOf(text: string): string {
+  return text.split(/\r?\n/).slice(-10).join('\n').replace(/[^\x20-\x7e\n\t]/g, '');
+}

@@ -1,0 +1,346 @@
+// The install engine: turns a verified manifest into a complete version directory.
+//  - chunks already on the host (any installed version of any appliance: same sha256)
+//    are copied from there and re-hashed, the rest fetched in parallel (bounded);
+//  - every chunk is verified (by the fetcher, or re-hashed for a seed) before a byte of
+//    it is written; writes are positional into a staging file truncated to the image's
+//    apparent size, and all-zero blocks are never written, so images stay sparse;
+//  - completed chunks are journaled only after their data is fsync'd, so a kill -9
+//    resumes where it stopped; the staging dir is renamed into place only when complete.
+import { createHash } from 'node:crypto';
+import { mkdir, open, readFile, rename, rm, statfs, appendFile, stat, unlink, type FileHandle } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Chunk, Manifest } from '../format/index.js';
+import { parseMetadata } from '../format/index.js';
+import { MetadataError, LoopshipError } from '../format/index.js';
+import { BLOCK_SIZE } from '../format/index.js';
+import type { StateDir } from './state.js';
+import { writeFileAtomic, fsyncDir, ioError, pathExists } from './fsutil.js';
+
+/** What the install engine needs from the verifier (the lead's RepoClient has this shape). */
+export interface ChunkSource {
+  /** Fetches, bounds, decompresses and sha256-verifies one chunk: returns its raw bytes. */
+  chunk(c: Chunk, where?: string): Promise<Buffer>;
+}
+
+export interface VerifiedManifest {
+  manifest: Manifest;
+  sha256: string;
+  bytes: Buffer;
+  signature: string;
+}
+
+export interface InstallProgress {
+  doneBytes: number;
+  totalBytes: number;
+  fetchedBytes: number;
+  reusedBytes: number;
+}
+
+export interface InstallResult {
+  name: string;
+  version: string;
+  manifestSha256: string;
+  alreadyInstalled: boolean;
+  /** unique chunks in the version */
+  chunks: number;
+  fetchedChunks: number;
+  reusedChunks: number;
+  /** chunks found complete in a resumed staging dir */
+  resumedChunks: number;
+  /** compressed bytes downloaded */
+  fetchedBytes: number;
+  /** raw bytes copied from versions already on the host */
+  reusedBytes: number;
+  /** compressed size of every unique chunk: what a cold install would fetch */
+  fullCompressedBytes: number;
+  seconds: number;
+}
+
+/** Files of a version directory, one per blob of the manifest. */
+export const BLOB_FILES = { image: 'disk.img', kernel: 'kernel', initrd: 'initrd' } as const;
+export type BlobName = keyof typeof BLOB_FILES;
+const JOURNAL = 'done.log';
+
+interface Target {
+  file: BlobName;
+  offset: number;
+}
+interface Work {
+  chunk: Chunk;
+  where: string;
+  targets: Target[];
+}
+
+export function blobsOf(m: Manifest): [BlobName, Manifest['image'] | Manifest['kernel']][] {
+  const out: [BlobName, Manifest['image'] | Manifest['kernel']][] = [['image', m.image], ['kernel', m.kernel]];
+  if (m.initrd) out.push(['initrd', m.initrd]);
+  return out;
+}
+
+/** Unique chunks of a manifest, each with every place its bytes go. */
+export function planChunks(m: Manifest, label: string): Map<string, Work> {
+  const work = new Map<string, Work>();
+  for (const [blob, b] of blobsOf(m)) {
+    b.chunks.forEach((c, i) => {
+      const w = work.get(c.sha256);
+      if (w) {
+        if (w.chunk.length !== c.length) {
+          throw new MetadataError('METADATA_INVALID', `chunk ${c.sha256} appears with two lengths (${w.chunk.length}, ${c.length})`, { where: `${label}: ${blob}.chunks.${i}` });
+        }
+        w.targets.push({ file: blob, offset: c.offset });
+      } else {
+        work.set(c.sha256, { chunk: c, where: `${label}: ${blob}.chunks.${i}`, targets: [{ file: blob, offset: c.offset }] });
+      }
+    });
+  }
+  return work;
+}
+
+const ZERO_BLOCK = Buffer.alloc(BLOCK_SIZE);
+
+/** Writes `data` at `position`, skipping all-zero blocks (they stay holes). */
+export async function writeSparse(fh: FileHandle, data: Buffer, position: number): Promise<void> {
+  let runStart = -1;
+  for (let i = 0; i <= data.length; i += BLOCK_SIZE) {
+    const end = Math.min(i + BLOCK_SIZE, data.length);
+    const zero = i >= data.length || ZERO_BLOCK.compare(data, i, end, 0, end - i) === 0;
+    if (!zero && runStart < 0) runStart = i;
+    if (zero && runStart >= 0) {
+      await writeAll(fh, data.subarray(runStart, i), position + runStart);
+      runStart = -1;
+    }
+  }
+}
+
+async function writeAll(fh: FileHandle, buf: Buffer, position: number): Promise<void> {
+  let done = 0;
+  while (done < buf.length) {
+    const { bytesWritten } = await fh.write(buf, done, buf.length - done, position + done);
+    done += bytesWritten;
+  }
+}
+
+async function readExactly(path: string, offset: number, length: number): Promise<Buffer | null> {
+  let fh: FileHandle | undefined;
+  try {
+    fh = await open(path, 'r');
+    const buf = Buffer.allocUnsafe(length);
+    let got = 0;
+    while (got < length) {
+      const { bytesRead } = await fh.read(buf, got, length - got, offset + got);
+      if (bytesRead === 0) return null;
+      got += bytesRead;
+    }
+    return buf;
+  } catch {
+    return null;
+  } finally {
+    await fh?.close();
+  }
+}
+
+const sha256 = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
+
+/** sha256 -> where those bytes already are on this host (complete versions only). */
+export async function seedIndex(state: StateDir, skip?: { name: string; version: string }): Promise<Map<string, { path: string; offset: number; length: number }>> {
+  const seeds = new Map<string, { path: string; offset: number; length: number }>();
+  for (const name of await state.applianceNames()) {
+    // newest first: likeliest to share content with what comes next
+    for (const version of (await state.installedVersions(name)).reverse()) {
+      if (skip && skip.name === name && skip.version === version) continue;
+      const dir = state.versionDir(name, version);
+      let m: Manifest;
+      try {
+        m = parseMetadata('manifest', await readFile(join(dir, 'manifest.json')), join(dir, 'manifest.json'));
+      } catch {
+        continue; // a damaged local manifest simply seeds nothing
+      }
+      for (const [blob, b] of blobsOf(m)) {
+        for (const c of b.chunks) if (!seeds.has(c.sha256)) seeds.set(c.sha256, { path: join(dir, BLOB_FILES[blob]), offset: c.offset, length: c.length });
+      }
+    }
+  }
+  return seeds;
+}
+
+async function readJournal(path: string, manifestSha: string): Promise<Set<string>> {
+  const done = new Set<string>();
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch {
+    return done;
+  }
+  const lines = text.split('\n');
+  if (lines[0] !== `manifest ${manifestSha}`) return done;
+  // a torn last line (crash mid-append) is simply not counted
+  for (const l of lines.slice(1)) if (/^[0-9a-f]{64}$/.test(l)) done.add(l);
+  return done;
+}
+
+export interface InstallOptions {
+  state: StateDir;
+  verified: VerifiedManifest;
+  source: ChunkSource;
+  concurrency?: number;
+  onProgress?: (p: InstallProgress) => void;
+  /** journal at least this often (bytes written between fsyncs) */
+  journalEveryBytes?: number;
+  now?: () => number;
+}
+
+export async function installVersion(opts: InstallOptions): Promise<InstallResult> {
+  const { state, verified, source } = opts;
+  const now = opts.now ?? Date.now;
+  const t0 = now();
+  const m = verified.manifest;
+  const label = `manifest ${m.name} ${m.version}`;
+  const plan = planChunks(m, label);
+  const fullCompressedBytes = [...plan.values()].reduce((s, w) => s + w.chunk.csize, 0);
+  const result: InstallResult = {
+    name: m.name, version: m.version, manifestSha256: verified.sha256, alreadyInstalled: false,
+    chunks: plan.size, fetchedChunks: 0, reusedChunks: 0, resumedChunks: 0, fetchedBytes: 0, reusedBytes: 0, fullCompressedBytes, seconds: 0,
+  };
+  const finalDir = state.versionDir(m.name, m.version);
+  if (await pathExists(finalDir)) {
+    const have = await readFile(join(finalDir, 'manifest.json')).catch(() => null);
+    if (have && sha256(have) === verified.sha256) return { ...result, alreadyInstalled: true };
+    throw new LoopshipError('IO', `a different build of ${m.name} ${m.version} is already installed; remove it first`, { where: finalDir });
+  }
+
+  const staging = state.stagingDir(m.name, m.version);
+  const journalPath = join(staging, JOURNAL);
+  const stagedManifest = await readFile(join(staging, 'manifest.json')).catch(() => null);
+  const resuming = stagedManifest !== null && sha256(stagedManifest) === verified.sha256;
+  if (!resuming) {
+    await rm(staging, { recursive: true, force: true });
+    await mkdir(staging, { recursive: true });
+    await writeFileAtomic(join(staging, 'manifest.json.asc'), verified.signature);
+    await writeFileAtomic(join(staging, JOURNAL), `manifest ${verified.sha256}\n`);
+    // the manifest last: its presence with the right digest is what makes staging resumable
+    await writeFileAtomic(join(staging, 'manifest.json'), verified.bytes);
+  }
+  const done = resuming ? await readJournal(journalPath, verified.sha256) : new Set<string>();
+
+  // free space: what is still to be written (holes cost nothing, so this is an upper bound)
+  let toWrite = 0;
+  for (const [sha, w] of plan) if (!done.has(sha)) toWrite += w.chunk.length * w.targets.length;
+  try {
+    const fs = await statfs(staging);
+    const free = fs.bavail * fs.bsize;
+    if (toWrite > free) {
+      throw new LoopshipError('IO', `not enough space: up to ${mib(toWrite)} MiB to write, ${mib(free)} MiB free`, { where: staging });
+    }
+  } catch (err) {
+    if (err instanceof LoopshipError) throw err;
+  }
+
+  const handles = new Map<BlobName, FileHandle>();
+  const seeds = await seedIndex(state, { name: m.name, version: m.version });
+  const progress: InstallProgress = { doneBytes: 0, totalBytes: 0, fetchedBytes: 0, reusedBytes: 0 };
+  for (const w of plan.values()) progress.totalBytes += w.chunk.length * w.targets.length;
+  let pendingShas: string[] = [];
+  let pendingBytes = 0;
+  const journalEvery = opts.journalEveryBytes ?? 64 * 1024 * 1024;
+  let lastJournal = now();
+
+  const flush = async (): Promise<void> => {
+    if (pendingShas.length === 0) return;
+    const shas = pendingShas;
+    pendingShas = [];
+    pendingBytes = 0;
+    lastJournal = now();
+    for (const fh of handles.values()) await fh.datasync();
+    await appendFile(journalPath, shas.map((s) => s + '\n').join(''));
+    const jh = await open(journalPath, 'r');
+    await jh.sync().finally(() => jh.close());
+  };
+
+  try {
+    for (const [blob, b] of blobsOf(m)) {
+      const path = join(staging, BLOB_FILES[blob]);
+      const fh = await open(path, (await pathExists(path)) ? 'r+' : 'w+', 0o600);
+      handles.set(blob, fh);
+      await fh.truncate(b.size);
+    }
+    for (const [sha, w] of plan) {
+      if (done.has(sha)) {
+        result.resumedChunks++;
+        progress.doneBytes += w.chunk.length * w.targets.length;
+      }
+    }
+    const queue = [...plan.entries()].filter(([sha]) => !done.has(sha));
+    let failed: unknown = null;
+    let serial = Promise.resolve();
+
+    const worker = async (): Promise<void> => {
+      while (!failed) {
+        const item = queue.shift();
+        if (!item) return;
+        const [sha, w] = item;
+        try {
+          let data: Buffer | null = null;
+          const seed = seeds.get(sha);
+          if (seed && seed.length === w.chunk.length) {
+            const bytes = await readExactly(seed.path, seed.offset, seed.length);
+            // a seed is re-hashed: bit rot in an old version must not spread into the new one
+            if (bytes && sha256(bytes) === sha) data = bytes;
+          }
+          const reused = data !== null;
+          if (!data) data = await source.chunk(w.chunk, w.where);
+          if (data.length !== w.chunk.length) {
+            throw new MetadataError('CHUNK_INVALID', `chunk source returned ${data.length} bytes, expected ${w.chunk.length}`, { where: w.where });
+          }
+          for (const t of w.targets) await writeSparse(handles.get(t.file)!, data, t.offset);
+          if (reused) {
+            result.reusedChunks++;
+            result.reusedBytes += data.length;
+            progress.reusedBytes += data.length;
+          } else {
+            result.fetchedChunks++;
+            result.fetchedBytes += w.chunk.csize;
+            progress.fetchedBytes += w.chunk.csize;
+          }
+          progress.doneBytes += w.chunk.length * w.targets.length;
+          pendingShas.push(sha);
+          pendingBytes += w.chunk.length * w.targets.length;
+          opts.onProgress?.({ ...progress });
+          if (pendingBytes >= journalEvery || now() - lastJournal > 2000) {
+            serial = serial.then(flush);
+            await serial;
+          }
+        } catch (err) {
+          failed ??= err;
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: Math.max(1, opts.concurrency ?? 8) }, worker));
+    // keep what was verified and written, also when something failed: the next run resumes
+    await (serial = serial.then(flush));
+    if (failed) throw failed;
+  } catch (err) {
+    for (const fh of handles.values()) await fh.close().catch(() => {});
+    handles.clear();
+    if (err instanceof LoopshipError) throw err;
+    throw ioError(err, staging, 'install failed');
+  }
+  for (const fh of handles.values()) await fh.close();
+  await fsyncDir(staging);
+  await mkdir(state.applianceDir(m.name), { recursive: true });
+  await rename(staging, finalDir);
+  await fsyncDir(state.applianceDir(m.name));
+  await unlink(join(finalDir, JOURNAL)).catch(() => {});
+  result.seconds = (now() - t0) / 1000;
+  return result;
+}
+
+const mib = (n: number): string => (n / 1024 / 1024).toFixed(1);
+
+/** Size on disk (allocated blocks) of a file, for status and sparse checks. */
+export async function allocatedBytes(path: string): Promise<number> {
+  try {
+    return (await stat(path)).blocks * 512;
+  } catch {
+    return 0;
+  }
+}

@@ -1,0 +1,204 @@
+// The agent's state directory (default /var/lib/loopship):
+//   trust/root.json, trust/index-version     pinned/last trusted root, highest index version seen
+//   appliances/<name>/<version>/             disk.img kernel initrd manifest.json manifest.json.asc (complete only)
+//   appliances/<name>/.staging/<version>/    an install in progress (resumable)
+//   appliances/<name>/current                symlink to <version>, swapped by rename
+//   appliances/<name>/data.img               persistent data disk, survives upgrades
+//   state.json                               previous versions, health, failed upgrades, last error
+//   lock                                     one agent at a time
+//   mnt/, run/, log/                         loop mounts, qemu pid/QMP files, consoles
+// A version directory exists only once complete: it is renamed into place from staging.
+import { mkdir, readFile, readdir, rm, stat, open, unlink, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { z } from 'zod';
+import { LoopshipError } from '../format/index.js';
+import { imageName, imageVersion, compareVersions } from '../format/index.js';
+import { writeFileAtomic, symlinkAtomic, readLinkOrNull, fsyncDir } from './fsutil.js';
+
+const applianceState = z.object({
+  previous: z.string().nullable().default(null),
+  health: z.enum(['unknown', 'starting', 'healthy', 'unhealthy']).default('unknown'),
+  health_checked_at: z.string().nullable().default(null),
+  settings: z.record(z.string(), z.string()).default({}),
+  failed_versions: z.array(z.string()).default([]),
+  /** an upgrade that was under way when the agent stopped: recovered on the next run */
+  pending_upgrade: z.object({ from: z.string().nullable(), to: z.string(), started_at: z.string() }).nullable().default(null),
+  last_error: z.string().nullable().default(null),
+  /** result of the last `verify` of the current version */
+  verified: z.boolean().nullable().default(null),
+});
+export type ApplianceState = z.infer<typeof applianceState>;
+
+const stateSchema = z.object({
+  version: z.literal(1).default(1),
+  appliances: z.record(z.string(), applianceState).default({}),
+  last_update: z.string().nullable().default(null),
+  last_error: z.string().nullable().default(null),
+});
+export type AgentState = z.infer<typeof stateSchema>;
+
+export const emptyApplianceState = (): ApplianceState => applianceState.parse({});
+
+export class StateDir {
+  constructor(readonly root: string) {}
+
+  get trustDir(): string { return join(this.root, 'trust'); }
+  get rootFile(): string { return join(this.trustDir, 'root.json'); }
+  get indexVersionFile(): string { return join(this.trustDir, 'index-version'); }
+  get stateFile(): string { return join(this.root, 'state.json'); }
+  get lockFile(): string { return join(this.root, 'lock'); }
+  get mntDir(): string { return join(this.root, 'mnt'); }
+  get runDir(): string { return join(this.root, 'run'); }
+  get logDir(): string { return join(this.root, 'log'); }
+  get appliancesDir(): string { return join(this.root, 'appliances'); }
+
+  applianceDir(name: string): string { return join(this.appliancesDir, imageName.parse(name)); }
+  versionDir(name: string, version: string): string { return join(this.applianceDir(name), imageVersion.parse(version)); }
+  stagingDir(name: string, version: string): string { return join(this.applianceDir(name), '.staging', imageVersion.parse(version)); }
+  currentLink(name: string): string { return join(this.applianceDir(name), 'current'); }
+  dataDisk(name: string): string { return join(this.applianceDir(name), 'data.img'); }
+
+  async init(): Promise<void> {
+    for (const d of [this.root, this.trustDir, this.appliancesDir, this.mntDir, this.runDir, this.logDir]) await mkdir(d, { recursive: true, mode: 0o755 });
+  }
+
+  // ---------- trust ----------
+
+  async readIndexVersion(): Promise<number | undefined> {
+    try {
+      const n = Number((await readFile(this.indexVersionFile, 'utf8')).trim());
+      return Number.isSafeInteger(n) && n > 0 ? n : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
+  async writeIndexVersion(v: number): Promise<void> {
+    await writeFileAtomic(this.indexVersionFile, `${v}\n`, { mkdir: true });
+  }
+
+  // ---------- state.json ----------
+
+  async readState(): Promise<AgentState> {
+    let text: string;
+    try {
+      text = await readFile(this.stateFile, 'utf8');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return stateSchema.parse({});
+      throw err;
+    }
+    try {
+      return stateSchema.parse(JSON.parse(text));
+    } catch (cause) {
+      // written atomically, so this is damage from outside: keep it for a human, start afresh
+      await writeFile(`${this.stateFile}.corrupt-${Date.now()}`, text).catch(() => {});
+      return stateSchema.parse({});
+    }
+  }
+
+  async writeState(s: AgentState): Promise<void> {
+    await writeFileAtomic(this.stateFile, JSON.stringify(s, null, 2) + '\n', { mkdir: true });
+  }
+
+  /** Read-modify-write of one appliance's record (we hold the lock, so no race). */
+  async updateAppliance(name: string, f: (a: ApplianceState) => void): Promise<ApplianceState> {
+    const s = await this.readState();
+    const a = s.appliances[name] ?? emptyApplianceState();
+    f(a);
+    s.appliances[name] = a;
+    await this.writeState(s);
+    return a;
+  }
+
+  // ---------- appliances and versions ----------
+
+  async applianceNames(): Promise<string[]> {
+    try {
+      return (await readdir(this.appliancesDir, { withFileTypes: true }))
+        .filter((d) => d.isDirectory() && imageName.safeParse(d.name).success)
+        .map((d) => d.name)
+        .sort();
+    } catch {
+      return [];
+    }
+  }
+
+  /** Complete versions on disk, oldest first. */
+  async installedVersions(name: string): Promise<string[]> {
+    let entries;
+    try {
+      entries = await readdir(this.applianceDir(name), { withFileTypes: true });
+    } catch {
+      return [];
+    }
+    return entries
+      .filter((d) => d.isDirectory() && !d.name.startsWith('.') && imageVersion.safeParse(d.name).success)
+      .map((d) => d.name)
+      .sort(compareVersions);
+  }
+
+  async currentVersion(name: string): Promise<string | null> {
+    const t = await readLinkOrNull(this.currentLink(name));
+    return t && imageVersion.safeParse(t).success ? t : null;
+  }
+
+  /** Switches `current` to an installed version, atomically. */
+  async setCurrent(name: string, version: string): Promise<void> {
+    await stat(join(this.versionDir(name, version), 'disk.img')).catch((cause) => {
+      throw new LoopshipError('IO', `version ${version} is not installed`, { where: this.versionDir(name, version), cause });
+    });
+    await symlinkAtomic(version, this.currentLink(name));
+  }
+
+  async removeVersion(name: string, version: string): Promise<void> {
+    // rename first so a crash mid-delete never leaves a half version that looks complete
+    const dir = this.versionDir(name, version);
+    const trash = join(this.applianceDir(name), `.trash-${version}-${process.pid}`);
+    const { rename } = await import('node:fs/promises');
+    await rename(dir, trash);
+    await fsyncDir(this.applianceDir(name));
+    await rm(trash, { recursive: true, force: true });
+  }
+
+  // ---------- the lock ----------
+
+  /**
+   * One agent at a time. The lock file holds the owner's pid; a lock whose process is
+   * gone (kill -9, crash) is taken over. Returns the release function.
+   */
+  async lock(): Promise<() => Promise<void>> {
+    await mkdir(this.root, { recursive: true });
+    for (let attempt = 0; attempt < 3; attempt++) {
+      try {
+        const fh = await open(this.lockFile, 'wx', 0o644);
+        await fh.writeFile(`${process.pid}\n`);
+        await fh.sync();
+        await fh.close();
+        let released = false;
+        return async () => {
+          if (released) return;
+          released = true;
+          await unlink(this.lockFile).catch(() => {});
+        };
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      }
+      const owner = Number((await readFile(this.lockFile, 'utf8').catch(() => '')).trim());
+      if (owner && processAlive(owner)) {
+        throw new LoopshipError('LOCKED', `another loopship-agent (pid ${owner}) is running`, { where: this.lockFile });
+      }
+      // stale: its owner is gone
+      await unlink(this.lockFile).catch(() => {});
+    }
+    throw new LoopshipError('LOCKED', 'could not take the lock', { where: this.lockFile });
+  }
+}
+
+export function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}

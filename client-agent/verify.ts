@@ -1,0 +1,93 @@
+// Re-hashes an installed version against its signed manifest: every chunk's sha256, every
+// gap between chunks all zero (a hole), file sizes. Reports bit rot or tampering on disk.
+import { open, readFile, stat } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { join } from 'node:path';
+import { parseMetadata, verifyManifestSignature, LoopshipError, type Root, type Blob } from '../format/index.js';
+import { blobsOf, BLOB_FILES } from './install.js';
+
+export interface VersionCheck {
+  name: string;
+  version: string;
+  ok: boolean;
+  problems: string[];
+  bytes: number;
+}
+
+const ZERO = Buffer.alloc(1024 * 1024);
+
+/** Compares one file with its blob description; returns the problems found. */
+export async function checkBlob(path: string, blob: Pick<Blob, 'size' | 'chunks'>, label: string): Promise<string[]> {
+  const problems: string[] = [];
+  let size: number;
+  try {
+    size = (await stat(path)).size;
+  } catch {
+    return [`${label}: missing`];
+  }
+  if (size !== blob.size) problems.push(`${label}: size ${size}, manifest says ${blob.size}`);
+  const fh = await open(path, 'r');
+  try {
+    const buf = Buffer.allocUnsafe(8 * 1024 * 1024);
+    const readRange = async (offset: number, length: number, each: (b: Buffer) => void) => {
+      for (let done = 0; done < length; ) {
+        const n = Math.min(buf.length, length - done);
+        const { bytesRead } = await fh.read(buf, 0, n, offset + done);
+        if (bytesRead === 0) break;
+        each(buf.subarray(0, bytesRead));
+        done += bytesRead;
+      }
+    };
+    let pos = 0;
+    const checkGap = async (end: number) => {
+      if (end <= pos) return;
+      let bad = -1;
+      let at = pos;
+      await readRange(pos, end - pos, (b) => {
+        for (let i = 0; i < b.length && bad < 0; i += ZERO.length) {
+          const len = Math.min(ZERO.length, b.length - i);
+          if (ZERO.compare(b, i, i + len, 0, len) !== 0) bad = at + i;
+        }
+        at += b.length;
+      });
+      if (bad >= 0) problems.push(`${label}: data at offset ${bad} where the manifest has only zeros`);
+    };
+    for (const c of blob.chunks) {
+      await checkGap(c.offset);
+      const h = createHash('sha256');
+      await readRange(c.offset, c.length, (b) => h.update(b));
+      const got = h.digest('hex');
+      if (got !== c.sha256) problems.push(`${label}: chunk at offset ${c.offset} (${c.length} bytes) has sha256 ${got}, manifest says ${c.sha256}`);
+      pos = c.offset + c.length;
+      if (problems.length > 20) break;
+    }
+    await checkGap(Math.min(size, blob.size));
+  } finally {
+    await fh.close();
+  }
+  return problems;
+}
+
+export async function verifyVersionDir(dir: string, root: Root): Promise<VersionCheck & { problems: string[] }> {
+  const mpath = join(dir, 'manifest.json');
+  const parts = dir.split('/');
+  const out: VersionCheck = { name: parts.at(-2)!, version: parts.at(-1)!, ok: false, problems: [], bytes: 0 };
+  let bytes: Buffer;
+  let sig: string;
+  try {
+    bytes = await readFile(mpath);
+    sig = await readFile(mpath + '.asc', 'utf8');
+    await verifyManifestSignature(bytes, sig, root, mpath);
+  } catch (err) {
+    out.problems.push(err instanceof LoopshipError ? err.message : `${mpath}: ${(err as Error).message}`);
+    return out;
+  }
+  const m = parseMetadata('manifest', bytes, mpath);
+  if (m.name !== out.name || m.version !== out.version) out.problems.push(`${mpath}: manifest is for ${m.name} ${m.version}`);
+  for (const [blob, b] of blobsOf(m)) {
+    out.problems.push(...(await checkBlob(join(dir, BLOB_FILES[blob]), b, join(dir, BLOB_FILES[blob]))));
+    out.bytes += b.size;
+  }
+  out.ok = out.problems.length === 0;
+  return out;
+}
