@@ -187,6 +187,15 @@ export class RepoClient {
       rootBytes = bytes;
       accepted.push(v);
     }
+    // root.json names the newest root: if the chain stopped short of it, a link is missing.
+    try {
+      const latest = parseMetadata('root', await fetcher.get(ROOT_FILE, LIMITS.rootBytes), `${fetcher.source}/${ROOT_FILE}`);
+      if (latest.version > root.version) {
+        throw new RootChainError('ROOT_CHAIN', `root.json is version ${latest.version} but the chain stops at ${root.version}: ${rootHistoryPath(root.version + 1)} is missing`, { where: `${fetcher.source}/${rootHistoryPath(root.version + 1)}` });
+      }
+    } catch (err) {
+      if (!(err instanceof FetchError && err.code === 'NOT_FOUND')) throw err;
+    }
     // Checked after the walk: an expired root may be replaced by a newer one in the chain.
     checkNotExpired('root', root.expires, now, `${fetcher.source}/${accepted.length ? rootHistoryPath(root.version) : ROOT_FILE}`);
 

@@ -12,6 +12,7 @@ export type ErrorCode =
   // repository metadata and content (the verifier)
   | 'METADATA_INVALID'
   | 'METADATA_TOO_LARGE'
+  | 'TOO_LARGE'
   | 'SIGNATURE_INVALID'
   | 'SIGNATURE_THRESHOLD'
   | 'UNKNOWN_KEY'

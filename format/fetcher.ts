@@ -44,7 +44,7 @@ function limitStream(max: number, where: string): Transform {
   return new Transform({
     transform(chunk: Buffer, _enc, cb) {
       n += chunk.length;
-      if (n > max) cb(new FetchError(`more than ${max} bytes (the limit for this file)`, { where }));
+      if (n > max) cb(new FetchError(`more than ${max} bytes (the limit for this file)`, { where, code: 'TOO_LARGE' }));
       else cb(null, chunk);
     },
   });
@@ -57,7 +57,7 @@ async function collect(stream: Readable, max: number, where: string): Promise<Bu
     n += (part as Buffer).length;
     if (n > max) {
       stream.destroy();
-      throw new FetchError(`more than ${max} bytes (the limit for this file)`, { where });
+      throw new FetchError(`more than ${max} bytes (the limit for this file)`, { where, code: 'TOO_LARGE' });
     }
     parts.push(part as Buffer);
   }
@@ -110,7 +110,7 @@ export class HttpFetcher implements Fetcher {
       });
       req.on('response', (res) => {
         const status = res.statusCode ?? 0;
-        const fail = (msg: string, code?: 'NOT_FOUND') => {
+        const fail = (msg: string, code?: 'NOT_FOUND' | 'TOO_LARGE') => {
           clearTimeout(timer);
           res.resume();
           reject(new FetchError(msg, { where, status, code }));
@@ -122,7 +122,7 @@ export class HttpFetcher implements Fetcher {
         const wantStatus = opts.start ? 206 : 200;
         if (status !== wantStatus) return fail(`HTTP ${status} (expected ${wantStatus})`);
         const declared = Number(res.headers['content-length'] ?? NaN);
-        if (Number.isFinite(declared) && declared > maxBytes) return fail(`Content-Length ${declared} exceeds the ${maxBytes}-byte limit for this file`);
+        if (Number.isFinite(declared) && declared > maxBytes) return fail(`Content-Length ${declared} exceeds the ${maxBytes}-byte limit for this file`, 'TOO_LARGE');
         const limiter = limitStream(maxBytes, where);
         res.on('error', (err) => limiter.destroy(err instanceof FetchError ? err : new FetchError(`download failed (${err.message})`, { where, cause: err })));
         res.on('aborted', () => limiter.destroy(new FetchError('connection closed before the end of the file', { where })));
@@ -165,7 +165,7 @@ export class DirFetcher implements Fetcher {
     const fh = await open(p, 'r');
     try {
       const size = (await fh.stat()).size;
-      if (size > maxBytes) throw new FetchError(`${size} bytes exceeds the ${maxBytes}-byte limit for this file`, { where: p });
+      if (size > maxBytes) throw new FetchError(`${size} bytes exceeds the ${maxBytes}-byte limit for this file`, { where: p, code: 'TOO_LARGE' });
       return await fh.readFile();
     } finally {
       await fh.close();
