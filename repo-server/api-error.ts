@@ -2,7 +2,7 @@
 // {error, code, message} with a status that says whose fault it was. Errors thrown by
 // the format/ layer (LoopshipError) are mapped here, in one place.
 import type { ErrorRequestHandler, Response } from 'express';
-import { LoopshipError, VerificationError, UsageError, ConfigError } from '../format/errors.js';
+import { LoopshipError, VerificationError, UsageError, ConfigError } from '../format/index.js';
 
 export type ApiErrorCode =
   | 'BAD_REQUEST'
@@ -48,6 +48,7 @@ export function statusFor(err: LoopshipError): number {
     case 'NOT_FOUND':
       return 404;
     case 'LOCKED':
+    case 'CONFLICT':
       return 409;
     case 'METADATA_TOO_LARGE':
       return 413;

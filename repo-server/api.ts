@@ -3,7 +3,7 @@
 // injected writer or store: the verification itself lives in format/ (RepositoryWriter).
 import { Router, json, type Request, type Response, type NextFunction, type RequestHandler } from 'express';
 import { z } from 'zod';
-import { imageName, imageVersion, channelName, describeIssues } from '../format/schema.js';
+import { imageName, imageVersion, channelName, describeIssues, type RepositoryWriter } from '../format/index.js';
 import { ApiError, sendError } from './api-error.js';
 import { requireToken, principalOf } from './auth.js';
 import { LimitedUpload } from './upload-limit.js';
@@ -11,10 +11,7 @@ import { ReportSchema, RateLimiter, type ReportStore } from './reports.js';
 import type { ServerConfig } from './config.js';
 
 /** What the server needs from format/'s RepositoryWriter (injected, so tests can use a fake). */
-export interface PackageWriter {
-  addPackage(tar: NodeJS.ReadableStream): Promise<{ name: string; version: string; manifestSha256: string }>;
-  promote(name: string, channel: string, version: string): Promise<void>;
-}
+export type PackageWriter = Pick<RepositoryWriter, 'addPackage' | 'promote'>;
 
 export interface ApiOptions {
   config: ServerConfig;
@@ -64,25 +61,37 @@ export function apiRouter(opts: ApiOptions): Router {
       if (type && !req.is(['application/x-tar', 'application/octet-stream'])) {
         throw new ApiError(415, 'UNSUPPORTED_MEDIA_TYPE', 'expected a package tar (Content-Type: application/x-tar)');
       }
+      const channel = req.query.channel === undefined ? undefined : validate(channelName, req.query.channel, 'channel (query parameter)');
       const declared = Number(req.get('content-length') ?? NaN);
       if (declared > limits.maxUploadBytes) {
         res.setHeader('Connection', 'close');
         throw new ApiError(413, 'PAYLOAD_TOO_LARGE', `upload of ${declared} bytes exceeds the server's limit of ${limits.maxUploadBytes} bytes`);
       }
-      const body = new LimitedUpload({ maxBytes: limits.maxUploadBytes, idleTimeoutMs: limits.uploadIdleTimeoutMs, totalTimeoutMs: limits.uploadTimeoutMs });
-      req.on('aborted', () => body.fail(new ApiError(400, 'BAD_REQUEST', 'the client aborted the upload')));
+      const body = new LimitedUpload(req, { maxBytes: limits.maxUploadBytes, idleTimeoutMs: limits.uploadIdleTimeoutMs, totalTimeoutMs: limits.uploadTimeoutMs });
+      req.on('close', () => {
+        if (!req.complete) body.fail(new ApiError(400, 'BAD_REQUEST', 'the client aborted the upload'));
+      });
       req.on('error', () => body.fail(new ApiError(400, 'BAD_REQUEST', 'the upload connection failed')));
-      req.pipe(body);
       const who = principalOf(req).name;
       try {
-        const result = await w.addPackage(body);
-        log.info({ publisher: who, ...result, bytes: body.bytes }, 'package published');
-        res.status(201).json({ name: result.name, version: result.version, manifest_sha256: result.manifestSha256, bytes: body.bytes });
+        const result = await w.addPackage(body, { where: 'upload', channel });
+        log.info({ publisher: who, ...result, bytes: body.bytes }, result.unchanged ? 'package already published' : 'package published');
+        res.status(result.unchanged ? 200 : 201).json({
+          name: result.name,
+          version: result.version,
+          arch: result.arch,
+          manifest_sha256: result.manifestSha256,
+          index_version: result.indexVersion,
+          new_chunks: result.newChunks,
+          reused_chunks: result.reusedChunks,
+          unchanged: result.unchanged,
+          channel: channel ?? null,
+          bytes: body.bytes,
+        });
       } catch (err) {
         // our own cut-off (size, timeout, abort) explains the writer's failure better than its message
         const reason = body.failure ?? err;
         log.warn({ publisher: who, err: (reason as Error).message, bytes: body.bytes }, 'package rejected');
-        req.unpipe(body);
         body.destroy();
         // do not read the rest of a rejected upload: close the connection after answering
         if (!req.readableEnded) res.setHeader('Connection', 'close');
@@ -102,9 +111,9 @@ export function apiRouter(opts: ApiOptions): Router {
       } else {
         target = validate(PromoteBody, { name: req.params.name, version: req.params.version }, 'promote request');
       }
-      await w.promote(target.name, channel, target.version);
-      log.info({ publisher: principalOf(req).name, channel, ...target }, 'channel promoted');
-      res.json({ name: target.name, channel, version: target.version });
+      const { indexVersion } = await w.promote(target.name, channel, target.version);
+      log.info({ publisher: principalOf(req).name, channel, ...target, indexVersion }, 'channel promoted');
+      res.json({ name: target.name, channel, version: target.version, index_version: indexVersion });
     });
   router.post('/channels/:channel/promote', publisher, jsonBody, promote('body'));
   router.post('/channels/:channel/promote/:name/:version', publisher, promote('path'));

@@ -5,8 +5,8 @@ import { readFile } from 'node:fs/promises';
 import { createHash } from 'node:crypto';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
-import { ConfigError } from '../format/errors.js';
-import { describeIssues } from '../format/schema.js';
+import { ConfigError } from '../format/index.js';
+import { describeIssues } from '../format/index.js';
 
 export const DEFAULT_CONFIG_PATH = '/etc/loopship/server.yaml';
 export const DEFAULT_STATE_DIR = '/var/lib/loopship-server';

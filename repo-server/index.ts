@@ -5,3 +5,5 @@ export { parseServerConfig, loadServerConfig, DEFAULT_CONFIG_PATH, DEFAULT_STATE
 export { ReportSchema, ApplianceReportSchema, HEALTH_STATES, FileReportStore, type FleetReport, type ApplianceReport, type StoredReport, type ReportStore } from './reports.js';
 export type { PackageWriter } from './api.js';
 export { ApiError, type ErrorBody } from './api-error.js';
+export { uploadPackage, promoteRemote, remoteError, type PublishResponse, type PromoteResponse } from './client.js';
+export { createRepositoryWriter, loadIndexKeys } from './writer.js';

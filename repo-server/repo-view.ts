@@ -4,8 +4,8 @@
 // it cannot read becomes an error line on the page, never a crash.
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
-import { parseMetadata, compareVersions, type Index, type Manifest } from '../format/schema.js';
-import { manifestPath, INDEX_FILE } from '../format/paths.js';
+import { parseMetadata, compareVersions, type Index, type Manifest } from '../format/index.js';
+import { manifestPath, INDEX_FILE } from '../format/index.js';
 
 export interface ManifestSummary {
   arch: string;

@@ -6,8 +6,8 @@ import { mkdir, open, readdir, readFile, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { z } from 'zod';
-import { imageName, imageVersion, channelName } from '../format/schema.js';
-import { LoopshipError } from '../format/errors.js';
+import { imageName, imageVersion, channelName } from '../format/index.js';
+import { LoopshipError } from '../format/index.js';
 import { ApiError } from './api-error.js';
 
 const hostname = z

@@ -7,7 +7,7 @@ import { realpath, stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { RequestHandler, Response } from 'express';
 import send from 'send';
-import { isRepositoryPath, isImmutablePath } from '../format/paths.js';
+import { isRepositoryPath, isImmutablePath } from '../format/index.js';
 import { ApiError, sendError } from './api-error.js';
 
 export const CACHE_IMMUTABLE = 'public, max-age=31536000, immutable';

@@ -6,6 +6,8 @@ import { mkdir, mkdtemp, readdir, readFile, readlink, writeFile, lstat } from 'n
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
+import { RepositoryWriter, createPackage, SPEC_VERSION } from '../../format/index.js';
+import { Keystore, buildRoot, signRoot, generateKey, readPrivateKey, type PrivateKey } from '../../keys/index.js';
 
 export const sha256hex = (b: Buffer | string) => createHash('sha256').update(b).digest('hex');
 
@@ -84,4 +86,71 @@ export async function hashTree(dir: string): Promise<string> {
   }
   await walk('');
   return h.digest('hex');
+}
+
+// ---------- a real, signed repository (format/ writer, keys/ key store) ----------
+
+export interface RealRepo {
+  dir: string;
+  keysDir: string;
+  store: Keystore;
+  writer: RepositoryWriter;
+  publisherKey: PrivateKey;
+  work: string;
+}
+
+export async function makeRealRepo(): Promise<RealRepo> {
+  const keysDir = await tempDir('loopship-keys-');
+  const dir = await tempDir('loopship-repo-');
+  const work = await tempDir('loopship-work-');
+  const store = await Keystore.init(keysDir);
+  const root = await buildRoot(store, 1);
+  const signed = await signRoot(root, await store.signingKeys('root'));
+  const writer = await RepositoryWriter.init(dir, signed, { indexKeys: await store.signingKeys('index') });
+  const [publisherKey] = await store.signingKeys('publisher');
+  return { dir, keysDir, store, writer, publisherKey, work };
+}
+
+export async function strangerKey(): Promise<PrivateKey> {
+  const k = await generateKey('not a publisher of this repository');
+  return readPrivateKey(k.privateArmored, undefined);
+}
+
+/** A small signed package tar (random image blocks with a zero hole, a kernel). */
+export async function makePackage(repo: RealRepo, name: string, version: string, opts: { key?: PrivateKey; imageBytes?: number; seed?: Buffer } = {}): Promise<{ tarPath: string; manifestSha256: string }> {
+  const base = path.join(repo.work, `${name}-${version}-${randomBytes(4).toString('hex')}`);
+  const imageBytes = opts.imageBytes ?? 512 * 1024;
+  const image = Buffer.alloc(imageBytes + 256 * 1024);
+  (opts.seed ?? randomBytes(imageBytes)).copy(image, 0, 0, imageBytes); // the tail stays zero: sparse
+  await writeFile(base + '.img', image);
+  await writeFile(base + '.kernel', randomBytes(40_000));
+  const created = await createPackage({
+    manifest: {
+      type: 'loopship/manifest',
+      spec_version: SPEC_VERSION,
+      name,
+      version,
+      arch: 'amd64',
+      build: {
+        recipe_digest: sha256hex(name),
+        suite: 'bookworm',
+        packages: [
+          { name: 'openssh-server', version: '1:9.2p1-2' },
+          { name: 'xrdp', version: '0.9.21' },
+        ],
+        built_at: '2026-11-22T01:00:00Z',
+        builder: 'test',
+      },
+      image: { fs: 'ext4' },
+      boot: { type: 'pvh', cmdline: 'root=/dev/xvda ro', ready_marker: 'login:' },
+      xen: { memory: 512, vcpus: 1, network: { nics: 1 } },
+      settings: {},
+    },
+    imagePath: base + '.img',
+    kernelPath: base + '.kernel',
+    initrdPath: null,
+    publisherKey: opts.key ?? repo.publisherKey,
+    out: { tarPath: base + '.tar' },
+  });
+  return { tarPath: base + '.tar', manifestSha256: sha256hex(created.manifestBytes) };
 }

@@ -1,0 +1,47 @@
+// The publishing side of the server: format/'s RepositoryWriter holding the index key(s)
+// named in the server config (or taken from a key store directory).
+import { readFile } from 'node:fs/promises';
+import { RepositoryWriter, LoopshipError, ConfigError } from '../format/index.js';
+import { Keystore, readPrivateKey, readPassphrase, type PrivateKey } from '../keys/index.js';
+import type { ServerConfig } from './config.js';
+import type { PackageWriter } from './api.js';
+
+export async function loadIndexKeys(config: ServerConfig): Promise<PrivateKey[]> {
+  const keys: PrivateKey[] = [];
+  for (const k of config.indexKeys) {
+    let armored: string;
+    try {
+      armored = await readFile(k.path, 'utf8');
+    } catch (cause) {
+      throw new ConfigError(`cannot read index key (${(cause as Error).message})`, { where: k.path, cause });
+    }
+    const passphrase = k.passphraseEnv ? process.env[k.passphraseEnv] : undefined;
+    if (k.passphraseEnv && passphrase === undefined) throw new ConfigError(`environment variable ${k.passphraseEnv} (the key's passphrase) is not set`, { where: k.path });
+    keys.push(await readPrivateKey(armored, passphrase, k.path));
+  }
+  return keys;
+}
+
+/**
+ * The writer for a server: index keys from `keysDir` (a key store, as `loopship keys init`
+ * makes) when given, else from the config's index_keys; none at all means a read-only server.
+ */
+export async function createRepositoryWriter(repoDir: string, config: ServerConfig, opts: { keysDir?: string; passphraseFile?: string } = {}): Promise<PackageWriter | undefined> {
+  let indexKeys: PrivateKey[];
+  if (opts.keysDir) {
+    const store = await Keystore.open(opts.keysDir);
+    indexKeys = await store.signingKeys('index', await readPassphrase(opts.passphraseFile));
+  } else {
+    indexKeys = await loadIndexKeys(config);
+  }
+  if (indexKeys.length === 0) return undefined;
+  const writer = new RepositoryWriter(repoDir, { indexKeys, expiresDays: config.indexExpiresDays });
+  // fail at start-up, not at the first publish, when the keys are not the root's index keys
+  try {
+    await writer.readRoot();
+  } catch (err) {
+    if (err instanceof LoopshipError) throw err;
+    throw new ConfigError(`cannot read the repository root (${(err as Error).message})`, { where: repoDir, cause: err });
+  }
+  return writer;
+}
