@@ -18,6 +18,7 @@ export interface XlOptions {
   /** how long the toolstack may take to come up (host just booted) */
   toolstackTimeoutMs?: number;
   sleep?: (ms: number) => Promise<void>;
+  now?: () => number;
 }
 
 /** Quotes a string for xl.cfg (double quotes; backslash and quote escaped). */
@@ -58,6 +59,7 @@ export class XlBackend implements Backend {
   private readonly consoleDir: string;
   private readonly toolstackTimeoutMs: number;
   private readonly sleep: (ms: number) => Promise<void>;
+  private readonly now: () => number;
 
   constructor(o: XlOptions = {}) {
     this.exec = o.exec ?? defaultExec;
@@ -66,6 +68,7 @@ export class XlBackend implements Backend {
     this.consoleDir = o.consoleDir ?? '/var/log/xen/console';
     this.toolstackTimeoutMs = o.toolstackTimeoutMs ?? 120_000;
     this.sleep = o.sleep ?? ((ms) => new Promise((r) => setTimeout(r, ms)));
+    this.now = o.now ?? Date.now;
   }
 
   configPath(name: string): string {
@@ -77,14 +80,14 @@ export class XlBackend implements Backend {
 
   /** Polls `xl info` with backoff until it answers: xenstored/xenconsoled may still be starting. */
   async waitToolstack(): Promise<void> {
-    const t0 = Date.now();
+    const t0 = this.now();
     let delay = 100;
     let last = '';
     for (;;) {
       const r = await this.exec(this.xl, ['info'], { timeoutMs: 30_000 }).catch((e: Error) => ({ exitCode: -1, stdout: '', stderr: e.message }));
       if (r.exitCode === 0) return;
       last = (r.stderr || r.stdout).trim().split('\n').pop() ?? '';
-      if (Date.now() - t0 >= this.toolstackTimeoutMs) {
+      if (this.now() - t0 >= this.toolstackTimeoutMs) {
         throw new LoopshipError('EXEC_FAILED', `the Xen toolstack did not answer within ${Math.round(this.toolstackTimeoutMs / 1000)} s (xl info: ${last || 'no output'})`, { where: this.xl });
       }
       await this.sleep(delay);
