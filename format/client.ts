@@ -156,7 +156,7 @@ export class RepoClient {
     if (errors.length === 1) throw errors[0].err;
     // Prefer a verification failure over "mirror down": it is the more important news.
     const first = errors.find((e) => e.err instanceof VerificationError) ?? errors[0];
-    const summary = errors.map((e) => `${e.source}: ${(e.err as Error).message}`).join('; ');
+    const summary = errors.map((e) => (e.err as Error).message).join("; ");
     const base = first.err as LoopshipError;
     const Ctor = (base?.constructor ?? LoopshipError) as new (code: string, msg: string, o: object) => LoopshipError;
     if (base instanceof FetchError) throw new FetchError(`every mirror failed: ${summary}`, { cause: base, code: base.code });

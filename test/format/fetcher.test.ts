@@ -1,0 +1,91 @@
+// The HTTP fetcher and mirror failover against misbehaving servers on 127.0.0.1.
+import test from 'ava';
+import { makeRepo, makePackage, publish, serveDir } from '../helpers/repo.js';
+import { HttpFetcher, RepoClient, createFetcher } from '../../format/index.js';
+
+test('limits: Content-Length over the limit, endless bodies, slow drips, redirects and error pages are refused', async (t) => {
+  const server = await serveDir('/nonexistent', async (req, res) => {
+    switch (req.url) {
+      case '/big':
+        res.writeHead(200, { 'content-length': String(10 * 1024 * 1024) });
+        res.end();
+        return true;
+      case '/endless': {
+        res.writeHead(200); // chunked, no length: would go on forever
+        const pump = () => {
+          if (!res.destroyed && res.write(Buffer.alloc(64 * 1024))) setImmediate(pump);
+          else if (!res.destroyed) res.once('drain', pump);
+        };
+        pump();
+        return true;
+      }
+      case '/slow': {
+        res.writeHead(200);
+        const timer = setInterval(() => (res.destroyed ? clearInterval(timer) : res.write('x')), 200);
+        res.on('close', () => clearInterval(timer));
+        return true;
+      }
+      case '/redirect':
+        res.writeHead(302, { location: 'http://127.0.0.2:1/evil' }).end();
+        return true;
+      case '/html':
+        res.writeHead(503, { 'content-type': 'text/html' }).end('<html>Service Unavailable</html>');
+        return true;
+      case '/short':
+        res.writeHead(200, { 'content-length': '1000' });
+        res.end(Buffer.alloc(10)); // the server lies: fewer bytes than promised
+        setImmediate(() => req.socket.destroy());
+        return true;
+    }
+    return false;
+  });
+  t.teardown(server.close);
+  const f = new HttpFetcher(server.url, { baseTimeoutMs: 1500, idleTimeoutMs: 1000, minBytesPerSecond: 1e9 });
+  await t.throwsAsync(f.get('big', 1024 * 1024), { message: /Content-Length 10485760 exceeds the 1048576-byte limit/ });
+  await t.throwsAsync(f.get('endless', 1024 * 1024), { message: /more than 1048576 bytes/ });
+  const slow = await t.throwsAsync(f.get('slow', 1024));
+  t.regex(slow!.message, /slow: took longer than 2 s|no data/);
+  await t.throwsAsync(f.get('redirect', 1024), { message: /redirect\/?: ?HTTP 302 redirect to http:\/\/127\.0\.0\.2:1\/evil refused|302 redirect/ });
+  await t.throwsAsync(f.get('html', 1024), { message: /html: HTTP 503/ });
+  await t.throwsAsync(f.get('short', 2000), { message: /short/ });
+  const nf = await t.throwsAsync(f.get('missing', 10));
+  t.is((nf as { code?: string }).code, 'NOT_FOUND');
+  await t.throwsAsync(f.get('../etc/passwd', 10), { message: /outside the repository/ });
+  f.close();
+});
+
+test('mirror failover: a dead mirror and a stale mirror are skipped for a good one', async (t) => {
+  const fx = await makeRepo();
+  t.teardown(fx.cleanup);
+  const pkg = await makePackage(fx);
+  await publish(fx, pkg.tarPath, 'stable');
+  // Snapshot the repository as a "stale" mirror would have it, then publish more.
+  const { cp } = await import('node:fs/promises');
+  const staleDir = fx.dir + '/stale';
+  await cp(fx.repoDir, staleDir, { recursive: true });
+  await fx.writer.promote('tiny', 'testing', '1.0.0');
+
+  const good = await serveDir(fx.repoDir);
+  const stale = await serveDir(staleDir);
+  t.teardown(good.close);
+  t.teardown(stale.close);
+  const dead = 'http://127.0.0.1:9'; // discard port: connection refused
+
+  const pinFetcher = createFetcher(good.url);
+  const root = await RepoClient.pin(pinFetcher, { keyArmored: fx.rootKeyArmored });
+  // This host already saw index version 3.
+  const c = new RepoClient({ fetchers: [createFetcher(dead), createFetcher(stale.url), createFetcher(good.url)], trustedRoot: root, lastIndexVersion: 3 });
+  const up = await c.update();
+  t.is(up.source, good.url);
+  t.is(up.index.version, 3);
+  const { manifest } = await c.manifest('tiny', '1.0.0');
+  const before = good.requests.length;
+  await c.chunk(manifest.image.chunks[0]);
+  t.is(good.requests.length, before + 1, 'chunks come from the mirror that verified');
+
+  // With only the bad mirrors, the error names both and says why.
+  const bad = new RepoClient({ fetchers: [createFetcher(dead), createFetcher(stale.url)], trustedRoot: root, lastIndexVersion: 3 });
+  const err = (await t.throwsAsync(bad.update())) as Error & { code?: string };
+  t.is(err.code, 'ROLLBACK');
+  t.regex(err.message, /every mirror failed: http:\/\/127\.0\.0\.1:9\/root\/2\.json: request failed.*index\.json: index version 2 is older than version 3/);
+});
