@@ -124,7 +124,7 @@ export async function requireThreshold(
     throw new SignatureError(
       code,
       signers.size === 0
-        ? `no valid signature by a ${role} key (${trusted.length} trusted ${role} key(s))`
+        ? `no valid signature by any ${role} key (${trusted.length} trusted)`
         : `only ${signers.size} valid ${role} signature(s), threshold is ${threshold}`,
       { where },
     );
