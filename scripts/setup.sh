@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what loopship needs on a Debian 12 machine (run as root): the Debian tools the
+# builder, agent and tests call, then the npm packages. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEBIAN_PACKAGES=(
+  debootstrap e2fsprogs zstd util-linux mount gnupg   # build, image, sign, loop-mount
+  qemu-system-x86                                     # the agent's qemu backend, boot tests
+  chromium                                            # dashboard test in a real browser
+  curl nginx-light                                    # benchmarks: the plain pipeline and nginx as peers
+)
+missing=()
+for p in "${DEBIAN_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then echo "setup: need root to install: ${missing[*]}" >&2; exit 1; fi
+  echo "setup: installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  echo "setup: installing npm packages (npm ci)"
+  npm ci --no-audit --no-fund
+fi
+npm run build --silent
+echo "setup: done"
