@@ -1,0 +1,50 @@
+// Fixtures for the agent tests: a real signed repository (the lead's helpers), a verified
+// client over it, and chunk sources that fail on purpose.
+import { readFile, stat } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { RepoClient, createFetcher, type Chunk } from '../../format/index.js';
+import type { ChunkSource, VerifiedManifest } from '../../client-agent/install.js';
+import { makeRepo, makePackage, publish, type Fixture } from '../helpers/repo.js';
+
+export { makeRepo, makePackage, publish, type Fixture };
+
+export async function clientFor(fx: Fixture): Promise<RepoClient> {
+  const fetcher = createFetcher(fx.repoDir);
+  const root = await RepoClient.pin(fetcher, { keyArmored: fx.rootKeyArmored });
+  const client = new RepoClient({ fetchers: [fetcher], trustedRoot: root });
+  await client.update();
+  return client;
+}
+
+export async function verifiedManifest(client: RepoClient, name: string, version: string): Promise<VerifiedManifest> {
+  return client.manifest(name, version);
+}
+
+/** Counts what is fetched, and can fail on the n-th fetch or corrupt one chunk. */
+export function countingSource(inner: ChunkSource, opts: { failAfter?: number; corrupt?: (c: Chunk) => boolean; delayMs?: number } = {}) {
+  const fetched: string[] = [];
+  const source: ChunkSource = {
+    async chunk(c, where) {
+      if (opts.delayMs) await new Promise((r) => setTimeout(r, opts.delayMs));
+      if (opts.failAfter !== undefined && fetched.length >= opts.failAfter) throw new Error(`injected fetch failure after ${opts.failAfter} chunks`);
+      fetched.push(c.sha256);
+      if (opts.corrupt?.(c)) {
+        // what a tampering mirror would send: the verifier must refuse it
+        const { decodeChunk, compressChunk } = await import('../../format/index.js');
+        const raw = await inner.chunk(c, where);
+        raw[0] ^= 0xff;
+        return decodeChunk(compressChunk(raw), c, where ?? 'chunk');
+      }
+      return inner.chunk(c, where);
+    },
+  };
+  return { source, fetched };
+}
+
+export async function sha256File(path: string): Promise<string> {
+  return createHash('sha256').update(await readFile(path)).digest('hex');
+}
+
+export async function allocated(path: string): Promise<number> {
+  return (await stat(path)).blocks * 512;
+}

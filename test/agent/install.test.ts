@@ -1,0 +1,130 @@
+import test from 'ava';
+import { readFile, stat, readdir, open } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { mkdtemp } from 'node:fs/promises';
+import { installVersion, planChunks } from '../../client-agent/install.js';
+import { StateDir } from '../../client-agent/state.js';
+import { makeRepo, makePackage, publish, clientFor, countingSource, sha256File, allocated } from './helpers.js';
+
+// one signed repository for the whole file (building packages is the slow part); each test its own state dir
+const shared = (async () => {
+  const fx = await makeRepo();
+  const v1 = await makePackage(fx, { version: '1.0.0' });
+  await publish(fx, v1.tarPath, 'stable');
+  // v2: one 4 KiB block changed near the start
+  const v2 = await makePackage(fx, { version: '2.0.0', patch: { offset: 64 * 1024, data: Buffer.alloc(4096, 7) } });
+  await publish(fx, v2.tarPath);
+  return { fx, v1, v2 };
+})();
+test.after.always(async () => (await shared).fx.cleanup());
+
+async function setup(_t: import('ava').ExecutionContext) {
+  const { fx, v1, v2 } = await shared;
+  const state = new StateDir(await mkdtemp(join(fx.dir, 'state-')));
+  await state.init();
+  const client = await clientFor(fx);
+  return { fx, v1, v2, state, client };
+}
+
+test('a fresh install reproduces image, kernel and initrd, sparse, and only a complete version appears', async (t) => {
+  const { v1, state, client } = await setup(t);
+  const verified = await client.manifest('tiny', '1.0.0');
+  const { source, fetched } = countingSource(client);
+  const progress: number[] = [];
+  const r = await installVersion({ state, verified, source, concurrency: 4, onProgress: (p) => progress.push(p.doneBytes) });
+  const dir = state.versionDir('tiny', '1.0.0');
+  t.deepEqual(await readFile(join(dir, 'disk.img')), await readFile(v1.imagePath));
+  t.is(r.fetchedChunks, planChunks(verified.manifest, 'm').size);
+  t.is(fetched.length, r.fetchedChunks);
+  t.is(r.reusedChunks, 0);
+  t.true(r.fetchedBytes > 0 && r.fetchedBytes === r.fullCompressedBytes);
+  const img = await stat(join(dir, 'disk.img'));
+  t.is(img.size, verified.manifest.image.size);
+  // the zero third of the image is a hole, never written
+  t.true(await allocated(join(dir, 'disk.img')) <= (2 * img.size) / 3 + 64 * 1024, `allocated ${await allocated(join(dir, 'disk.img'))} of ${img.size}`);
+  t.true((await readFile(join(dir, 'kernel'))).length === verified.manifest.kernel.size);
+  t.deepEqual(await readFile(join(dir, 'manifest.json')), verified.bytes);
+  t.is(await readFile(join(dir, 'manifest.json.asc'), 'utf8'), verified.signature);
+  t.deepEqual((await readdir(dir)).sort(), ['disk.img', 'initrd', 'kernel', 'manifest.json', 'manifest.json.asc']);
+  t.false(existsSync(state.stagingDir('tiny', '1.0.0')));
+  t.true(progress.length > 0 && progress.at(-1)! > 0);
+
+  // installing again fetches nothing
+  const again = await installVersion({ state, verified, source });
+  t.true(again.alreadyInstalled);
+  t.is(fetched.length, r.fetchedChunks);
+});
+
+test('an installed version is the seed: a one-block change fetches only the changed chunks', async (t) => {
+  const { v2, state, client } = await setup(t);
+  await installVersion({ state, verified: await client.manifest('tiny', '1.0.0'), source: client });
+  const verified = await client.manifest('tiny', '2.0.0');
+  const { source, fetched } = countingSource(client);
+  const r = await installVersion({ state, verified, source });
+  t.deepEqual(await readFile(join(state.versionDir('tiny', '2.0.0'), 'disk.img')), await readFile(v2.imagePath));
+  t.true(r.fetchedChunks >= 1 && r.fetchedChunks <= 3, `fetched ${r.fetchedChunks} chunks`);
+  t.is(fetched.length, r.fetchedChunks);
+  t.true(r.reusedChunks > 10);
+  t.true(r.fetchedBytes < r.fullCompressedBytes / 5, `fetched ${r.fetchedBytes} of ${r.fullCompressedBytes}`);
+});
+
+test('a damaged seed is not spread: its chunk is re-hashed and fetched instead', async (t) => {
+  const { v2, state, client } = await setup(t);
+  await installVersion({ state, verified: await client.manifest('tiny', '1.0.0'), source: client });
+  const m1 = (await client.manifest('tiny', '1.0.0')).manifest;
+  // bit rot in the old version, in a chunk the new version shares
+  const victim = m1.image.chunks.at(-1)!;
+  const fh = await open(join(state.versionDir('tiny', '1.0.0'), 'disk.img'), 'r+');
+  await fh.write(Buffer.from([0xde, 0xad]), 0, 2, victim.offset + 10);
+  await fh.close();
+  const { source, fetched } = countingSource(client);
+  await installVersion({ state, verified: await client.manifest('tiny', '2.0.0'), source });
+  t.true(fetched.includes(victim.sha256));
+  t.deepEqual(await readFile(join(state.versionDir('tiny', '2.0.0'), 'disk.img')), await readFile(v2.imagePath));
+});
+
+test('an interrupted install resumes: verified chunks are not fetched again', async (t) => {
+  const { v1, state, client } = await setup(t);
+  const verified = await client.manifest('tiny', '1.0.0');
+  const first = countingSource(client, { failAfter: 10 });
+  const err = await t.throwsAsync(installVersion({ state, verified, source: first.source, concurrency: 2 }));
+  t.regex(err!.message, /injected fetch failure/);
+  t.false(existsSync(state.versionDir('tiny', '1.0.0')), 'nothing half-done is in place');
+  t.true(existsSync(state.stagingDir('tiny', '1.0.0')));
+  const second = countingSource(client);
+  const r = await installVersion({ state, verified, source: second.source });
+  t.is(r.resumedChunks, 10);
+  t.is(second.fetched.length, r.chunks - 10);
+  t.false(second.fetched.some((s) => first.fetched.includes(s)));
+  t.deepEqual(await readFile(join(state.versionDir('tiny', '1.0.0'), 'disk.img')), await readFile(v1.imagePath));
+});
+
+test('a chunk failing verification stops the install; the installed version is untouched', async (t) => {
+  const { state, client } = await setup(t);
+  await installVersion({ state, verified: await client.manifest('tiny', '1.0.0'), source: client });
+  await state.setCurrent('tiny', '1.0.0');
+  const before = await sha256File(join(state.versionDir('tiny', '1.0.0'), 'disk.img'));
+  const verified = await client.manifest('tiny', '2.0.0');
+  const changed = new Set(verified.manifest.image.chunks.map((c) => c.sha256));
+  for (const c of (await client.manifest('tiny', '1.0.0')).manifest.image.chunks) changed.delete(c.sha256);
+  const bad = countingSource(client, { corrupt: (c) => changed.has(c.sha256) });
+  const err = await t.throwsAsync(installVersion({ state, verified, source: bad.source }));
+  t.is((err as { code?: string }).code, 'DIGEST_MISMATCH');
+  t.false(existsSync(state.versionDir('tiny', '2.0.0')));
+  t.is(await state.currentVersion('tiny'), '1.0.0');
+  t.is(await sha256File(join(state.versionDir('tiny', '1.0.0'), 'disk.img')), before);
+  // the next run with an honest mirror completes
+  const r = await installVersion({ state, verified, source: client });
+  t.false(r.alreadyInstalled);
+  t.true(existsSync(join(state.versionDir('tiny', '2.0.0'), 'disk.img')));
+});
+
+test('a different build under an installed version number is refused, not mixed', async (t) => {
+  const { state, client } = await setup(t);
+  const verified = await client.manifest('tiny', '1.0.0');
+  await installVersion({ state, verified, source: client });
+  const other = { ...verified, sha256: 'f'.repeat(64) };
+  const err = await t.throwsAsync(installVersion({ state, verified: other, source: client }));
+  t.regex(err!.message, /different build of tiny 1\.0\.0 is already installed/);
+});
