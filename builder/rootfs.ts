@@ -1,0 +1,232 @@
+// Steps on the root filesystem tree: bootstrap (or restore from cache), customise in
+// the chroot, clean, clamp times, measure. Each step is a function of (root, recipe,
+// exec), so the pipeline stays a readable list and tests can drive steps alone.
+import { cp, lstat, lutimes, mkdir, readdir, readFile, rm, writeFile, chmod, readlink } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Exec } from './exec.js';
+import type { BootstrapCache, BootstrapKey } from './cache.js';
+import { withChroot, exists } from './chroot.js';
+import { guestFiles } from './guest-files.js';
+import type { Recipe } from './recipe.js';
+
+/** Fills `root` from the cache or by running debootstrap (then stores it). Returns where it came from. */
+export async function bootstrapRoot(opts: {
+  root: string;
+  key: BootstrapKey;
+  cache: BootstrapCache | null;
+  exec: Exec;
+  /** also store into the cache (false with --no-cache: a forced clean build still refreshes nothing) */
+  useCache: boolean;
+  onLine?: (l: string) => void;
+}): Promise<'cache' | 'debootstrap'> {
+  const { root, key, cache, exec } = opts;
+  await mkdir(root, { recursive: true });
+  if (cache && opts.useCache && (await cache.has(key))) {
+    await cache.restore(key, root);
+    return 'cache';
+  }
+  await exec(
+    'debootstrap',
+    [`--variant=${key.variant}`, `--arch=${key.arch}`, `--components=${key.components.join(',')}`, ...(key.snapshot ? ['--no-check-gpg'] : []), key.suite, root, key.mirror],
+    { stage: 'bootstrap', onLine: opts.onLine },
+  );
+  // Cache only a complete, untouched bootstrap (chroot steps come later, on a copy).
+  if (cache) await cache.store(key, root);
+  return 'debootstrap';
+}
+
+export interface CustomizeOptions {
+  root: string;
+  recipe: Recipe;
+  overlayDir: string | null;
+  exec: Exec;
+  sourceDateEpoch: number;
+  uuid: string;
+  digest: string;
+  onStep?: (what: string) => void;
+}
+
+/** Everything that happens inside the chroot, in recipe order. */
+export async function customizeRoot(o: CustomizeOptions): Promise<void> {
+  const { root, recipe, exec } = o;
+  const step = o.onStep ?? (() => undefined);
+  // INITRD=No: kernel hooks skip the initramfs; it is made once, at the end, with the
+  // final configuration (each generation costs many seconds).
+  const env = { SOURCE_DATE_EPOCH: String(o.sourceDateEpoch), INITRD: 'No' };
+  await withChroot(root, exec, env, async (c) => {
+    step('apt-get update');
+    await c.run('apt-get', ['-q', 'update'], { stage: 'packages' });
+    const pkgs = [...new Set([recipe.boot.kernel, ...recipe.packages])].sort();
+    step(`apt-get install (${pkgs.length} packages)`);
+    await c.run(
+      'apt-get',
+      ['-q', '-y', '-o', 'Dpkg::Options::=--force-confold', '-o', 'Dpkg::Use-Pty=0', recipe.install_recommends ? '--install-recommends' : '--no-install-recommends', 'install', ...pkgs],
+      { stage: 'packages' },
+    );
+
+    if (o.overlayDir) {
+      step('overlay');
+      // Copy keeping modes and symlinks; ownership is root's (we build as root).
+      await cp(o.overlayDir, root, { recursive: true, force: true, verbatimSymlinks: true, preserveTimestamps: false });
+    }
+    for (const [path, f] of guestFiles(recipe, { uuid: o.uuid, digest: o.digest })) {
+      const abs = join(root, path);
+      await mkdir(join(abs, '..'), { recursive: true });
+      await rm(abs, { force: true });
+      await writeFile(abs, f.content);
+      await chmod(abs, f.mode);
+    }
+
+    if (recipe.groups.length) step('groups');
+    for (const g of recipe.groups) {
+      await c.run('groupadd', ['-f', ...(g.system ? ['--system'] : []), ...(g.gid !== undefined ? ['--gid', String(g.gid)] : []), g.name], { stage: `groups (${g.name})` });
+    }
+    if (recipe.users.length) step('users');
+    for (const u of recipe.users) {
+      const args = ['--shell', u.shell, ...(u.system ? ['--system'] : ['--create-home']), ...(u.uid !== undefined ? ['--uid', String(u.uid)] : [])];
+      if (u.home) args.push('--home-dir', u.home);
+      if (u.groups.length) args.push('--groups', u.groups.join(','));
+      // No password: the account is locked until the site provisions keys or a password.
+      await c.run('useradd', [...args, u.name], { stage: `users (${u.name})` });
+    }
+
+    step('services');
+    const enable = ['loopship-host-config.service', 'loopship-ready.service', ...recipe.services.enable];
+    await c.run('systemctl', ['enable', ...enable], { stage: 'services' });
+    if (recipe.services.disable.length) await c.run('systemctl', ['disable', ...recipe.services.disable], { stage: 'services' });
+
+    for (const [i, cmd] of recipe.commands.entries()) {
+      step(`command ${i + 1}/${recipe.commands.length}`);
+      await c.sh(cmd, { stage: `commands[${i}]` });
+    }
+
+    // Regenerate the initramfs now that the overlay may have changed its config; with
+    // SOURCE_DATE_EPOCH set, initramfs-tools makes it reproducible.
+    if (await exists(join(root, 'usr/sbin/update-initramfs'))) {
+      step('initramfs');
+      await c.sh('rm -f /boot/initrd.img-*; update-initramfs -c -k all', { stage: 'initramfs', env: { INITRD: 'Yes' } });
+    }
+  });
+}
+
+/** Installed packages with versions, sorted: the manifest's build facts. */
+export async function installedPackages(root: string, exec: Exec): Promise<{ name: string; version: string }[]> {
+  const { stdout } = await exec('dpkg-query', [`--admindir=${join(root, 'var/lib/dpkg')}`, '-W', '-f', '${binary:Package}\t${Version}\t${db:Status-Abbrev}\n'], { stage: 'facts' });
+  return stdout
+    .split('\n')
+    .map((l) => l.split('\t'))
+    .filter((f) => f.length >= 3 && f[2].startsWith('ii'))
+    .map(([name, version]) => ({ name: name.replace(/:amd64$/, ''), version }))
+    .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+}
+
+/** Removes build noise and per-host identity so two builds give the same bytes and no two hosts share secrets. */
+export async function cleanRoot(root: string, recipe: Recipe): Promise<void> {
+  const del = async (rel: string) => rm(join(root, rel), { recursive: true, force: true });
+  const emptyDir = async (rel: string, keep: string[] = []) => {
+    const d = join(root, rel);
+    for (const n of await readdir(d).catch(() => [] as string[])) if (!keep.includes(n)) await rm(join(d, n), { recursive: true, force: true });
+  };
+  const truncate = async (rel: string) => {
+    if (await exists(join(root, rel))) await writeFile(join(root, rel), '');
+  };
+  await emptyDir('var/lib/apt/lists', ['partial']);
+  await emptyDir('var/lib/apt/lists/partial');
+  await emptyDir('var/cache/apt', ['archives']);
+  await emptyDir('var/cache/apt/archives', ['partial']);
+  await emptyDir('var/cache/apt/archives/partial');
+  await emptyDir('var/cache/debconf', ['config.dat', 'passwords.dat', 'templates.dat']);
+  await emptyDir('var/cache/man');
+  await del('var/cache/ldconfig/aux-cache');
+  for (const f of ['var/lib/dpkg/status-old', 'var/lib/dpkg/diversions-old', 'var/lib/dpkg/statoverride-old', 'etc/passwd-', 'etc/group-', 'etc/shadow-', 'etc/gshadow-', 'etc/subuid-', 'etc/subgid-']) await del(f);
+  // logs: keep the directories services expect, drop their contents
+  await emptyDir('var/log', ['journal', 'apt', 'private', 'btmp', 'wtmp', 'lastlog', 'faillog']);
+  await emptyDir('var/log/journal');
+  await emptyDir('var/log/apt');
+  for (const f of ['var/log/btmp', 'var/log/wtmp', 'var/log/lastlog', 'var/log/faillog']) await truncate(f);
+  await emptyDir('tmp');
+  await emptyDir('var/tmp');
+  await del('root/.bash_history');
+  await del('var/lib/systemd/random-seed');
+  await del('var/lib/systemd/catalog/database');
+  // identity: empty machine-id means "first boot" to systemd; host keys are made on the host
+  await writeFile(join(root, 'etc/machine-id'), '');
+  await del('var/lib/dbus/machine-id');
+  for (const n of await readdir(join(root, 'etc/ssh')).catch(() => [] as string[])) if (/^ssh_host_.*_key(\.pub)?$/.test(n)) await del(`etc/ssh/${n}`);
+  // the build host's resolver must not leak into the image
+  await rm(join(root, 'etc/resolv.conf'), { force: true });
+  await writeFile(join(root, 'etc/resolv.conf'), '');
+  await del('usr/sbin/policy-rc.d');
+  if (recipe.cleanup.docs) {
+    // keep copyright files: the licences travel with the binaries
+    for (const pkg of await readdir(join(root, 'usr/share/doc')).catch(() => [] as string[])) {
+      const d = join(root, 'usr/share/doc', pkg);
+      const st = await lstat(d);
+      if (!st.isDirectory()) continue;
+      for (const n of await readdir(d)) if (n !== 'copyright') await rm(join(d, n), { recursive: true, force: true });
+    }
+    await emptyDir('usr/share/man');
+    await emptyDir('usr/share/info');
+  }
+  if (recipe.cleanup.locales) await emptyDir('usr/share/locale', ['locale.alias']);
+}
+
+export interface TreeStats {
+  files: number;
+  /** bytes the content takes in 4 KiB blocks (what the filesystem must hold) */
+  blockBytes: number;
+  /** plain sum of file sizes */
+  bytes: number;
+}
+
+/**
+ * Clamps every mtime to `epoch` (and sets atime to it) and measures the tree in the same
+ * walk. Sorted traversal, no symlinks followed, nothing outside `root` touched.
+ */
+export async function clampAndMeasure(root: string, epoch: number): Promise<TreeStats> {
+  const stats: TreeStats = { files: 0, blockBytes: 0, bytes: 0 };
+  const blocks = (n: number) => Math.ceil(n / 4096) * 4096;
+  const dirs: string[] = [];
+  const visit = async (p: string): Promise<void> => {
+    const st = await lstat(p);
+    stats.files++;
+    if (st.isDirectory()) {
+      const names = (await readdir(p)).sort();
+      stats.blockBytes += blocks(Math.max(4096, names.length * 32));
+      for (const n of names) await visit(join(p, n));
+      dirs.push(p);
+      return;
+    }
+    if (st.isFile()) {
+      stats.bytes += st.size;
+      stats.blockBytes += blocks(st.size);
+    } else if (st.isSymbolicLink()) {
+      const target = await readlink(p);
+      if (target.length >= 60) stats.blockBytes += 4096;
+    }
+    const m = st.mtimeMs / 1000 > epoch ? epoch : st.mtimeMs / 1000;
+    await lutimes(p, epoch, m);
+  };
+  await visit(root);
+  // directories last: touching their entries above changed nothing, but be explicit
+  for (const d of dirs) {
+    const st = await lstat(d);
+    await lutimes(d, epoch, Math.min(st.mtimeMs / 1000, epoch));
+  }
+  return stats;
+}
+
+/** The archive's Release date: a build time that follows the packages, not the clock. */
+export async function archiveDate(root: string): Promise<number | null> {
+  const dir = join(root, 'var/lib/apt/lists');
+  for (const n of (await readdir(dir).catch(() => [] as string[])).sort()) {
+    if (!/_InRelease$|_Release$/.test(n)) continue;
+    const text = await readFile(join(dir, n), 'utf8').catch(() => '');
+    const m = /^Date:\s*(.+)$/m.exec(text);
+    if (m) {
+      const t = Date.parse(m[1]);
+      if (!Number.isNaN(t)) return Math.floor(t / 1000);
+    }
+  }
+  return null;
+}
