@@ -9,11 +9,37 @@ import { RepoClient, type RootPin } from './client.js';
 import { createFetcher } from './fetcher.js';
 import { UsageError } from './errors.js';
 import { manifestChunks } from './package.js';
+import { exportPackage, mirrorRepository } from './export.js';
+import cliProgress from 'cli-progress';
 
 function parseTarget(spec: string): { name: string; version?: string; channel?: string } {
   const m = /^([^@:]+)(?:@(.+)|:(.+))?$/.exec(spec);
   if (!m) throw new UsageError(`expected NAME, NAME@VERSION or NAME:CHANNEL, got ${spec}`);
   return { name: m[1], version: m[2], channel: m[3] };
+}
+
+async function pinFrom(o: { rootKey?: string; rootFingerprint?: string }, required: boolean): Promise<RootPin | undefined> {
+  if (o.rootKey && o.rootFingerprint) throw new UsageError('give only one of --root-key FILE or --root-fingerprint FPR');
+  if (o.rootKey) return { keyArmored: await readFile(o.rootKey, 'utf8') };
+  if (o.rootFingerprint) return { fingerprint: o.rootFingerprint };
+  if (required) throw new UsageError('give exactly one of --root-key FILE or --root-fingerprint FPR');
+  return undefined;
+}
+
+/** A progress bar on a terminal, nothing otherwise (logs and --json stay clean). */
+function progressBar(label: string, json: boolean): { update(done: number, total: number): void; stop(): void } {
+  if (json || !process.stderr.isTTY) return { update() {}, stop() {} };
+  const bar = new cliProgress.SingleBar({ stream: process.stderr, format: `${label} [{bar}] {value}/{total}`, hideCursor: true }, cliProgress.Presets.shades_classic);
+  let started = false;
+  return {
+    update(done, total) {
+      if (!started) (bar.start(total, 0), (started = true));
+      bar.update(done);
+    },
+    stop() {
+      if (started) bar.stop();
+    },
+  };
 }
 
 export function registerFormatCommands(program: Command): void {
@@ -60,8 +86,7 @@ export function registerFormatCommands(program: Command): void {
     .option('--no-chunks', 'check metadata only, not every chunk')
     .option('--json', 'machine-readable output')
     .action(async (spec: string | undefined, o) => {
-      if (!o.rootKey === !o.rootFingerprint) throw new UsageError('give exactly one of --root-key FILE or --root-fingerprint FPR');
-      const pin: RootPin = o.rootKey ? { keyArmored: await readFile(o.rootKey, 'utf8') } : { fingerprint: o.rootFingerprint };
+      const pin = (await pinFrom(o, true))!;
       const fetcher = createFetcher(o.repo);
       const log = (line: string) => !o.json && process.stdout.write(line + '\n');
       const root = await RepoClient.pin(fetcher, pin);
@@ -94,5 +119,39 @@ export function registerFormatCommands(program: Command): void {
       }
       if (o.json) process.stdout.write(JSON.stringify({ ok: true, rootVersion: up.root.version, indexVersion: up.index.version, images }, null, 2) + '\n');
       else log(`verified ${images.length} image version(s)`);
+    });
+
+  program
+    .command('export')
+    .description('write one image version as an offline package tar (USB, sneakernet), verified on the way')
+    .argument('<image>', 'NAME, NAME@VERSION or NAME:CHANNEL')
+    .requiredOption('--repo <url-or-dir>', 'repository URL or directory')
+    .requiredOption('--out <file>', 'package tar to write')
+    .option('--root-key <file>', 'pinned root public key (armored)')
+    .option('--root-fingerprint <fpr>', 'pinned root key fingerprint')
+    .option('--with-metadata', 'include the root chain and signed index, so receivers can verify offline and advance their trust')
+    .option('--json', 'machine-readable output')
+    .action(async (spec: string, o) => {
+      const t = parseTarget(spec);
+      const bar = progressBar('chunks', o.json);
+      const r = await exportPackage({ fetcher: createFetcher(o.repo), pin: (await pinFrom(o, true))!, name: t.name, version: t.version, channel: t.channel, out: o.out, withMetadata: o.withMetadata, onProgress: bar.update });
+      bar.stop();
+      process.stdout.write(o.json ? JSON.stringify(r) + '\n' : `${r.name} ${r.version}: ${r.chunks} chunks, ${(r.bytes / 1048576).toFixed(1)} MiB written to ${r.out}\n`);
+    });
+
+  program
+    .command('mirror')
+    .description('copy a repository into a directory (only new chunks, everything verified); serve it with any HTTP server')
+    .requiredOption('--from <url-or-dir>', 'repository to copy')
+    .requiredOption('--to <dir>', 'mirror directory')
+    .option('--root-key <file>', 'pinned root public key (needed the first time)')
+    .option('--root-fingerprint <fpr>', 'pinned root key fingerprint (needed the first time)')
+    .option('--concurrency <n>', 'parallel chunk downloads', (v) => parseInt(v, 10), 8)
+    .option('--json', 'machine-readable output')
+    .action(async (o) => {
+      const bar = progressBar('chunks', o.json);
+      const r = await mirrorRepository({ from: createFetcher(o.from), to: o.to, pin: await pinFrom(o, false), concurrency: o.concurrency, onProgress: bar.update });
+      bar.stop();
+      process.stdout.write(o.json ? JSON.stringify(r) + '\n' : `mirrored index version ${r.indexVersion} (root ${r.rootVersion}): ${r.manifests} manifests, ${r.newChunks} of ${r.chunks} chunks new (${(r.newBytes / 1048576).toFixed(1)} MiB)\n`);
     });
 }

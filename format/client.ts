@@ -262,11 +262,21 @@ export class RepoClient {
 
   /** A chunk's raw bytes, verified against the manifest's sha256 and length. */
   async chunk(c: Chunk): Promise<Buffer> {
+    return (await this.chunkWithCompressed(c)).raw;
+  }
+
+  /** The verified raw bytes and the zstd frame they came in (for mirrors and exports). */
+  async chunkWithCompressed(c: Chunk): Promise<{ raw: Buffer; compressed: Buffer }> {
     const path = chunkPath(c.sha256);
     return this.withMirrors(path, async (fetcher) => {
       const compressed = await fetcher.get(path, zstdCompressBound(c.length));
-      return decodeChunk(compressed, c, `${fetcher.source}/${path}`);
+      return { raw: decodeChunk(compressed, c, `${fetcher.source}/${path}`), compressed };
     });
+  }
+
+  /** The fetchers in their current order of preference. */
+  get sources(): readonly Fetcher[] {
+    return this.fetchers;
   }
 
   /** Runs `fn` against each mirror in turn until one succeeds. */

@@ -12,11 +12,11 @@ import { signDetached, type PrivateKey } from '../keys/pgp.js';
 import { chunkFile, IMAGE_CHUNKING, FILE_CHUNKING, type ChunkerOptions } from './chunker.js';
 import { compressChunk, decodeChunk, sha256Hex, DEFAULT_ZSTD_LEVEL } from './codec.js';
 import { ChunkStore } from './chunkstore.js';
-import { PackageError, MetadataError, LoopshipError } from './errors.js';
+import { PackageError, MetadataError, LoopshipError, VerificationError, RollbackError, ExpiredError } from './errors.js';
 import { LIMITS, zstdCompressBound } from './limits.js';
 import { chunkPath } from './paths.js';
-import { parseMetadata, serialize, ManifestSchema, describeIssues, type Manifest, type Blob, type Chunk, type Root } from './schema.js';
-import { verifyManifestSignature } from './trust.js';
+import { parseMetadata, serialize, ManifestSchema, describeIssues, type Manifest, type Blob, type Chunk, type Root, type Index } from './schema.js';
+import { verifyManifestSignature, verifyRootTransition, verifyRole } from './trust.js';
 
 export const MANIFEST_ENTRY = 'manifest.json';
 export const SIGNATURE_ENTRY = 'manifest.json.asc';
@@ -157,7 +157,7 @@ export async function writePackageTar(tarPath: string, manifest: Manifest, manif
 }
 
 export interface ReadPackageOptions {
-  /** whose publisher keys may sign the manifest */
+  /** the receiver's trusted root: whose publisher keys may sign the manifest */
   root: Root;
   /** called with each verified chunk, in tar order */
   onChunk: (sha256: string, compressed: Buffer) => Promise<void>;
@@ -165,6 +165,9 @@ export interface ReadPackageOptions {
   haveChunk?: (sha256: string) => Promise<boolean>;
   /** a name for error messages, e.g. the file or "upload" */
   where?: string;
+  /** the highest index version the receiver has seen (checked when the package carries an index) */
+  lastIndexVersion?: number;
+  now?: () => Date;
 }
 
 export interface ReadPackageResult {
@@ -172,6 +175,12 @@ export interface ReadPackageResult {
   manifestBytes: Buffer;
   signature: string;
   manifestSha256: string;
+  /** the receiver's root, advanced through any newer roots the package carried */
+  root: Root;
+  /** newer root versions the package carried, verified, in order */
+  roots: { root: Root; bytes: Buffer; signature: string }[];
+  /** the signed index the package carried, verified, naming this manifest */
+  index?: { index: Index; bytes: Buffer; signature: string };
 }
 
 async function readEntry(stream: AsyncIterable<unknown>, max: number, where: string): Promise<Buffer> {
@@ -189,10 +198,20 @@ async function readEntry(stream: AsyncIterable<unknown>, max: number, where: str
  * Reads and verifies a package tar while streaming: the manifest signature is checked
  * before any chunk is accepted; every chunk must be named by the manifest, bounded,
  * and hash-correct; links, devices, absolute paths and traversal are refused.
+ *
+ * An exported package may start with signed metadata for offline receivers: newer
+ * roots (`root/<N>.json` + `.asc`, ascending) and `index.json` + `.asc`. Roots are
+ * accepted only through the chain from the receiver's root; the index must verify,
+ * not be older than what the receiver saw, and name this very manifest.
  */
 export async function readPackage(input: NodeJS.ReadableStream, opts: ReadPackageOptions): Promise<ReadPackageResult> {
   const where = opts.where ?? 'package';
   const extract = tar.extract();
+  let root = opts.root;
+  const roots: ReadPackageResult['roots'] = [];
+  let pendingRoot: { bytes: Buffer; name: string } | undefined;
+  let pendingIndex: Buffer | undefined;
+  let index: ReadPackageResult['index'];
   let manifestBytes: Buffer | undefined;
   let signature: string | undefined;
   let manifest: Manifest | undefined;
@@ -202,21 +221,58 @@ export async function readPackage(input: NodeJS.ReadableStream, opts: ReadPackag
   src.on('error', (e) => extract.destroy(e));
   src.pipe(extract);
   try {
-    let index = 0;
+    let count = 0;
     for await (const entry of extract) {
+      count++;
       const h = entry.header;
       const name = h.name;
       const at = `${where}: ${name}`;
       if (h.type !== 'file') throw new PackageError('PACKAGE_INVALID', `entry of type ${h.type} is not allowed (only regular files)`, { where: at });
       if (name.startsWith('/') || name.split('/').includes('..')) throw new PackageError('PACKAGE_INVALID', 'absolute or parent-relative path', { where: at });
-      if (index === 0) {
-        if (name !== MANIFEST_ENTRY) throw new PackageError('PACKAGE_INVALID', `first entry must be ${MANIFEST_ENTRY}`, { where: at });
+      const expectSig = pendingRoot ? `${pendingRoot.name}.asc` : pendingIndex ? 'index.json.asc' : manifestBytes && !signature ? SIGNATURE_ENTRY : undefined;
+      if (expectSig && name !== expectSig) throw new PackageError('PACKAGE_INVALID', `expected ${expectSig} next`, { where: at });
+      if (pendingRoot) {
+        const sig = (await readEntry(entry, LIMITS.signatureBytes, at)).toString('utf8');
+        const rw = `${where}: ${pendingRoot.name}`;
+        const next = parseMetadata('root', pendingRoot.bytes, rw);
+        if (next.version <= root.version) {
+          // Already trusted (or older): skip, but never go backwards.
+        } else {
+          if (next.version !== root.version + 1) throw new PackageError('ROOT_CHAIN', `root version ${next.version} follows ${root.version}: a link is missing`, { where: rw });
+          await verifyRootTransition(root, next, pendingRoot.bytes, sig, rw);
+          roots.push({ root: next, bytes: pendingRoot.bytes, signature: sig });
+          root = next;
+        }
+        pendingRoot = undefined;
+      } else if (pendingIndex) {
+        const sig = (await readEntry(entry, LIMITS.signatureBytes, at)).toString('utf8');
+        const iw = `${where}: index.json`;
+        await verifyRole(pendingIndex, sig, root, 'index', iw);
+        const idx = parseMetadata('index', pendingIndex, iw);
+        checkNotExpiredAt('index', idx.expires, (opts.now ?? (() => new Date()))(), iw);
+        if (opts.lastIndexVersion !== undefined && idx.version < opts.lastIndexVersion) {
+          throw new RollbackError('ROLLBACK', `index version ${idx.version} is older than version ${opts.lastIndexVersion} already seen`, { where: iw });
+        }
+        index = { index: idx, bytes: pendingIndex, signature: sig };
+        pendingIndex = undefined;
+      } else if (!manifestBytes && /^root\/[1-9][0-9]{0,8}\.json$/.test(name) && !index) {
+        pendingRoot = { bytes: await readEntry(entry, LIMITS.rootBytes, at), name };
+      } else if (!manifestBytes && name === 'index.json' && !index) {
+        pendingIndex = await readEntry(entry, LIMITS.indexBytes, at);
+      } else if (!manifestBytes) {
+        if (name !== MANIFEST_ENTRY) throw new PackageError('PACKAGE_INVALID', `expected ${MANIFEST_ENTRY} (after optional root/ and index.json entries)`, { where: at });
         manifestBytes = await readEntry(entry, LIMITS.manifestBytes, at);
-      } else if (index === 1) {
-        if (name !== SIGNATURE_ENTRY) throw new PackageError('PACKAGE_INVALID', `second entry must be ${SIGNATURE_ENTRY}`, { where: at });
+      } else if (!signature) {
         signature = (await readEntry(entry, LIMITS.signatureBytes, at)).toString('utf8');
-        await verifyManifestSignature(manifestBytes!, signature, opts.root, `${where}: ${MANIFEST_ENTRY}`);
-        manifest = parseMetadata('manifest', manifestBytes!, `${where}: ${MANIFEST_ENTRY}`);
+        const mw = `${where}: ${MANIFEST_ENTRY}`;
+        await verifyManifestSignature(manifestBytes, signature, root, mw);
+        manifest = parseMetadata('manifest', manifestBytes, mw);
+        if (index) {
+          const entryOf = index.index.images[manifest.name]?.versions[manifest.version];
+          if (!entryOf || entryOf.manifest !== sha256Hex(manifestBytes)) {
+            throw new VerificationError('MIX_AND_MATCH', `the package's index does not list this manifest for ${manifest.name} ${manifest.version}`, { where: mw });
+          }
+        }
         expected = new Map(manifestChunks(manifest).map((c) => [c.sha256, c]));
       } else {
         const m = /^chunks\/([0-9a-f]{2})\/(\1[0-9a-f]{62})$/.exec(name);
@@ -230,15 +286,14 @@ export async function readPackage(input: NodeJS.ReadableStream, opts: ReadPackag
         received.add(sha);
         await opts.onChunk(sha, compressed);
       }
-      index++;
     }
-    if (!manifest) throw new PackageError('PACKAGE_INVALID', index === 0 ? 'empty or not a tar archive' : 'no signature entry', { where });
+    if (!manifest) throw new PackageError('PACKAGE_INVALID', count === 0 ? 'empty or not a tar archive' : manifestBytes ? 'no signature entry' : `no ${MANIFEST_ENTRY}`, { where });
     for (const sha of expected.keys()) {
       if (!received.has(sha) && !(await opts.haveChunk?.(sha))) {
         throw new PackageError('PACKAGE_INVALID', `chunk ${sha} named by the manifest is missing`, { where });
       }
     }
-    return { manifest, manifestBytes: manifestBytes!, signature: signature!, manifestSha256: sha256Hex(manifestBytes!) };
+    return { manifest, manifestBytes: manifestBytes!, signature: signature!, manifestSha256: sha256Hex(manifestBytes!), root, roots, index };
   } catch (err) {
     extract.destroy();
     src.unpipe?.(extract);
@@ -247,4 +302,9 @@ export async function readPackage(input: NodeJS.ReadableStream, opts: ReadPackag
     throw new PackageError('PACKAGE_INVALID', `malformed tar (${(err as Error).message})`, { where, cause: err });
   }
 }
+
+function checkNotExpiredAt(kind: string, expires: string, now: Date, where: string): void {
+  if (new Date(expires).getTime() <= now.getTime()) throw new ExpiredError('EXPIRED', `${kind} expired at ${expires} (now ${now.toISOString()})`, { where });
+}
+
 export { DEFAULT_ZSTD_LEVEL };

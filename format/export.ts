@@ -1,0 +1,178 @@
+// Copies out of a repository, verifying everything on the way: one image version as an
+// offline package tar (`loopship export`), or a whole repository into a directory
+// that any HTTP server can serve as a mirror (`loopship mirror`).
+import { createWriteStream } from 'node:fs';
+import { mkdir, readFile, rename, rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import tar from 'tar-stream';
+import { RepoClient, type RootPin } from './client.js';
+import { ChunkStore, writeFileAtomic, fsyncDir } from './chunkstore.js';
+import { LoopshipError, FetchError } from './errors.js';
+import { LIMITS } from './limits.js';
+import { manifestChunks, MANIFEST_ENTRY, SIGNATURE_ENTRY } from './package.js';
+import { INDEX_FILE, ROOT_FILE, chunkPath, indexHistoryPath, manifestPath, rootHistoryPath, sigPath } from './paths.js';
+import { parseMetadata, type Chunk } from './schema.js';
+import type { Fetcher } from './fetcher.js';
+
+/** Runs `fn` over items with at most `n` in flight. */
+export async function parallel<T>(items: readonly T[], n: number, fn: (item: T, i: number) => Promise<void>): Promise<void> {
+  let next = 0;
+  let failed: unknown;
+  const worker = async () => {
+    while (next < items.length && failed === undefined) {
+      const i = next++;
+      try {
+        await fn(items[i], i);
+      } catch (err) {
+        failed ??= err;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(n, items.length) }, worker));
+  if (failed !== undefined) throw failed;
+}
+
+export interface ExportOptions {
+  fetcher: Fetcher;
+  pin: RootPin;
+  name: string;
+  version?: string;
+  channel?: string;
+  out: string;
+  /** include the root chain and the signed index, so a receiver can verify offline and advance its trust */
+  withMetadata?: boolean;
+  onProgress?: (done: number, total: number) => void;
+}
+
+export async function exportPackage(opts: ExportOptions): Promise<{ name: string; version: string; chunks: number; bytes: number; out: string }> {
+  const root = await RepoClient.pin(opts.fetcher, opts.pin);
+  const client = new RepoClient({ fetchers: [opts.fetcher], trustedRoot: root });
+  const up = await client.update();
+  const { name, version } = client.resolve(opts.name, { version: opts.version, channel: opts.channel });
+  const { bytes: manifestBytes, signature, manifest } = await client.manifest(name, version);
+  const tmp = `${opts.out}.partial`;
+  const pack = tar.pack();
+  const done = pipeline(pack, createWriteStream(tmp));
+  const put = (entryName: string, data: Buffer | string) => {
+    const buf = Buffer.isBuffer(data) ? data : Buffer.from(data);
+    return new Promise<void>((res, rej) => pack.entry({ name: entryName, size: buf.length, mode: 0o644, mtime: new Date(0) }, buf, (e) => (e ? rej(e) : res())));
+  };
+  let written = 0;
+  try {
+    if (opts.withMetadata) {
+      for (let v = 1; v <= up.root.version; v++) {
+        await put(rootHistoryPath(v), await opts.fetcher.get(rootHistoryPath(v), LIMITS.rootBytes));
+        await put(sigPath(rootHistoryPath(v)), await opts.fetcher.get(sigPath(rootHistoryPath(v)), LIMITS.signatureBytes));
+      }
+      await put(INDEX_FILE, up.indexBytes);
+      await put(sigPath(INDEX_FILE), up.indexSignature);
+    }
+    await put(MANIFEST_ENTRY, manifestBytes);
+    await put(SIGNATURE_ENTRY, signature);
+    const chunks = manifestChunks(manifest);
+    for (const [i, c] of chunks.entries()) {
+      const { compressed } = await client.chunkWithCompressed(c);
+      await put(chunkPath(c.sha256), compressed);
+      written += compressed.length;
+      opts.onProgress?.(i + 1, chunks.length);
+    }
+    pack.finalize();
+    await done;
+    await rename(tmp, opts.out);
+    return { name, version, chunks: chunks.length, bytes: (await stat(opts.out)).size, out: opts.out };
+  } catch (err) {
+    pack.destroy();
+    await done.catch(() => {});
+    await rm(tmp, { force: true });
+    throw err;
+  }
+}
+
+export interface MirrorOptions {
+  from: Fetcher;
+  to: string;
+  /** needed for a new mirror; an existing one trusts the root it already holds */
+  pin?: RootPin;
+  concurrency?: number;
+  onProgress?: (done: number, total: number) => void;
+}
+
+export interface MirrorResult {
+  rootVersion: number;
+  indexVersion: number;
+  manifests: number;
+  chunks: number;
+  newChunks: number;
+  newBytes: number;
+  unchanged: boolean;
+}
+
+/**
+ * Mirrors a repository into a directory: root chain, manifests and chunks verified and
+ * written first, the signed index (as published, not re-signed) last by rename.
+ * Only chunks the mirror does not have are fetched. A mirror never goes backwards.
+ */
+export async function mirrorRepository(opts: MirrorOptions): Promise<MirrorResult> {
+  await mkdir(opts.to, { recursive: true });
+  let trusted;
+  let lastIndexVersion: number | undefined;
+  try {
+    trusted = parseMetadata('root', await readFile(join(opts.to, ROOT_FILE)), join(opts.to, ROOT_FILE));
+    lastIndexVersion = parseMetadata('index', await readFile(join(opts.to, INDEX_FILE)), join(opts.to, INDEX_FILE)).version;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+  }
+  if (!trusted) {
+    if (!opts.pin) throw new LoopshipError('USAGE', `${opts.to} is not a mirror yet: give the root key or fingerprint to pin`);
+    trusted = await RepoClient.pin(opts.from, opts.pin);
+  }
+  const client = new RepoClient({ fetchers: [opts.from], trustedRoot: trusted, lastIndexVersion });
+  const up = await client.update();
+  const unchanged = lastIndexVersion === up.index.version;
+
+  const write = (rel: string, data: Buffer | string) => writeFileAtomic(join(opts.to, rel), data);
+  const exists = async (rel: string) => stat(join(opts.to, rel)).then(() => true, () => false);
+  for (let v = 1; v <= up.root.version; v++) {
+    if (await exists(rootHistoryPath(v))) continue;
+    await write(rootHistoryPath(v), await opts.from.get(rootHistoryPath(v), LIMITS.rootBytes));
+    await write(sigPath(rootHistoryPath(v)), await opts.from.get(sigPath(rootHistoryPath(v)), LIMITS.signatureBytes));
+  }
+
+  const store = new ChunkStore(opts.to);
+  const chunks = new Map<string, Chunk>();
+  let manifests = 0;
+  for (const [name, image] of Object.entries(up.index.images)) {
+    for (const version of Object.keys(image.versions)) {
+      const { manifest, bytes, signature, sha256 } = await client.manifest(name, version);
+      manifests++;
+      for (const c of manifestChunks(manifest)) chunks.set(c.sha256, c);
+      if (!(await exists(manifestPath(sha256)))) {
+        await write(manifestPath(sha256), bytes);
+        await write(sigPath(manifestPath(sha256)), signature);
+      }
+    }
+  }
+  const missing: Chunk[] = [];
+  for (const c of chunks.values()) if (!(await store.has(c.sha256))) missing.push(c);
+  let newBytes = 0;
+  let done = 0;
+  await parallel(missing, opts.concurrency ?? 8, async (c) => {
+    const { compressed } = await client.chunkWithCompressed(c);
+    await store.put(c.sha256, compressed);
+    newBytes += compressed.length;
+    opts.onProgress?.(++done, missing.length);
+  });
+  await fsyncDir(opts.to);
+  await write(indexHistoryPath(up.index.version), up.indexBytes);
+  await write(sigPath(indexHistoryPath(up.index.version)), up.indexSignature);
+  await write(sigPath(INDEX_FILE), up.indexSignature);
+  await write(INDEX_FILE, up.indexBytes);
+  if (!(await exists(ROOT_FILE)) || up.rootsAccepted.length > 0) {
+    await write(sigPath(ROOT_FILE), await opts.from.get(sigPath(rootHistoryPath(up.root.version)), LIMITS.signatureBytes));
+    await write(ROOT_FILE, await opts.from.get(rootHistoryPath(up.root.version), LIMITS.rootBytes));
+  }
+  return { rootVersion: up.root.version, indexVersion: up.index.version, manifests, chunks: chunks.size, newChunks: missing.length, newBytes, unchanged };
+}
+
+export { FetchError };
