@@ -15,7 +15,9 @@ const binding = require('zstd-napi/binding.js') as {
   compressBound(n: number): number;
 };
 
-export const DEFAULT_ZSTD_LEVEL = 9;
+// Level 3: about 3x the speed of level 9 for ~8% larger chunks (measured on /usr/bin, 64 KiB
+// chunks); builds stay I/O-bound. `loopship build --zstd-level` trades the other way.
+export const DEFAULT_ZSTD_LEVEL = 3;
 
 let cctx: InstanceType<typeof binding.CCtx> | undefined;
 let dctx: InstanceType<typeof binding.DCtx> | undefined;
