@@ -12,7 +12,7 @@ import {
 import { type AgentConfig, type ApplianceConfig, type SettingInput, loadConfig, saveConfig, parseSize, defaultBackend } from './config.js';
 import { StateDir, type ApplianceState } from './state.js';
 import { type Exec, defaultExec, run } from './exec.js';
-import { installVersion, type InstallResult, type InstallProgress, type VerifiedManifest, type ChunkSource, allocatedBytes, seedIndex } from './install.js';
+import { installVersion, makeBootDisk, BOOT_DISK, type InstallResult, type InstallProgress, type VerifiedManifest, type ChunkSource, allocatedBytes, seedIndex } from './install.js';
 import { resolveSettings, type Settings } from './settings.js';
 import { cleanStale, withMountedImage } from './mount.js';
 import { writeHostSettings } from './configure.js';
@@ -346,7 +346,9 @@ export class Agent {
   private async configureVersion(name: string, version: string, extra?: Record<string, string>): Promise<string[]> {
     const m = await this.versionManifest(name, version);
     const settings = await this.effectiveSettings(name, m, extra);
-    const disk = join(this.state.versionDir(name, version), 'disk.img');
+    const disk = join(this.state.versionDir(name, version), BOOT_DISK);
+    // the first configure of a version starts from the verified image
+    if (!(await stat(disk).catch(() => null))) await makeBootDisk(this.state.versionDir(name, version), m);
     const files = await withMountedImage({ exec: this.exec, state: this.state }, disk, name, (mp) =>
       writeHostSettings(mp, m, settings, { host: this.host, configuredAt: this.now().toISOString() }),
     );
@@ -454,7 +456,7 @@ export class Agent {
       if (name && !installed.length && !s.appliances[n]) throw new UsageError(`${n} is not installed`, { where: n });
       const a = s.appliances[n];
       let disk = 0;
-      for (const v of installed) for (const f of ['disk.img', 'kernel', 'initrd']) disk += await allocatedBytes(join(this.state.versionDir(n, v), f));
+      for (const v of installed) for (const f of ['verified.img', 'disk.img', 'kernel', 'initrd']) disk += await allocatedBytes(join(this.state.versionDir(n, v), f));
       out.push({
         name: n,
         current: await this.state.currentVersion(n),
@@ -637,7 +639,7 @@ export class Agent {
         const keep = new Set([await this.state.currentVersion(n), s.appliances[n]?.previous].filter(Boolean) as string[]);
         for (const v of await this.state.installedVersions(n)) {
           if (keep.has(v)) continue;
-          for (const f of ['disk.img', 'kernel', 'initrd']) freed += await allocatedBytes(join(this.state.versionDir(n, v), f));
+          for (const f of ['verified.img', 'disk.img', 'kernel', 'initrd']) freed += await allocatedBytes(join(this.state.versionDir(n, v), f));
           await this.state.removeVersion(n, v);
           removed.push(`${n} ${v}`);
         }

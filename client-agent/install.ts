@@ -7,8 +7,8 @@
 //  - completed chunks are journaled only after their data is fsync'd, so a kill -9
 //    resumes where it stopped; the staging dir is renamed into place only when complete.
 import { createHash } from 'node:crypto';
-import { mkdir, open, readFile, rename, rm, statfs, appendFile, stat, unlink, type FileHandle } from 'node:fs/promises';
-import { join } from 'node:path';
+import { mkdir, open, readFile, rename, rm, rmdir, statfs, appendFile, stat, unlink, type FileHandle } from 'node:fs/promises';
+import { join, dirname } from 'node:path';
 import type { Chunk, Manifest } from '../format/index.js';
 import { parseMetadata } from '../format/index.js';
 import { MetadataError, LoopshipError } from '../format/index.js';
@@ -56,8 +56,13 @@ export interface InstallResult {
   seconds: number;
 }
 
-/** Files of a version directory, one per blob of the manifest. */
-export const BLOB_FILES = { image: 'disk.img', kernel: 'kernel', initrd: 'initrd' } as const;
+/**
+ * Files of a version directory, one per blob of the manifest. The image is kept exactly
+ * as verified (verified.img): it seeds later installs and is what `verify` checks. The
+ * guest boots a working copy (disk.img) that configure and the guest itself change.
+ */
+export const BLOB_FILES = { image: 'verified.img', kernel: 'kernel', initrd: 'initrd' } as const;
+export const BOOT_DISK = 'disk.img';
 export type BlobName = keyof typeof BLOB_FILES;
 const JOURNAL = 'done.log';
 
@@ -101,9 +106,12 @@ const ZERO_BLOCK = Buffer.alloc(BLOCK_SIZE);
 /** Writes `data` at `position`, skipping all-zero blocks (they stay holes). */
 export async function writeSparse(fh: FileHandle, data: Buffer, position: number): Promise<void> {
   let runStart = -1;
-  for (let i = 0; i <= data.length; i += BLOCK_SIZE) {
+  const blocks = Math.ceil(data.length / BLOCK_SIZE);
+  // one step past the last block (a sentinel "zero" block) flushes the last run
+  for (let b = 0; b <= blocks; b++) {
+    const i = Math.min(b * BLOCK_SIZE, data.length);
     const end = Math.min(i + BLOCK_SIZE, data.length);
-    const zero = i >= data.length || ZERO_BLOCK.compare(data, i, end, 0, end - i) === 0;
+    const zero = b === blocks || ZERO_BLOCK.compare(data, i, end, 0, end - i) === 0;
     if (!zero && runStart < 0) runStart = i;
     if (zero && runStart >= 0) {
       await writeAll(fh, data.subarray(runStart, i), position + runStart);
@@ -328,6 +336,7 @@ export async function installVersion(opts: InstallOptions): Promise<InstallResul
   await fsyncDir(staging);
   await mkdir(state.applianceDir(m.name), { recursive: true });
   await rename(staging, finalDir);
+  await rmdir(dirname(staging)).catch(() => {}); // .staging/, when no other install is under way
   await fsyncDir(state.applianceDir(m.name));
   await unlink(join(finalDir, JOURNAL)).catch(() => {});
   result.seconds = (now() - t0) / 1000;
@@ -335,6 +344,40 @@ export async function installVersion(opts: InstallOptions): Promise<InstallResul
 }
 
 const mib = (n: number): string => (n / 1024 / 1024).toFixed(1);
+
+/**
+ * Makes the boot disk (disk.img) of an installed version from its verified image: only
+ * the ranges the manifest names are copied (the rest stays a hole), then renamed into place.
+ */
+export async function makeBootDisk(versionDir: string, m: Manifest): Promise<string> {
+  const src = join(versionDir, BLOB_FILES.image);
+  const dest = join(versionDir, BOOT_DISK);
+  const tmp = join(versionDir, `.${BOOT_DISK}.tmp`);
+  const input = await open(src, 'r');
+  let output: FileHandle | undefined;
+  try {
+    output = await open(tmp, 'w', 0o600);
+    await output.truncate(m.image.size);
+    let buf = Buffer.alloc(0);
+    for (const c of m.image.chunks) {
+      if (buf.length < c.length) buf = Buffer.allocUnsafe(c.length);
+      const { bytesRead } = await input.read(buf, 0, c.length, c.offset);
+      await writeSparse(output, buf.subarray(0, bytesRead), c.offset);
+    }
+    await output.sync();
+  } catch (err) {
+    await output?.close().catch(() => {});
+    output = undefined;
+    await rm(tmp, { force: true });
+    throw ioError(err, dest, 'cannot make the boot disk');
+  } finally {
+    await output?.close();
+    await input.close();
+  }
+  await rename(tmp, dest);
+  await fsyncDir(versionDir);
+  return dest;
+}
 
 /** Size on disk (allocated blocks) of a file, for status and sparse checks. */
 export async function allocatedBytes(path: string): Promise<number> {

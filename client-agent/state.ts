@@ -1,6 +1,7 @@
 // The agent's state directory (default /var/lib/loopship):
 //   trust/root.json, trust/index-version     pinned/last trusted root, highest index version seen
-//   appliances/<name>/<version>/             disk.img kernel initrd manifest.json manifest.json.asc (complete only)
+//   appliances/<name>/<version>/             verified.img (as signed) disk.img (booted copy) kernel initrd
+//                                            manifest.json manifest.json.asc (complete only)
 //   appliances/<name>/.staging/<version>/    an install in progress (resumable)
 //   appliances/<name>/current                symlink to <version>, swapped by rename
 //   appliances/<name>/data.img               persistent data disk, survives upgrades
@@ -144,7 +145,7 @@ export class StateDir {
 
   /** Switches `current` to an installed version, atomically. */
   async setCurrent(name: string, version: string): Promise<void> {
-    await stat(join(this.versionDir(name, version), 'disk.img')).catch((cause) => {
+    await stat(join(this.versionDir(name, version), 'manifest.json')).catch((cause) => {
       throw new LoopshipError('IO', `version ${version} is not installed`, { where: this.versionDir(name, version), cause });
     });
     await symlinkAtomic(version, this.currentLink(name));

@@ -4,7 +4,7 @@ import { open, readFile, stat } from 'node:fs/promises';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { parseMetadata, verifyManifestSignature, LoopshipError, type Root, type Blob } from '../format/index.js';
-import { blobsOf, BLOB_FILES } from './install.js';
+import { blobsOf, BLOB_FILES, BOOT_DISK } from './install.js';
 
 export interface VersionCheck {
   name: string;
@@ -12,12 +12,14 @@ export interface VersionCheck {
   ok: boolean;
   problems: string[];
   bytes: number;
+  /** chunks of the boot disk (disk.img) that differ from the verified image: configure and the guest change it; informational */
+  boot_disk_changed_chunks: number | null;
 }
 
 const ZERO = Buffer.alloc(1024 * 1024);
 
 /** Compares one file with its blob description; returns the problems found. */
-export async function checkBlob(path: string, blob: Pick<Blob, 'size' | 'chunks'>, label: string): Promise<string[]> {
+export async function checkBlob(path: string, blob: Pick<Blob, 'size' | 'chunks'>, label: string, maxProblems = 20): Promise<string[]> {
   const problems: string[] = [];
   let size: number;
   try {
@@ -59,7 +61,7 @@ export async function checkBlob(path: string, blob: Pick<Blob, 'size' | 'chunks'
       const got = h.digest('hex');
       if (got !== c.sha256) problems.push(`${label}: chunk at offset ${c.offset} (${c.length} bytes) has sha256 ${got}, manifest says ${c.sha256}`);
       pos = c.offset + c.length;
-      if (problems.length > 20) break;
+      if (problems.length > maxProblems) break;
     }
     await checkGap(Math.min(size, blob.size));
   } finally {
@@ -71,7 +73,7 @@ export async function checkBlob(path: string, blob: Pick<Blob, 'size' | 'chunks'
 export async function verifyVersionDir(dir: string, root: Root): Promise<VersionCheck & { problems: string[] }> {
   const mpath = join(dir, 'manifest.json');
   const parts = dir.split('/');
-  const out: VersionCheck = { name: parts.at(-2)!, version: parts.at(-1)!, ok: false, problems: [], bytes: 0 };
+  const out: VersionCheck = { name: parts.at(-2)!, version: parts.at(-1)!, ok: false, problems: [], bytes: 0, boot_disk_changed_chunks: null };
   let bytes: Buffer;
   let sig: string;
   try {
@@ -89,5 +91,9 @@ export async function verifyVersionDir(dir: string, root: Root): Promise<Version
     out.bytes += b.size;
   }
   out.ok = out.problems.length === 0;
+  const boot = join(dir, BOOT_DISK);
+  if (await stat(boot).catch(() => null)) {
+    out.boot_disk_changed_chunks = (await checkBlob(boot, { size: m.image.size, chunks: m.image.chunks }, boot, Infinity)).filter((p) => /chunk at offset/.test(p)).length;
+  }
   return out;
 }

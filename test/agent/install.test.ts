@@ -34,19 +34,20 @@ test('a fresh install reproduces image, kernel and initrd, sparse, and only a co
   const progress: number[] = [];
   const r = await installVersion({ state, verified, source, concurrency: 4, onProgress: (p) => progress.push(p.doneBytes) });
   const dir = state.versionDir('tiny', '1.0.0');
-  t.deepEqual(await readFile(join(dir, 'disk.img')), await readFile(v1.imagePath));
+  t.deepEqual(await readFile(join(dir, 'verified.img')), await readFile(v1.imagePath));
   t.is(r.fetchedChunks, planChunks(verified.manifest, 'm').size);
   t.is(fetched.length, r.fetchedChunks);
   t.is(r.reusedChunks, 0);
   t.true(r.fetchedBytes > 0 && r.fetchedBytes === r.fullCompressedBytes);
-  const img = await stat(join(dir, 'disk.img'));
+  const img = await stat(join(dir, 'verified.img'));
   t.is(img.size, verified.manifest.image.size);
   // the zero third of the image is a hole, never written
-  t.true(await allocated(join(dir, 'disk.img')) <= (2 * img.size) / 3 + 64 * 1024, `allocated ${await allocated(join(dir, 'disk.img'))} of ${img.size}`);
-  t.true((await readFile(join(dir, 'kernel'))).length === verified.manifest.kernel.size);
+  t.true(await allocated(join(dir, 'verified.img')) <= (2 * img.size) / 3 + 64 * 1024, `allocated ${await allocated(join(dir, 'verified.img'))} of ${img.size}`);
+  t.deepEqual(await readFile(join(dir, 'kernel')), await readFile(join(v1.imagePath, '..', 'vmlinuz')));
+  t.deepEqual(await readFile(join(dir, 'initrd')), await readFile(join(v1.imagePath, '..', 'initrd.img')));
   t.deepEqual(await readFile(join(dir, 'manifest.json')), verified.bytes);
   t.is(await readFile(join(dir, 'manifest.json.asc'), 'utf8'), verified.signature);
-  t.deepEqual((await readdir(dir)).sort(), ['disk.img', 'initrd', 'kernel', 'manifest.json', 'manifest.json.asc']);
+  t.deepEqual((await readdir(dir)).sort(), ['initrd', 'kernel', 'manifest.json', 'manifest.json.asc', 'verified.img']);
   t.false(existsSync(state.stagingDir('tiny', '1.0.0')));
   t.true(progress.length > 0 && progress.at(-1)! > 0);
 
@@ -62,7 +63,7 @@ test('an installed version is the seed: a one-block change fetches only the chan
   const verified = await client.manifest('tiny', '2.0.0');
   const { source, fetched } = countingSource(client);
   const r = await installVersion({ state, verified, source });
-  t.deepEqual(await readFile(join(state.versionDir('tiny', '2.0.0'), 'disk.img')), await readFile(v2.imagePath));
+  t.deepEqual(await readFile(join(state.versionDir('tiny', '2.0.0'), 'verified.img')), await readFile(v2.imagePath));
   t.true(r.fetchedChunks >= 1 && r.fetchedChunks <= 3, `fetched ${r.fetchedChunks} chunks`);
   t.is(fetched.length, r.fetchedChunks);
   t.true(r.reusedChunks > 10);
@@ -75,13 +76,13 @@ test('a damaged seed is not spread: its chunk is re-hashed and fetched instead',
   const m1 = (await client.manifest('tiny', '1.0.0')).manifest;
   // bit rot in the old version, in a chunk the new version shares
   const victim = m1.image.chunks.at(-1)!;
-  const fh = await open(join(state.versionDir('tiny', '1.0.0'), 'disk.img'), 'r+');
+  const fh = await open(join(state.versionDir('tiny', '1.0.0'), 'verified.img'), 'r+');
   await fh.write(Buffer.from([0xde, 0xad]), 0, 2, victim.offset + 10);
   await fh.close();
   const { source, fetched } = countingSource(client);
   await installVersion({ state, verified: await client.manifest('tiny', '2.0.0'), source });
   t.true(fetched.includes(victim.sha256));
-  t.deepEqual(await readFile(join(state.versionDir('tiny', '2.0.0'), 'disk.img')), await readFile(v2.imagePath));
+  t.deepEqual(await readFile(join(state.versionDir('tiny', '2.0.0'), 'verified.img')), await readFile(v2.imagePath));
 });
 
 test('an interrupted install resumes: verified chunks are not fetched again', async (t) => {
@@ -97,14 +98,14 @@ test('an interrupted install resumes: verified chunks are not fetched again', as
   t.is(r.resumedChunks, 10);
   t.is(second.fetched.length, r.chunks - 10);
   t.false(second.fetched.some((s) => first.fetched.includes(s)));
-  t.deepEqual(await readFile(join(state.versionDir('tiny', '1.0.0'), 'disk.img')), await readFile(v1.imagePath));
+  t.deepEqual(await readFile(join(state.versionDir('tiny', '1.0.0'), 'verified.img')), await readFile(v1.imagePath));
 });
 
 test('a chunk failing verification stops the install; the installed version is untouched', async (t) => {
   const { state, client } = await setup(t);
   await installVersion({ state, verified: await client.manifest('tiny', '1.0.0'), source: client });
   await state.setCurrent('tiny', '1.0.0');
-  const before = await sha256File(join(state.versionDir('tiny', '1.0.0'), 'disk.img'));
+  const before = await sha256File(join(state.versionDir('tiny', '1.0.0'), 'verified.img'));
   const verified = await client.manifest('tiny', '2.0.0');
   const changed = new Set(verified.manifest.image.chunks.map((c) => c.sha256));
   for (const c of (await client.manifest('tiny', '1.0.0')).manifest.image.chunks) changed.delete(c.sha256);
@@ -113,11 +114,11 @@ test('a chunk failing verification stops the install; the installed version is u
   t.is((err as { code?: string }).code, 'DIGEST_MISMATCH');
   t.false(existsSync(state.versionDir('tiny', '2.0.0')));
   t.is(await state.currentVersion('tiny'), '1.0.0');
-  t.is(await sha256File(join(state.versionDir('tiny', '1.0.0'), 'disk.img')), before);
+  t.is(await sha256File(join(state.versionDir('tiny', '1.0.0'), 'verified.img')), before);
   // the next run with an honest mirror completes
   const r = await installVersion({ state, verified, source: client });
   t.false(r.alreadyInstalled);
-  t.true(existsSync(join(state.versionDir('tiny', '2.0.0'), 'disk.img')));
+  t.true(existsSync(join(state.versionDir('tiny', '2.0.0'), 'verified.img')));
 });
 
 test('a different build under an installed version number is refused, not mixed', async (t) => {
@@ -127,4 +128,21 @@ test('a different build under an installed version number is refused, not mixed'
   const other = { ...verified, sha256: 'f'.repeat(64) };
   const err = await t.throwsAsync(installVersion({ state, verified: other, source: client }));
   t.regex(err!.message, /different build of tiny 1\.0\.0 is already installed/);
+});
+
+test('writeSparse writes every non-zero byte, whole blocks of zeros become holes, also for unaligned lengths', async (t) => {
+  const { writeSparse } = await import('../../client-agent/install.js');
+  const { fx } = await shared;
+  for (const len of [1, 4095, 4096, 4097, 3 * 4096 + 5, 100_000]) {
+    const data = Buffer.alloc(len, 0);
+    for (let i = 0; i < len; i += 7) data[i] = (i % 251) + 1;
+    if (len > 3 * 4096) data.fill(0, 4096, 2 * 4096); // a zero block in the middle
+    const path = join(fx.dir, `sparse-${len}`);
+    const fh = await open(path, 'w+');
+    await fh.truncate(len + 4096);
+    await writeSparse(fh, data, 4096);
+    await fh.close();
+    const back = await readFile(path);
+    t.deepEqual(back.subarray(4096), data, `length ${len}`);
+  }
 });

@@ -1,0 +1,224 @@
+// The agent's operations end to end against a real signed repository (directory and HTTP),
+// with real ext4 images (mkfs.ext4 -d), real loop mounts, and a fake boot backend.
+import test from 'ava';
+import { mkdtemp, writeFile, rm, mkdir, readFile, readdir, open } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { execa } from 'execa';
+import { Agent } from '../../client-agent/agent.js';
+import { loopsFor, listMounts } from '../../client-agent/mount.js';
+import { defaultExec } from '../../client-agent/exec.js';
+import { createPackage } from '../../format/index.js';
+import { makeRepo, baseManifest, serveDir, seeded, type Fixture } from '../helpers/repo.js';
+import { FakeBackend } from './fakes.js';
+
+const KEY = 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBJqRCGpQXYEvvN2xu3HgHFWp4oeW6J7rTLxqxwVTqQm ops@site';
+
+/** Publishes NAME@VERSION built from a real ext4 image; `extra` files make versions differ. */
+async function publishExt4(fx: Fixture, version: string, opts: { motd?: string; channel?: string } = {}) {
+  const work = await mkdtemp(join(fx.dir, `v${version}-`));
+  const root = join(work, 'rootfs');
+  await mkdir(join(root, 'etc'), { recursive: true });
+  await mkdir(join(root, 'usr', 'share', 'doc'), { recursive: true });
+  await writeFile(join(root, 'etc', 'hostname'), 'buildhost\n');
+  await writeFile(join(root, 'etc', 'hosts'), '127.0.0.1\tlocalhost\n');
+  // some bulk content that stays the same between versions
+  for (let i = 0; i < 40; i++) await writeFile(join(root, 'usr', 'share', 'doc', `f${i}`), seeded(`doc${i}`, 16 * 1024));
+  // versions differ in the content of one file of the same size: the layout stays put
+  await writeFile(join(root, 'etc', 'motd'), (opts.motd ?? 'version one').padEnd(32) + '\n');
+  const image = join(work, 'disk.img');
+  await execa('mkfs.ext4', ['-q', '-F', '-U', '0c5e6d1a-1111-4222-8333-444455556666', '-E', 'hash_seed=0c5e6d1a-1111-4222-8333-444455556666', '-d', root, image, '16M'], {
+    env: { E2FSPROGS_FAKE_TIME: '1700000000' },
+  });
+  await writeFile(join(work, 'vmlinuz'), Buffer.alloc(100_000, 1));
+  await writeFile(join(work, 'initrd'), Buffer.alloc(50_000, 2));
+  const manifest = baseManifest('sbc', version);
+  manifest.settings = {
+    hostname: { type: 'hostname', required: true },
+    'ssh.authorized_keys': { type: 'ssh-keys' },
+    'broker.url': { type: 'url', default: 'https://broker.invalid/' },
+  };
+  const tarPath = join(work, 'pkg.tar');
+  await createPackage({
+    manifest, imagePath: image, kernelPath: join(work, 'vmlinuz'), initrdPath: join(work, 'initrd'),
+    publisherKey: await fx.keystore.privateKey(fx.keystore.find('publisher')), out: { tarPath },
+  });
+  const { createReadStream } = await import('node:fs');
+  await fx.writer.addPackage(createReadStream(tarPath));
+  if (opts.channel) await fx.writer.promote('sbc', opts.channel, version);
+  return { tarPath, image };
+}
+
+async function setup(t: import('ava').ExecutionContext, opts: { repoUrl?: (fx: Fixture) => Promise<string> } = {}) {
+  const fx = await makeRepo();
+  const dir = await mkdtemp(join(fx.dir, 'host-'));
+  const stateDir = join(dir, 'state');
+  t.teardown(async () => {
+    for (const dev of (await execa('losetup', ['-l', '-n', '-O', 'NAME,BACK-FILE'])).stdout.split('\n')) {
+      const [d, f] = dev.trim().split(/\s+/);
+      if (f?.startsWith(dir)) await execa('losetup', ['-d', d]).catch(() => {});
+    }
+    await fx.cleanup();
+  });
+  const keyFile = join(dir, 'root.asc');
+  await writeFile(keyFile, fx.rootKeyArmored);
+  const configPath = join(dir, 'agent.yaml');
+  await writeFile(configPath, [
+    `repos: [${fx.repoDir}]`,
+    `trust: { root_key_file: ${keyFile} }`,
+    'health_timeout_s: 2',
+    'appliances:',
+    '  - name: sbc',
+    '    channel: stable',
+    '    data_size: 16M',
+    '    settings: { hostname: ts1.example.org }',
+  ].join('\n') + '\n');
+  const backend = new FakeBackend(join(dir, 'console'));
+  const logs: string[] = [];
+  const agent = new Agent({ configPath, stateDir, backend, host: 'dom0-test', log: (l) => logs.push(l) });
+  const repo = opts.repoUrl ? await opts.repoUrl(fx) : fx.repoDir;
+  return { fx, dir, stateDir, configPath, keyFile, backend, agent, logs, repo };
+}
+
+async function nothingAttached(t: import('ava').ExecutionContext, stateDir: string) {
+  const prefix = resolve(stateDir) + '/';
+  t.deepEqual((await listMounts()).filter((m) => m.startsWith(prefix)), []);
+  const out = (await execa('losetup', ['-l', '-n', '-O', 'BACK-FILE'])).stdout;
+  t.false(out.includes(prefix), 'no loop device backed by the state dir');
+}
+
+const hostnameIn = async (disk: string) => (await execa('debugfs', ['-R', 'cat /etc/hostname', disk])).stdout.trim();
+
+test('init, install, configure, boot; upgrade; failed upgrade rolls back; rollback; verify; gc; remove', async (t) => {
+  const { fx, stateDir, configPath, keyFile, backend, agent, logs } = await setup(t);
+  await publishExt4(fx, '1.0.0', { channel: 'stable' });
+
+  // init keeps the appliances already in the config and pins the root
+  const init = await agent.init({ repos: [fx.repoDir], rootKeyFile: keyFile });
+  t.is(init.root_version, 1);
+  t.regex(await readFile(configPath, 'utf8'), /name: sbc/);
+  t.true(existsSync(join(stateDir, 'trust', 'root.json')));
+
+  // install: fetch, verify, configure, boot, healthy
+  const inst = await agent.install('sbc', { set: { 'ssh.authorized_keys': KEY } });
+  t.is(inst.current, '1.0.0');
+  t.true(inst.health?.ready);
+  const v1disk = join(stateDir, 'appliances', 'sbc', '1.0.0', 'disk.img');
+  t.is(await hostnameIn(v1disk), 'ts1.example.org');
+  t.is((await execa('debugfs', ['-R', 'cat /root/.ssh/authorized_keys', v1disk])).stdout.trim(), KEY);
+  t.regex(await readFile(backend.consoleLog('sbc'), 'utf8'), /hostname: ts1\.example\.org\nLOOPSHIP-READY/);
+  t.is(backend.starts.at(-1)!.dataDisk, join(stateDir, 'appliances', 'sbc', 'data.img'));
+  t.is(backend.starts.at(-1)!.disk, v1disk);
+  t.regex(backend.starts.at(-1)!.macs[0], /^00:16:3e:/);
+  t.true(backend.autostart.get('sbc'));
+  await nothingAttached(t, stateDir);
+  let [st] = await agent.status();
+  t.like(st, { name: 'sbc', current: '1.0.0', running: true, health: 'healthy', installed: ['1.0.0'] });
+  t.true(st.data_disk_bytes > 0);
+
+  // unknown settings are refused before anything is fetched
+  const bad = await t.throwsAsync(agent.install('sbc@1.0.0', { set: { hostnme: 'x' } }));
+  t.regex(bad!.message, /unknown setting "hostnme"; sbc 1\.0\.0 accepts broker\.url, hostname, ssh\.authorized_keys/);
+
+  // upgrade to 2.0.0: one file more; only what changed is fetched
+  await publishExt4(fx, '2.0.0', { motd: 'version two', channel: 'stable' });
+  const up = await agent.upgrade('sbc');
+  t.like(up[0], { name: 'sbc', from: '1.0.0', to: '2.0.0', status: 'upgraded' });
+  const fetchedLine = logs.find((l) => l.startsWith('installed sbc 2.0.0'))!;
+  const share = Number(/\(([\d.]+)% of/.exec(fetchedLine)![1]);
+  t.true(share < 50, logs.join('\n'));
+  t.is(await hostnameIn(join(stateDir, 'appliances', 'sbc', '2.0.0', 'disk.img')), 'ts1.example.org', 'settings carried to the new version (config + remembered --set)');
+  t.is((await execa('debugfs', ['-R', 'cat /root/.ssh/authorized_keys', join(stateDir, 'appliances', 'sbc', '2.0.0', 'disk.img')])).stdout.trim(), KEY);
+  [st] = await agent.status('sbc');
+  t.like(st, { current: '2.0.0', previous: '1.0.0', running: true, health: 'healthy', installed: ['1.0.0', '2.0.0'] });
+  t.is(backend.starts.at(-1)!.version, '2.0.0');
+
+  // upgrade to 3.0.0 whose guest never becomes ready: rolled back to 2.0.0, reported, non-zero
+  await publishExt4(fx, '3.0.0', { motd: 'broken', channel: 'stable' });
+  backend.bad.add('3.0.0');
+  const failed = await t.throwsAsync(agent.upgrade('sbc'));
+  t.regex(failed!.message, /sbc 3\.0\.0: health check failed \(stopped|timeout\), rolled back to 2\.0\.0|health check failed/);
+  [st] = await agent.status('sbc');
+  t.like(st, { current: '2.0.0', previous: '1.0.0', running: true, health: 'healthy', failed_versions: ['3.0.0'], pending_upgrade: null });
+  t.regex(st.last_error ?? '', /upgrade of sbc to 3\.0\.0 failed its health check.*Kernel panic/);
+  t.deepEqual(backend.starts.slice(-2).map((s) => s.version), ['3.0.0', '2.0.0']);
+  // and it is not retried by itself
+  const again = await agent.upgrade('sbc');
+  t.like(again[0], { status: 'skipped', to: '3.0.0' });
+
+  // rollback: to the previous version
+  const rb = await agent.rollback('sbc');
+  t.deepEqual(rb, { name: 'sbc', from: '2.0.0', to: '1.0.0' });
+  [st] = await agent.status('sbc');
+  t.like(st, { current: '1.0.0', previous: '2.0.0', running: true });
+
+  // verify: all fine, then bit rot in one installed image is found
+  const clean = await agent.verify();
+  t.true(clean.every((v) => v.ok), JSON.stringify(clean, null, 1));
+  // the booted copies were changed by configure; the verified images were not
+  t.true(clean.every((v) => v.boot_disk_changed_chunks! > 0));
+  const m2 = JSON.parse(await readFile(join(stateDir, 'appliances', 'sbc', '2.0.0', 'manifest.json'), 'utf8'));
+  const fh = await open(join(stateDir, 'appliances', 'sbc', '2.0.0', 'verified.img'), 'r+');
+  await fh.write(Buffer.from('rot'), 0, 3, m2.image.chunks[3].offset + 100);
+  const hole = m2.image.chunks.find((c: { offset: number; length: number }, i: number) => m2.image.chunks[i + 1]?.offset > c.offset + c.length);
+  await fh.write(Buffer.from('x'), 0, 1, hole.offset + hole.length);
+  await fh.close();
+  const checks = await agent.verify('sbc');
+  const v2 = checks.find((c) => c.version === '2.0.0')!;
+  t.false(v2.ok);
+  t.is(v2.problems.length, 2);
+  t.regex(v2.problems.join('\n'), /chunk at offset \d+ .* has sha256/);
+  t.regex(v2.problems.join('\n'), /data at offset \d+ where the manifest has only zeros/);
+  t.true(checks.find((c) => c.version === '1.0.0')!.ok);
+
+  // gc keeps current and previous
+  const gc = await agent.gc();
+  t.deepEqual(gc.removed, ['sbc 3.0.0']);
+  t.deepEqual((await agent.status('sbc'))[0].installed, ['1.0.0', '2.0.0']);
+
+  // remove, keeping the data disk
+  await agent.remove('sbc', { keepData: true });
+  t.deepEqual(await readdir(join(stateDir, 'appliances', 'sbc')), ['data.img']);
+  t.false(existsSync(join(stateDir, 'appliances', 'sbc', '1.0.0')));
+  t.false(await backend.isRunning('sbc'));
+  await nothingAttached(t, stateDir);
+});
+
+test('over HTTP with a dead first mirror; import of an offline package; one agent at a time', async (t) => {
+  const { fx, stateDir, keyFile, agent, backend } = await setup(t);
+  const pkg = await publishExt4(fx, '1.0.0', { channel: 'stable' });
+  const server = await serveDir(fx.repoDir);
+  t.teardown(server.close);
+  // a port nobody listens on comes first
+  await agent.init({ repos: ['http://127.0.0.1:9/', server.url], rootKeyFile: keyFile });
+  const r = await agent.install('sbc:stable', { start: false });
+  t.is(r.current, '1.0.0');
+  t.false(r.started);
+  t.false(await backend.isRunning('sbc'));
+  t.true(server.requests.some((u) => u.startsWith('/chunks/')));
+
+  // import the same package offline into a second state dir: same checks, no network
+  const agent2 = new Agent({ configPath: join(stateDir, '..', 'agent.yaml'), stateDir: join(stateDir, '..', 'state2'), backend, host: 'h2' });
+  await mkdir(join(stateDir, '..', 'state2', 'trust'), { recursive: true });
+  await writeFile(join(stateDir, '..', 'state2', 'trust', 'root.json'), await readFile(join(stateDir, 'trust', 'root.json')));
+  const imp = await agent2.importPackage(pkg.tarPath, { start: false });
+  t.is(imp.install.version, '1.0.0');
+  t.is(await hostnameIn(join(stateDir, '..', 'state2', 'appliances', 'sbc', '1.0.0', 'disk.img')), 'ts1.example.org');
+
+  // a tampered package is refused and leaves nothing behind
+  const tampered = join(stateDir, '..', 'tampered.tar');
+  const bytes = await readFile(pkg.tarPath);
+  bytes[bytes.length - 2048 - 700] ^= 0xff; // inside the last chunk
+  await writeFile(tampered, bytes);
+  await agent2.remove('sbc');
+  const err = await t.throwsAsync(agent2.importPackage(tampered, { start: false }));
+  t.regex(err!.message, /tampered\.tar/);
+  t.deepEqual(await agent2.state.installedVersions('sbc'), []);
+
+  // the lock: a second agent process cannot run while one holds it
+  const release = await agent.state.lock();
+  const locked = await t.throwsAsync(agent.gc());
+  t.is((locked as { code?: string }).code, 'LOCKED');
+  await release();
+  await t.notThrowsAsync(agent.gc());
+});

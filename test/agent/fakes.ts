@@ -1,0 +1,46 @@
+// A boot backend for tests of the agent's logic (there is neither Xen nor time for real
+// boots in unit tests): "boots" by printing to a console log what a guest would — the
+// hostname read from the disk it was given (so configure must have reached that disk)
+// and the ready marker, unless the version is marked bad.
+import { appendFile, mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { execa } from 'execa';
+import type { Backend, DomainSpec } from '../../client-agent/backends/types.js';
+
+export class FakeBackend implements Backend {
+  readonly kind = 'xl' as const;
+  readonly running = new Map<string, DomainSpec>();
+  readonly starts: DomainSpec[] = [];
+  readonly stops: string[] = [];
+  readonly autostart = new Map<string, boolean>();
+  readonly bad = new Set<string>();
+  constructor(readonly logDir: string, readonly marker = 'LOOPSHIP-READY') {}
+
+  async start(spec: DomainSpec): Promise<void> {
+    if (this.running.has(spec.name)) return;
+    this.running.set(spec.name, spec);
+    this.starts.push(spec);
+    await mkdir(this.logDir, { recursive: true });
+    const hostname = (await execa('debugfs', ['-R', 'cat /etc/hostname', spec.disk], { reject: false })).stdout.trim();
+    const log = this.consoleLog(spec.name);
+    // the guest prints a little later, as a real one would
+    setTimeout(() => {
+      void appendFile(log, `Linux version fake (${spec.version})\nhostname: ${hostname}\n${this.bad.has(spec.version) ? 'Kernel panic - not syncing\n' : `${this.marker}\n`}`);
+    }, 50);
+  }
+  async stop(name: string): Promise<void> {
+    if (this.running.delete(name)) this.stops.push(name);
+  }
+  async isRunning(name: string): Promise<boolean> {
+    return this.running.has(name);
+  }
+  consoleLog(name: string): string {
+    return join(this.logDir, `guest-${name}.log`);
+  }
+  async setAutostart(name: string, enabled: boolean): Promise<void> {
+    this.autostart.set(name, enabled);
+  }
+  async forget(name: string): Promise<void> {
+    this.autostart.delete(name);
+  }
+}
