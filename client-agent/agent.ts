@@ -4,12 +4,13 @@
 import { createReadStream } from 'node:fs';
 import { mkdir, open, readFile, readdir, rm, stat } from 'node:fs/promises';
 import { hostname } from 'node:os';
+import YAML from 'yaml';
 import { join, resolve as resolvePath } from 'node:path';
 import {
   RepoClient, createFetcher, readPackage, decodeChunk, parseMetadata, serialize, compareVersions, chunkPath,
   LoopshipError, UsageError, ConfigError, type Fetcher, type Root, type Manifest, type Chunk, type Index,
 } from '../format/index.js';
-import { type AgentConfig, type ApplianceConfig, type SettingInput, loadConfig, saveConfig, parseSize, defaultBackend } from './config.js';
+import { type AgentConfig, type ApplianceConfig, type SettingInput, loadConfig, updateConfigFile, parseSize, defaultBackend } from './config.js';
 import { StateDir, type ApplianceState } from './state.js';
 import { type Exec, defaultExec, run } from './exec.js';
 import { installVersion, makeBootDisk, BOOT_DISK, type InstallResult, type InstallProgress, type VerifiedManifest, type ChunkSource, allocatedBytes, seedIndex } from './install.js';
@@ -68,6 +69,8 @@ export interface ApplianceStatus {
   pending_upgrade: ApplianceState['pending_upgrade'];
   failed_versions: string[];
   last_error: string | null;
+  /** what the last install fetched and reused */
+  last_install: ApplianceState['last_install'];
 }
 
 export class Agent {
@@ -161,26 +164,18 @@ export class Agent {
   async init(opts: { repos: string[]; rootKeyFile?: string; rootFingerprint?: string; backend?: 'xl' | 'qemu' }): Promise<{ root_version: number; config: string; fingerprint?: string }> {
     if (!opts.repos.length) throw new UsageError('at least one --repo is needed', { where: 'init' });
     if (Boolean(opts.rootKeyFile) === Boolean(opts.rootFingerprint)) throw new UsageError('give exactly one of --root-key FILE or --root-fingerprint FPR', { where: 'init' });
-    let existing: Partial<AgentConfig> = {};
-    try {
-      existing = await loadConfig(this.deps.configPath);
-    } catch {
-      existing = {};
-    }
+    const fields = {
+      repos: opts.repos,
+      trust: opts.rootKeyFile ? { root_key_file: resolvePath(opts.rootKeyFile) } : { root_fingerprint: opts.rootFingerprint },
+      ...(opts.backend ? { backend: opts.backend } : {}),
+    };
+    // what the file will hold, checked before anything is fetched or written
     const { parseConfig } = await import('./config.js');
-    const cfg = parseConfig(
-      {
-        ...existing,
-        repos: opts.repos,
-        trust: opts.rootKeyFile ? { root_key_file: resolvePath(opts.rootKeyFile) } : { root_fingerprint: opts.rootFingerprint },
-        ...(opts.backend ? { backend: opts.backend } : {}),
-      },
-      'init options',
-    );
+    const current = await readFile(this.deps.configPath, 'utf8').then((t) => (YAML.parse(t) as Record<string, unknown>) ?? {}, () => ({}));
+    const cfg = parseConfig({ ...current, ...fields }, this.deps.configPath);
     return this.locked(async () => {
       const root = await this.pin(cfg);
-      await saveConfig(this.deps.configPath, cfg);
-      this.configCache = cfg;
+      this.configCache = await updateConfigFile(this.deps.configPath, fields);
       // a new pin replaces what was trusted before, and the rollback floor with it
       await writeFileAtomic(this.state.rootFile, serialize(root), { mkdir: true });
       await rm(this.state.indexVersionFile, { force: true });
@@ -250,6 +245,11 @@ export class Agent {
       concurrency: cfg?.fetch_concurrency ?? 8,
       onProgress: this.deps.onInstallProgress ? (p) => this.deps.onInstallProgress!(p, label) : undefined,
     });
+    if (!r.alreadyInstalled) {
+      await this.state.updateAppliance(m.name, (a) => {
+        a.last_install = { version: r.version, fetchedBytes: r.fetchedBytes, reusedBytes: r.reusedBytes, fullCompressedBytes: r.fullCompressedBytes, fetchedChunks: r.fetchedChunks, reusedChunks: r.reusedChunks, seconds: r.seconds };
+      });
+    }
     if (r.alreadyInstalled) this.log(`${label} is already installed`);
     else {
       const share = r.fullCompressedBytes ? ((100 * r.fetchedBytes) / r.fullCompressedBytes).toFixed(1) : '0';
@@ -470,6 +470,7 @@ export class Agent {
         pending_upgrade: a?.pending_upgrade ?? null,
         failed_versions: a?.failed_versions ?? [],
         last_error: a?.last_error ?? null,
+        last_install: a?.last_install ?? null,
       });
     }
     return out;

@@ -119,11 +119,30 @@ export async function loadConfig(path: string): Promise<AgentConfig> {
   return parseConfig(value, path);
 }
 
-/** Writes the config back (init), keeping only what the schema knows. */
-export async function saveConfig(path: string, config: AgentConfig): Promise<void> {
-  const doc = new YAML.Document(config);
-  doc.commentBefore = ' loopship agent configuration (see `loopship-agent --help`)';
-  await writeFileAtomic(path, doc.toString(), { mode: 0o644, mkdir: true });
+/**
+ * Sets fields of the config file (init), keeping everything else in it as written,
+ * comments included; defaults are not written out, so the file stays the admin's.
+ * The result is validated before it replaces the old file.
+ */
+export async function updateConfigFile(path: string, fields: Record<string, unknown>): Promise<AgentConfig> {
+  let doc: YAML.Document;
+  try {
+    doc = YAML.parseDocument(await readFile(path, 'utf8'), { uniqueKeys: true });
+    if (doc.errors.length) throw new ConfigError(`not valid YAML: ${doc.errors[0].message.split('\n')[0]}`, { where: path });
+    if (!YAML.isMap(doc.contents)) doc = new YAML.Document({});
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    doc = new YAML.Document({});
+    doc.commentBefore = ' loopship agent configuration (see `loopship-agent --help`)';
+  }
+  for (const [k, v] of Object.entries(fields)) {
+    if (v === undefined) doc.delete(k);
+    else doc.set(k, doc.createNode(v));
+  }
+  const text = doc.toString();
+  const parsed = parseConfig(YAML.parse(text), path);
+  await writeFileAtomic(path, text, { mode: 0o644, mkdir: true });
+  return parsed;
 }
 
 /** xl when this host is a Xen dom0 (xl on PATH and /proc/xen present), else qemu. */

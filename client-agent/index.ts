@@ -1,7 +1,7 @@
 // The client agent's public API.
 export { Agent, AGENT_VERSION, parseNameSpec, type AgentDeps, type ApplianceStatus } from './agent.js';
 export { register } from './cli.js';
-export { loadConfig, parseConfig, saveConfig, parseSize, AgentConfigSchema, DEFAULT_CONFIG, DEFAULT_STATE_DIR, type AgentConfig } from './config.js';
+export { loadConfig, parseConfig, updateConfigFile, parseSize, AgentConfigSchema, DEFAULT_CONFIG, DEFAULT_STATE_DIR, type AgentConfig } from './config.js';
 export { StateDir } from './state.js';
 export { installVersion, planChunks, writeSparse, type ChunkSource, type InstallResult, type VerifiedManifest } from './install.js';
 export { validateSetting, resolveSettings, parseSetOptions, type Settings } from './settings.js';

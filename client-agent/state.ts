@@ -25,6 +25,10 @@ const applianceState = z.object({
   /** an upgrade that was under way when the agent stopped: recovered on the next run */
   pending_upgrade: z.object({ from: z.string().nullable(), to: z.string(), started_at: z.string() }).nullable().default(null),
   last_error: z.string().nullable().default(null),
+  last_install: z
+    .object({ version: z.string(), fetchedBytes: z.number(), reusedBytes: z.number(), fullCompressedBytes: z.number(), fetchedChunks: z.number(), reusedChunks: z.number(), seconds: z.number() })
+    .nullable()
+    .default(null),
   /** result of the last `verify` of the current version */
   verified: z.boolean().nullable().default(null),
 });

@@ -127,7 +127,7 @@ export class QemuBackend implements Backend {
       await rm(f.qmpSocket, { force: true });
       return;
     }
-    const timeoutMs = opts.timeoutMs ?? 60_000;
+    const timeoutMs = opts.timeoutMs ?? 30_000;
     const gone = async (ms: number): Promise<boolean> => {
       const t0 = Date.now();
       while (Date.now() - t0 < ms) {

@@ -90,3 +90,22 @@ test('default backend: xl only on a Xen dom0', async (t) => {
   t.is(defaultBackend({ PATH: dir }, join(dir, 'no-proc-xen')), 'qemu');
   t.is(defaultBackend({ PATH: '/nonexistent' }, dir), 'qemu');
 });
+
+test('init updates only its fields: comments and other settings stay, defaults are not written, appending works', async (t) => {
+  const { updateConfigFile } = await import('../../client-agent/config.js');
+  const path = await withConfig(t, `# site 42, managed by preseed\nappliances:\n  - name: sbc # the desktop\n    channel: stable\n`);
+  await updateConfigFile(path, { repos: ['http://127.0.0.1:1/'], trust: { root_fingerprint: FPR }, backend: 'qemu' });
+  const text = await (await import('node:fs/promises')).readFile(path, 'utf8');
+  t.regex(text, /# site 42, managed by preseed/);
+  t.regex(text, /# the desktop/);
+  t.notRegex(text, /health_timeout_s|daemon|fetch_concurrency/);
+  // what a provisioning script does next: append top-level keys
+  await (await import('node:fs/promises')).appendFile(path, 'health_timeout_s: 420\nreport:\n  url: http://127.0.0.1:2/\n  site: s\n');
+  const c = await loadConfig(path);
+  t.is(c.health_timeout_s, 420);
+  t.is(c.appliances[0].name, 'sbc');
+  t.is(c.backend, 'qemu');
+  // an update that would make the file invalid is refused and the file is left as it was
+  await t.throwsAsync(updateConfigFile(path, { repos: [] }), { message: /repos: at least one/ });
+  t.is((await loadConfig(path)).repos[0], 'http://127.0.0.1:1/');
+});
