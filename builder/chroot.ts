@@ -5,7 +5,7 @@
 // under the root, not by what we remember mounting.
 import { readFile, writeFile, rm, mkdir, copyFile, lstat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import type { Exec } from './exec.js';
+import { killRunning, type Exec } from './exec.js';
 
 /** Mount points at or under `root`, deepest first (the order to unmount them in). */
 export async function mountsUnder(root: string, mountinfo = '/proc/self/mountinfo'): Promise<string[]> {
@@ -41,6 +41,7 @@ const openRoots = new Map<string, Exec>();
 let handlersInstalled = false;
 function onSignal(signal: NodeJS.Signals): void {
   const roots = [...openRoots.entries()];
+  killRunning('SIGTERM');
   void Promise.allSettled(roots.map(([r, exec]) => unmountAll(r, exec))).finally(() => {
     process.stderr.write(`loopship: ${signal}: unmounted ${roots.length ? roots.map(([r]) => r).join(', ') : 'nothing'}; exiting\n`);
     process.exit(signal === 'SIGINT' ? 130 : 143);

@@ -22,6 +22,15 @@ export type Exec = (file: string, args: readonly string[], opts?: ExecOptions) =
 
 const TAIL_LINES = 15;
 
+// Children still running, so an interrupted build can stop them before it unmounts.
+const running = new Set<{ kill(signal?: NodeJS.Signals): boolean }>();
+
+/** Sends `signal` to every program defaultExec is currently running. */
+export function killRunning(signal: NodeJS.Signals = 'SIGTERM'): number {
+  for (const c of running) c.kill(signal);
+  return running.size;
+}
+
 /** Runs a program; on failure throws an ExecError naming the stage, the command and the end of its output. */
 export const defaultExec: Exec = async (file, args, opts = {}) => {
   const tail: string[] = [];
@@ -47,11 +56,14 @@ export const defaultExec: Exec = async (file, args, opts = {}) => {
     partial = lines.pop() ?? '';
     for (const l of lines) remember(l);
   });
+  running.add(child);
   let result;
   try {
     result = await child;
   } catch (cause) {
     throw execFailure(file, args, opts.stage, `could not run (${(cause as Error).message})`, [], cause);
+  } finally {
+    running.delete(child);
   }
   if (partial) remember(partial);
   if ((result as { code?: string }).code === 'ENOENT' || (result.failed && result.exitCode === undefined && /ENOENT/.test(String(result.message)))) {

@@ -1,0 +1,111 @@
+import test from 'ava';
+import { mkdtemp, mkdir, writeFile, rm, readdir, readFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { BootstrapCache, cacheKey, type BootstrapKey, type Exec } from '../../builder/index.js';
+import { bootstrapRoot } from '../../builder/rootfs.js';
+import { defaultExec } from '../../builder/exec.js';
+import { ExecError } from '../../format/index.js';
+
+const KEY: BootstrapKey = { suite: 'bookworm', mirror: 'http://mirror.example/debian', variant: 'minbase', components: ['main'], snapshot: null, arch: 'amd64' };
+
+test('the cache key changes with each input that determines the bootstrap, and only with those', (t) => {
+  const k = cacheKey(KEY);
+  t.is(cacheKey({ ...KEY }), k);
+  t.is(cacheKey({ ...KEY, mirror: 'http://mirror.example/debian/' }), k, 'trailing slash is the same mirror');
+  t.is(cacheKey({ ...KEY, components: ['contrib', 'main'] }), cacheKey({ ...KEY, components: ['main', 'contrib'] }), 'component order does not matter');
+  const variants = [
+    { ...KEY, suite: 'trixie' },
+    { ...KEY, mirror: 'http://other.example/debian' },
+    { ...KEY, variant: 'buildd' },
+    { ...KEY, components: ['main', 'contrib'] },
+    { ...KEY, snapshot: '20250520T000000Z' },
+    { ...KEY, arch: 'arm64' },
+  ];
+  const keys = new Set([k, ...variants.map(cacheKey)]);
+  t.is(keys.size, variants.length + 1);
+});
+
+/** A fake outside world: records every program run; debootstrap and tar do just enough. */
+function fakeExec(opts: { failDebootstrap?: boolean; failTarCreate?: boolean } = {}) {
+  const calls: string[] = [];
+  const exec: Exec = async (file, args, o) => {
+    calls.push(file);
+    if (file === 'debootstrap') {
+      if (opts.failDebootstrap) throw new ExecError('debootstrap: exited with status 1\n  E: Couldn\'t find these debs: nosuchpkg', { where: `stage ${o?.stage}` });
+      const root = args.at(-2)!;
+      await mkdir(join(root, 'etc'), { recursive: true });
+      await writeFile(join(root, 'etc/debian_version'), '12\n');
+      return { stdout: '' };
+    }
+    if (file === 'tar' && args.includes('-c')) {
+      const out = args[args.indexOf('-f') + 1];
+      await writeFile(out, 'partial');
+      if (opts.failTarCreate) throw new ExecError('tar: No space left on device', { where: `stage ${o?.stage}` });
+      return { stdout: '' };
+    }
+    if (file === 'tar' && args.includes('-x')) {
+      const root = args[args.indexOf('-C') + 1];
+      await writeFile(join(root, 'restored'), '');
+      return { stdout: '' };
+    }
+    return defaultExec(file, args, o);
+  };
+  return { exec, calls };
+}
+
+async function tmp(t: import('ava').ExecutionContext): Promise<string> {
+  const d = await mkdtemp(join(tmpdir(), 'loopship-cache-'));
+  t.teardown(() => rm(d, { recursive: true, force: true }));
+  return d;
+}
+
+test('first build debootstraps and stores; the next restores without debootstrap; --no-cache ignores the entry', async (t) => {
+  const dir = await tmp(t);
+  const { exec, calls } = fakeExec();
+  const cache = new BootstrapCache(join(dir, 'cache'), exec);
+  t.is(await bootstrapRoot({ root: join(dir, 'r1'), key: KEY, cache, exec, useCache: true }), 'debootstrap');
+  t.deepEqual(calls, ['debootstrap', 'tar']);
+  t.true(await cache.has(KEY));
+  t.deepEqual(await readdir(join(dir, 'cache/debootstrap')).then((n) => n.filter((x) => x.includes('.tmp-'))), [], 'no temporary left');
+  calls.length = 0;
+  t.is(await bootstrapRoot({ root: join(dir, 'r2'), key: KEY, cache, exec, useCache: true }), 'cache');
+  t.deepEqual(calls, ['tar']);
+  t.deepEqual(await readdir(join(dir, 'r2')), ['restored']);
+  calls.length = 0;
+  t.is(await bootstrapRoot({ root: join(dir, 'r3'), key: KEY, cache: null, exec, useCache: false }), 'debootstrap');
+  t.deepEqual(calls, ['debootstrap'], '--no-cache: no restore, no store');
+  calls.length = 0;
+  t.is(await bootstrapRoot({ root: join(dir, 'r4'), key: { ...KEY, suite: 'trixie' }, cache, exec, useCache: true }), 'debootstrap', 'another key misses');
+});
+
+test('a failed debootstrap stores nothing; a failed store leaves no entry and no temporary', async (t) => {
+  const dir = await tmp(t);
+  const bad = fakeExec({ failDebootstrap: true });
+  const cache = new BootstrapCache(join(dir, 'cache'), bad.exec);
+  const err = await t.throwsAsync(bootstrapRoot({ root: join(dir, 'r1'), key: KEY, cache, exec: bad.exec, useCache: true }), { instanceOf: ExecError });
+  t.regex(err!.message, /stage bootstrap.*nosuchpkg/s);
+  t.false(await cache.has(KEY));
+
+  const full = fakeExec({ failTarCreate: true });
+  const cache2 = new BootstrapCache(join(dir, 'cache2'), full.exec);
+  const err2 = await t.throwsAsync(bootstrapRoot({ root: join(dir, 'r2'), key: KEY, cache: cache2, exec: full.exec, useCache: true }), { instanceOf: ExecError });
+  t.regex(err2!.message, /No space left/);
+  t.false(await cache2.has(KEY), 'the half-written tarball is not an entry');
+  t.deepEqual(await readdir(join(dir, 'cache2/debootstrap')), [], 'and the temporary is gone');
+});
+
+test('store and restore keep ownership, modes, symlinks and xattr-free trees (real tar + zstd)', async (t) => {
+  const dir = await tmp(t);
+  const root = join(dir, 'root');
+  await mkdir(join(root, 'etc'), { recursive: true });
+  await writeFile(join(root, 'etc/shadow'), 'root:*:1::::::\n', { mode: 0o640 });
+  const cache = new BootstrapCache(join(dir, 'cache'), defaultExec);
+  await cache.store(KEY, root);
+  const info = (await cache.info(KEY)) as { key: string };
+  t.is(info.key, cacheKey(KEY));
+  await cache.restore(KEY, join(dir, 'back'));
+  t.is(await readFile(join(dir, 'back/etc/shadow'), 'utf8'), 'root:*:1::::::\n');
+  const { stat } = await import('node:fs/promises');
+  t.is((await stat(join(dir, 'back/etc/shadow'))).mode & 0o777, 0o640);
+});
