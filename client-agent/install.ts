@@ -249,7 +249,7 @@ export async function installVersion(opts: InstallOptions): Promise<InstallResul
   for (const w of plan.values()) progress.totalBytes += w.chunk.length * w.targets.length;
   let pendingShas: string[] = [];
   let pendingBytes = 0;
-  const journalEvery = opts.journalEveryBytes ?? 64 * 1024 * 1024;
+  const journalEvery = opts.journalEveryBytes ?? 32 * 1024 * 1024;
   let lastJournal = now();
 
   const flush = async (): Promise<void> => {
@@ -313,7 +313,7 @@ export async function installVersion(opts: InstallOptions): Promise<InstallResul
           pendingShas.push(sha);
           pendingBytes += w.chunk.length * w.targets.length;
           opts.onProgress?.({ ...progress });
-          if (pendingBytes >= journalEvery || now() - lastJournal > 2000) {
+          if (pendingBytes >= journalEvery || now() - lastJournal > 1000) {
             serial = serial.then(flush);
             await serial;
           }

@@ -8,46 +8,13 @@ import { execa } from 'execa';
 import { Agent } from '../../client-agent/agent.js';
 import { loopsFor, listMounts } from '../../client-agent/mount.js';
 import { defaultExec } from '../../client-agent/exec.js';
-import { createPackage } from '../../format/index.js';
-import { makeRepo, baseManifest, serveDir, seeded, type Fixture } from '../helpers/repo.js';
+import { makeRepo, serveDir, type Fixture } from '../helpers/repo.js';
+import { publishExt4 as publishAny } from './ext4.js';
+
+const publishExt4 = (fx: Fixture, version: string, opts: { motd?: string; channel?: string } = {}) => publishAny(fx, 'sbc', version, opts);
 import { FakeBackend } from './fakes.js';
 
 const KEY = 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBJqRCGpQXYEvvN2xu3HgHFWp4oeW6J7rTLxqxwVTqQm ops@site';
-
-/** Publishes NAME@VERSION built from a real ext4 image; `extra` files make versions differ. */
-async function publishExt4(fx: Fixture, version: string, opts: { motd?: string; channel?: string } = {}) {
-  const work = await mkdtemp(join(fx.dir, `v${version}-`));
-  const root = join(work, 'rootfs');
-  await mkdir(join(root, 'etc'), { recursive: true });
-  await mkdir(join(root, 'usr', 'share', 'doc'), { recursive: true });
-  await writeFile(join(root, 'etc', 'hostname'), 'buildhost\n');
-  await writeFile(join(root, 'etc', 'hosts'), '127.0.0.1\tlocalhost\n');
-  // some bulk content that stays the same between versions
-  for (let i = 0; i < 40; i++) await writeFile(join(root, 'usr', 'share', 'doc', `f${i}`), seeded(`doc${i}`, 16 * 1024));
-  // versions differ in the content of one file of the same size: the layout stays put
-  await writeFile(join(root, 'etc', 'motd'), (opts.motd ?? 'version one').padEnd(32) + '\n');
-  const image = join(work, 'disk.img');
-  await execa('mkfs.ext4', ['-q', '-F', '-U', '0c5e6d1a-1111-4222-8333-444455556666', '-E', 'hash_seed=0c5e6d1a-1111-4222-8333-444455556666', '-d', root, image, '16M'], {
-    env: { E2FSPROGS_FAKE_TIME: '1700000000' },
-  });
-  await writeFile(join(work, 'vmlinuz'), Buffer.alloc(100_000, 1));
-  await writeFile(join(work, 'initrd'), Buffer.alloc(50_000, 2));
-  const manifest = baseManifest('sbc', version);
-  manifest.settings = {
-    hostname: { type: 'hostname', required: true },
-    'ssh.authorized_keys': { type: 'ssh-keys' },
-    'broker.url': { type: 'url', default: 'https://broker.invalid/' },
-  };
-  const tarPath = join(work, 'pkg.tar');
-  await createPackage({
-    manifest, imagePath: image, kernelPath: join(work, 'vmlinuz'), initrdPath: join(work, 'initrd'),
-    publisherKey: await fx.keystore.privateKey(fx.keystore.find('publisher')), out: { tarPath },
-  });
-  const { createReadStream } = await import('node:fs');
-  await fx.writer.addPackage(createReadStream(tarPath));
-  if (opts.channel) await fx.writer.promote('sbc', opts.channel, version);
-  return { tarPath, image };
-}
 
 async function setup(t: import('ava').ExecutionContext, opts: { repoUrl?: (fx: Fixture) => Promise<string> } = {}) {
   const fx = await makeRepo();

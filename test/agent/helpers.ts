@@ -45,6 +45,11 @@ export async function sha256File(path: string): Promise<string> {
   return createHash('sha256').update(await readFile(path)).digest('hex');
 }
 
+/** (ava's deepEqual on big buffers is very slow: compare digests instead) */
+export function sha256Of(b: Uint8Array): string {
+  return createHash('sha256').update(b).digest('hex');
+}
+
 export async function allocated(path: string): Promise<number> {
   return (await stat(path)).blocks * 512;
 }
