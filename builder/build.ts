@@ -150,7 +150,7 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
     const epoch = chooseEpoch(env, loaded, await archiveDate(root));
 
     await stage('customize', () =>
-      customizeRoot({ root, recipe, overlayDir: loaded.overlayDir, exec, sourceDateEpoch: epoch, uuid, digest: loaded.digest, onStep: (d) => rep.stageStep?.('customize', d) }),
+      customizeRoot({ root, recipe, overlayDir: loaded.overlayDir, exec, debCache: cache?.debDir(key), sourceDateEpoch: epoch, uuid, digest: loaded.digest, onStep: (d) => rep.stageStep?.('customize', d) }),
     );
     const { packages, tree } = await stage('cleanup', async () => {
       const packages = await installedPackages(root, exec);

@@ -45,6 +45,11 @@ export class BootstrapCache {
     return join(this.dir, 'debootstrap', `${key.suite}-${key.arch}-${key.variant}-${cacheKey(key).slice(0, 16)}.tar.zst`);
   }
 
+  /** Downloaded packages, shared by builds of one suite and arch (apt verifies each .deb against the index). */
+  debDir(key: BootstrapKey): string {
+    return join(this.dir, 'debs', `${key.suite}-${key.arch}`);
+  }
+
   async has(key: BootstrapKey): Promise<boolean> {
     return stat(this.entryPath(key)).then((s) => s.isFile() && s.size > 0, () => false);
   }

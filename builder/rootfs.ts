@@ -43,6 +43,8 @@ export interface CustomizeOptions {
   sourceDateEpoch: number;
   uuid: string;
   digest: string;
+  /** directory of downloaded .debs shared between builds (bind-mounted over apt's archive cache) */
+  debCache?: string | null;
   onStep?: (what: string) => void;
 }
 
@@ -54,6 +56,11 @@ export async function customizeRoot(o: CustomizeOptions): Promise<void> {
   // final configuration (each generation costs many seconds).
   const env = { SOURCE_DATE_EPOCH: String(o.sourceDateEpoch), INITRD: 'No' };
   await withChroot(root, exec, env, async (c) => {
+    const archives = join(root, 'var/cache/apt/archives');
+    if (o.debCache) {
+      await mkdir(join(o.debCache, 'partial'), { recursive: true });
+      await exec('mount', ['--bind', o.debCache, archives], { stage: 'packages' });
+    }
     step('apt-get update');
     await c.run('apt-get', ['-q', 'update'], { stage: 'packages' });
     const pkgs = [...new Set([recipe.boot.kernel, ...recipe.packages])].sort();
@@ -63,6 +70,8 @@ export async function customizeRoot(o: CustomizeOptions): Promise<void> {
       ['-q', '-y', '-o', 'Dpkg::Options::=--force-confold', '-o', 'Dpkg::Use-Pty=0', recipe.install_recommends ? '--install-recommends' : '--no-install-recommends', 'install', ...pkgs],
       { stage: 'packages' },
     );
+    // Unmount now: later steps and the cleanup must never touch the shared cache.
+    if (o.debCache) await exec('umount', [archives], { stage: 'packages' });
 
     if (o.overlayDir) {
       step('overlay');

@@ -1,0 +1,145 @@
+// Real builds of recipes/tiny (slow: minutes). Skipped with LOOPSHIP_FAST=1, when not
+// root, or without debootstrap/qemu. The bootstrap cache (LOOPSHIP_TEST_CACHE, default
+// /var/cache/loopship) is shared with normal builds, so only the first run is cold.
+import test from 'ava';
+import { mkdtemp, mkdir, cp, rm, readFile, writeFile, stat, readdir } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { execa } from 'execa';
+import { build, mountsUnder, BootstrapCache, loadRecipe, resolveMirror, type BuildResult } from '../../builder/index.js';
+import { ExecError, RepositoryWriter } from '../../format/index.js';
+import { makeRepo, type Fixture } from '../helpers/repo.js';
+
+const TINY = join(import.meta.dirname, '../../recipes/tiny');
+const CACHE = process.env.LOOPSHIP_TEST_CACHE ?? '/var/cache/loopship';
+const have = async (p: string) => execa('sh', ['-c', `command -v ${p}`]).then(() => true, () => false);
+const slow = !process.env.LOOPSHIP_FAST && process.getuid?.() === 0 && (await have('debootstrap')) && (await have('qemu-system-x86_64'));
+const slowTest = slow ? test.serial : test.serial.skip;
+
+let fx: Fixture;
+let work: string;
+let built: BuildResult;
+
+test.before(async () => {
+  if (!slow) return;
+  fx = await makeRepo();
+  work = await mkdtemp(join(tmpdir(), 'loopship-build-test-'));
+});
+test.after.always(async () => {
+  if (!slow) return;
+  await fx?.cleanup();
+  if (work && (await mountsUnder(work)).length === 0) await rm(work, { recursive: true, force: true });
+});
+
+async function debugfs(image: string, cmd: string): Promise<string> {
+  return (await execa('debugfs', ['-R', cmd, image])).stdout;
+}
+
+slowTest('tiny builds into a repository: signed, indexed, clean reproducible ext4, no host identity inside', async (t) => {
+  const stages: string[] = [];
+  built = await build({
+    recipe: TINY,
+    output: {
+      kind: 'repo',
+      repoDir: fx.repoDir,
+      channel: 'stable',
+      publisherKey: await fx.keystore.privateKey(fx.keystore.find('publisher')),
+      indexKeys: await fx.keystore.signingKeys('index'),
+    },
+    cacheDir: CACHE,
+    workDir: work,
+    keepWork: true,
+    zstdLevel: 3,
+    reporter: { stageStart: (s) => stages.push(s), stageEnd: () => undefined },
+  });
+  t.log(`stages: ${built.stages.map((s) => `${s.stage} ${s.seconds.toFixed(1)}s`).join(', ')}; ${built.stats?.chunks} chunks`);
+  t.deepEqual(stages, ['recipe', 'bootstrap', 'customize', 'cleanup', 'image', 'package', 'publish']);
+  t.deepEqual(await mountsUnder(work), []);
+
+  // published and indexed
+  const index = await new RepositoryWriter(fx.repoDir, { indexKeys: [] }).readIndex();
+  t.is(index.images.tiny.channels.stable, '1.0.0');
+  t.is(index.images.tiny.versions['1.0.0'].manifest, built.manifestSha256);
+  const m = built.manifest!;
+  t.is(m.image.uuid, built.uuid);
+  t.is(m.boot.cmdline, `root=UUID=${built.uuid} ro quiet`);
+  t.is(m.build.recipe_digest, (await loadRecipe(TINY)).digest);
+  t.true(m.build.packages.some((p) => p.name === 'systemd-sysv'));
+  t.true(m.build.packages.some((p) => p.name.startsWith('linux-image-') && p.name.endsWith('-cloud-amd64')));
+  t.deepEqual(Object.keys(m.settings).sort(), ['hostname', 'network.address', 'network.dns', 'network.gateway', 'ssh.authorized_keys']);
+  t.truthy(m.initrd);
+
+  // the filesystem: consistent, the fixed UUID, no identity or build noise
+  const img = built.image.path!;
+  const fsck = await execa('e2fsck', ['-fn', img], { reject: false });
+  t.is(fsck.exitCode, 0, fsck.stdout + fsck.stderr);
+  t.regex((await execa('dumpe2fs', ['-h', img])).stdout, new RegExp(`Filesystem UUID:\\s+${built.uuid}`));
+  t.is(await debugfs(img, 'cat /etc/machine-id'), '');
+  t.is(await debugfs(img, 'cat /etc/resolv.conf'), '');
+  t.notRegex(await debugfs(img, 'ls /etc/ssh'), /ssh_host_/);
+  t.notRegex(await debugfs(img, 'ls /var/lib/apt/lists'), /Packages/);
+  t.regex(await debugfs(img, 'cat /etc/fstab'), new RegExp(`UUID=${built.uuid} / ext4`));
+  const st = await debugfs(img, 'stat /etc/fstab');
+  const mtime = parseInt(/mtime: 0x([0-9a-f]+)/.exec(st)![1], 16);
+  t.true(mtime <= built.sourceDateEpoch, 'mtimes clamped to SOURCE_DATE_EPOCH');
+});
+
+slowTest('the image boots under QEMU to the ready marker', async (t) => {
+  t.truthy(built, 'needs the previous test');
+  const disk = join(work, 'boot.img');
+  await execa('cp', ['--sparse=always', built.image.path!, disk]);
+  const log = join(work, 'console.log');
+  const t0 = Date.now();
+  const qemu = execa('qemu-system-x86_64', [
+    '-accel', 'tcg', '-m', '512', '-nographic', '-no-reboot', '-display', 'none', '-monitor', 'none',
+    '-kernel', built.kernel.path!, '-initrd', built.initrd.path!,
+    '-append', `${built.cmdline} console=ttyS0`,
+    '-drive', `file=${disk},format=raw,if=virtio`,
+    '-serial', `file:${log}`,
+  ], { reject: false });
+  try {
+    let text = '';
+    while (Date.now() - t0 < 300_000) {
+      text = await readFile(log, 'utf8').catch(() => '');
+      if (/LOOPSHIP-READY/.test(text) || qemu.exitCode !== null) break;
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+    t.log(`boot to marker: ${((Date.now() - t0) / 1000).toFixed(0)} s (TCG)`);
+    t.regex(text, /LOOPSHIP-READY hostname=tiny version=1\.0\.0/);
+  } finally {
+    qemu.kill('SIGKILL');
+    await qemu;
+  }
+});
+
+slowTest('a failing chroot command: stage named, nothing mounted, scratch removed, cache and repository untouched', async (t) => {
+  const dir = join(work, 'bad-recipe');
+  await cp(TINY, dir, { recursive: true });
+  const yaml = (await readFile(join(dir, 'recipe.yaml'), 'utf8')).replace('version: 1.0.0', 'version: 1.0.1') + 'commands:\n  - echo boom >&2; exit 7\n';
+  await writeFile(join(dir, 'recipe.yaml'), yaml);
+  const recipe = (await loadRecipe(dir)).recipe;
+  const mirror = await resolveMirror({ suite: recipe.base.suite });
+  const cache = new BootstrapCache(CACHE, async () => ({ stdout: '' }));
+  const entry = cache.entryPath({ suite: 'bookworm', mirror, variant: 'minbase', components: ['main'], snapshot: null, arch: 'amd64' });
+  const before = await stat(entry);
+  const indexBefore = await readFile(join(fx.repoDir, 'index.json'));
+  const scratch = join(work, 'scratch');
+  await mkdir(scratch);
+  const err = await t.throwsAsync(
+    build({
+      recipe: dir,
+      output: { kind: 'repo', repoDir: fx.repoDir, publisherKey: await fx.keystore.privateKey(fx.keystore.find('publisher')), indexKeys: await fx.keystore.signingKeys('index') },
+      cacheDir: CACHE,
+      workDir: scratch,
+    }),
+    { instanceOf: ExecError },
+  );
+  t.regex(err!.message, /^stage commands\[0\]: .*exited with status 7/s);
+  t.regex(err!.message, /boom/);
+  t.deepEqual(await mountsUnder(scratch), []);
+  t.deepEqual(await readdir(scratch), [], 'scratch directory removed');
+  const after = await stat(entry);
+  t.is(after.size, before.size);
+  t.is(after.mtimeMs, before.mtimeMs, 'cache entry not rewritten');
+  t.deepEqual(await readFile(join(fx.repoDir, 'index.json')), indexBefore, 'repository index unchanged');
+});
