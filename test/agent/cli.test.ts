@@ -1,0 +1,73 @@
+// The loopship-agent command line as a real process: exit codes, --json, error lines.
+import test from 'ava';
+import { execa } from 'execa';
+import { writeFile, mkdtemp, open, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { makeRepo } from '../helpers/repo.js';
+import { publishExt4 } from './ext4.js';
+
+const BIN = join(process.cwd(), 'bin', 'loopship-agent.ts');
+
+test('init, install, status, verify and their exit codes, as a user runs them', async (t) => {
+  const fx = await makeRepo();
+  t.teardown(fx.cleanup);
+  await publishExt4(fx, 'sbc', '1.0.0', { channel: 'stable' });
+  const dir = await mkdtemp(join(fx.dir, 'cli-'));
+  const keyFile = join(dir, 'root.asc');
+  await writeFile(keyFile, fx.rootKeyArmored);
+  const g = ['--config', join(dir, 'agent.yaml'), '--state-dir', join(dir, 'state')];
+  const agent = (args: string[], extra: string[] = g) => execa('node', ['--import', 'tsx', BIN, ...extra, ...args], { reject: false });
+
+  const help = await agent(['--help']);
+  t.is(help.exitCode, 0);
+  for (const c of ['init', 'update', 'install', 'configure', 'start', 'stop', 'restart', 'status', 'upgrade', 'rollback', 'remove', 'gc', 'verify', 'import', 'daemon']) t.regex(help.stdout, new RegExp(`\\n  ${c}\\b`));
+
+  const init = await agent(['init', '--repo', fx.repoDir, '--root-key', keyFile, '--backend', 'qemu', '--json']);
+  t.is(init.exitCode, 0, init.stderr);
+  t.is(JSON.parse(init.stdout).root_version, 1);
+
+  const bad = await agent(['install', 'sbc', '--set', 'hostnme=x', '--no-start']);
+  t.is(bad.exitCode, 2);
+  t.regex(bad.stderr, /^loopship-agent: error: setting hostnme: unknown setting "hostnme"; sbc 1\.0\.0 accepts broker\.url, hostname, ssh\.authorized_keys$/);
+
+  const inst = await agent(['install', 'sbc:stable', '--set', 'hostname=cli-host', '--no-start', '--json']);
+  t.is(inst.exitCode, 0, inst.stderr);
+  t.like(JSON.parse(inst.stdout), { current: '1.0.0', started: false, install: { version: '1.0.0', alreadyInstalled: false } });
+
+  const status = await agent(['status', '--json']);
+  t.is(status.exitCode, 0);
+  t.like(JSON.parse(status.stdout)[0], { name: 'sbc', current: '1.0.0', running: false, installed: ['1.0.0'] });
+
+  t.is((await agent(['verify'])).exitCode, 0);
+  // bit rot in the verified image: reported, exit 3
+  const img = join(dir, 'state', 'appliances', 'sbc', '1.0.0', 'verified.img');
+  const m = JSON.parse(await readFile(join(dir, 'state', 'appliances', 'sbc', '1.0.0', 'manifest.json'), 'utf8'));
+  const fh = await open(img, 'r+');
+  await fh.write(Buffer.from('X'), 0, 1, m.image.chunks[2].offset);
+  await fh.close();
+  const ver = await agent(['verify', 'sbc']);
+  t.is(ver.exitCode, 3);
+  t.regex(ver.stdout, /sbc 1\.0\.0: FAILED\n  .*verified\.img: chunk at offset \d+/);
+  t.regex(ver.stderr, /1 installed version\(s\) differ from their signed manifests: sbc 1\.0\.0/);
+
+  // another agent holds the lock: exit 5, nothing done
+  const sleeper = execa('sleep', ['30']);
+  sleeper.catch(() => {});
+  t.teardown(() => void sleeper.kill());
+  await writeFile(join(dir, 'state', 'lock'), `${sleeper.pid}\n`);
+  const locked = await agent(['gc']);
+  t.is(locked.exitCode, 5);
+  t.regex(locked.stderr, new RegExp(`another loopship-agent \\(pid ${sleeper.pid}\\) is running`));
+
+  // a broken config: exit 2 naming the file and field
+  await writeFile(join(dir, 'bad.yaml'), 'repos: [http://127.0.0.1:1/]\ntrust: {root_fingerprint: "12ab"}\n');
+  const cfg = await agent(['update', '--json'], ['--config', join(dir, 'bad.yaml'), '--state-dir', join(dir, 'state2')]);
+  t.is(cfg.exitCode, 2);
+  t.like(JSON.parse(cfg.stdout), { code: 'CONFIG_INVALID' });
+  t.regex(cfg.stderr, /bad\.yaml: trust\.root_fingerprint: expected a 40- or 64-hex-digit OpenPGP fingerprint/);
+
+  // a bad appliance spec
+  const spec = await agent(['install', 'Sbc@@1']);
+  t.is(spec.exitCode, 2);
+  t.regex(spec.stderr, /appliance: expected NAME, NAME@VERSION or NAME:CHANNEL/);
+});
