@@ -2,14 +2,14 @@
 // package (tar, or chunks straight into a repository). A list of stages, each timed and
 // reported; the outside world (programs, clock, environment, key material) comes in
 // through the options so tests can drive every failure path.
-import { mkdtemp, mkdir, readFile, rm, stat } from 'node:fs/promises';
+import { access, constants, mkdtemp, mkdir, readFile, rm, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createPackage, RepositoryWriter, SPEC_VERSION, LoopshipError, sha256Hex, type Manifest, type PackageStats, type PublishResult } from '../format/index.js';
 import type { PrivateKey } from '../keys/index.js';
 import { BootstrapCache, DEFAULT_CACHE_DIR, type BootstrapKey } from './cache.js';
 import { defaultExec, type Exec } from './exec.js';
-import { mountsUnder, unmountAll } from './chroot.js';
+import { guardDirectory, mountsUnder, unmountAll } from './chroot.js';
 import { resolveMirror } from './apt-sources.js';
 import { loadRecipe, kernelCmdline, type LoadedRecipe } from './recipe.js';
 import { bootstrapRoot, customizeRoot, cleanRoot, clampAndMeasure, installedPackages, archiveDate } from './rootfs.js';
@@ -122,13 +122,21 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
   const stage = async <T>(name: StageName, fn: () => Promise<T>, note?: (r: T) => string | undefined): Promise<T> => {
     rep.stageStart(name);
     const s = performance.now();
-    const r = await fn();
+    let r: T;
+    try {
+      r = await fn();
+    } catch (err) {
+      // Our errors already name their stage; anything else (ENOSPC, EACCES...) gets it here.
+      if (err instanceof LoopshipError) throw err;
+      throw new LoopshipError('IO', `${(err as Error)?.message ?? String(err)}`, { where: `stage ${name}`, cause: err });
+    }
     const seconds = (performance.now() - s) / 1000;
     stages.push({ stage: name, seconds });
     rep.stageEnd(name, seconds, note?.(r));
     return r;
   };
 
+  if (!opts.exec) await preflight(env);
   const loaded = await stage('recipe', () => loadRecipe(opts.recipe), (l) => `${l.recipe.name} ${l.recipe.version} (${l.digest.slice(0, 12)})`);
   const { recipe } = loaded;
   const mirrorBase = await resolveMirror({ explicit: opts.mirror, recipeMirror: recipe.base.mirror, suite: recipe.base.suite, rootDir: opts.aptRoot });
@@ -145,6 +153,7 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
   const outDir = join(work, 'out');
   await mkdir(outDir);
   let keepWork = !!opts.keepWork || opts.output.kind === 'image';
+  const unguard = guardDirectory(work, exec);
   try {
     const from = await stage('bootstrap', () => bootstrapRoot({ root, key, cache, exec, useCache: !opts.noCache, onLine: (l) => rep.stageStep?.('bootstrap', l) }), (f) => (f === 'cache' ? 'from cache' : 'debootstrap'));
     const epoch = chooseEpoch(env, loaded, await archiveDate(root));
@@ -237,8 +246,36 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
     keepWork = !!opts.keepWork;
     throw err;
   } finally {
-    if (!keepWork) await removeTree(work, exec);
-    else await unmountAll(work, exec);
+    try {
+      if (!keepWork) await removeTree(work, exec);
+      else await unmountAll(work, exec);
+    } finally {
+      unguard();
+    }
+  }
+}
+
+/** Programs the build runs on the host (everything else runs inside the chroot). */
+export const REQUIRED_TOOLS = ['debootstrap', 'chroot', 'mount', 'umount', 'tar', 'zstd', 'mkfs.ext4', 'debugfs', 'dumpe2fs', 'dpkg-query'];
+
+/** Fails before any work when a host program is missing, naming all of them and the package to install. */
+export async function preflight(env: NodeJS.ProcessEnv = process.env, tools = REQUIRED_TOOLS): Promise<void> {
+  const dirs = (env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin').split(':').filter(Boolean);
+  const missing: string[] = [];
+  for (const tool of tools) {
+    let found = false;
+    for (const d of dirs) {
+      if (await access(join(d, tool), constants.X_OK).then(() => true, () => false)) {
+        found = true;
+        break;
+      }
+    }
+    if (!found) missing.push(tool);
+  }
+  if (missing.length) {
+    const pkgs: Record<string, string> = { debootstrap: 'debootstrap', 'mkfs.ext4': 'e2fsprogs', debugfs: 'e2fsprogs', dumpe2fs: 'e2fsprogs', zstd: 'zstd', tar: 'tar', 'dpkg-query': 'dpkg' };
+    const hint = [...new Set(missing.map((m) => pkgs[m]).filter(Boolean))];
+    throw new LoopshipError('EXEC_FAILED', `missing on this build host: ${missing.join(', ')}${hint.length ? ` (apt-get install ${hint.join(' ')})` : ''}`, { where: 'stage preflight' });
   }
 }
 

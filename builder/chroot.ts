@@ -35,8 +35,9 @@ export async function unmountAll(root: string, exec: Exec): Promise<void> {
   if (left.length) throw new Error(`still mounted after cleanup: ${left.join(', ')}`);
 }
 
-// Interrupt handling: while any chroot session is open, SIGINT/SIGTERM first unmount
-// everything, then exit with the conventional status.
+// Interrupt handling: while any chroot session (or guarded build directory) is open,
+// SIGINT/SIGTERM first stop running programs and unmount everything below it, then exit
+// with the conventional status.
 const openRoots = new Map<string, Exec>();
 let handlersInstalled = false;
 function onSignal(signal: NodeJS.Signals): void {
@@ -47,6 +48,15 @@ function onSignal(signal: NodeJS.Signals): void {
     process.exit(signal === 'SIGINT' ? 130 : 143);
   });
 }
+/**
+ * Guards a whole build directory for the duration of a build: on SIGINT/SIGTERM,
+ * whatever is mounted below it (by us, or by debootstrap) is unmounted before exit.
+ * Returns the function that ends the guard.
+ */
+export function guardDirectory(dir: string, exec: Exec): () => void {
+  return trackRoot(resolve(dir), exec);
+}
+
 function trackRoot(root: string, exec: Exec): () => void {
   openRoots.set(root, exec);
   if (!handlersInstalled) {

@@ -109,3 +109,10 @@ test('store and restore keep ownership, modes, symlinks and xattr-free trees (re
   const { stat } = await import('node:fs/promises');
   t.is((await stat(join(dir, 'back/etc/shadow'))).mode & 0o777, 0o640);
 });
+
+test('preflight names every missing host program and the package to install', async (t) => {
+  const { preflight } = await import('../../builder/index.js');
+  await t.notThrowsAsync(preflight({ PATH: process.env.PATH }, ['sh', 'tar']));
+  const err = await t.throwsAsync(preflight({ PATH: '/nonexistent' }, ['debootstrap', 'mkfs.ext4', 'tar']));
+  t.regex(err!.message, /^stage preflight: missing on this build host: debootstrap, mkfs\.ext4, tar \(apt-get install debootstrap e2fsprogs tar\)/);
+});
