@@ -6,9 +6,9 @@ import { createReadStream } from 'node:fs';
 import { lstat, readdir, readFile, readlink, stat } from 'node:fs/promises';
 import { basename, dirname, join, relative, resolve, sep } from 'node:path';
 import { z } from 'zod';
-import { parseDocument } from 'yaml';
+import { LineCounter, parseDocument, type Document } from 'yaml';
 import { LoopshipError } from '../format/errors.js';
-import { arch, imageName, imageVersion, settingType, describeIssues } from '../format/schema.js';
+import { arch, imageName, imageVersion, settingType } from '../format/schema.js';
 
 export const RECIPE_FILE = 'recipe.yaml';
 
@@ -130,7 +130,8 @@ export async function resolveRecipeFile(pathArg: string): Promise<string> {
 
 /** Parses and validates recipe text; `where` names the file in errors. Pure. */
 export function parseRecipe(text: string, where: string): Recipe {
-  const doc = parseDocument(text, { uniqueKeys: true, prettyErrors: true });
+  const lineCounter = new LineCounter();
+  const doc = parseDocument(text, { uniqueKeys: true, prettyErrors: true, lineCounter });
   if (doc.errors.length) {
     const e = doc.errors[0];
     const pos = e.linePos?.[0];
@@ -141,10 +142,27 @@ export function parseRecipe(text: string, where: string): Recipe {
     throw new RecipeError('expected a YAML mapping at the top level', { where });
   }
   const result = RecipeSchema.safeParse(value);
-  if (!result.success) throw new RecipeError(`invalid recipe: ${describeIssues(result.error.issues)}`, { where });
+  if (!result.success) throw new RecipeError(`invalid recipe: ${describeRecipeIssues(result.error.issues, doc, lineCounter)}`, { where });
   const recipe = result.data;
   checkConsistency(recipe, where);
   return recipe;
+}
+
+/** Like describeIssues, with the YAML line of each offending field ("image.size (line 12): ..."). */
+function describeRecipeIssues(issues: readonly z.core.$ZodIssue[], doc: Document, lc: LineCounter, max = 5): string {
+  const lines = issues.slice(0, max).map((i) => {
+    const path = i.code === 'unrecognized_keys' && i.keys.length ? [...i.path, i.keys[0]] : i.path;
+    // the deepest node that exists along the path (a missing field points at its parent)
+    let line: number | undefined;
+    for (let n = path.length; n >= 0 && line === undefined; n--) {
+      const node = n === 0 ? doc.contents : doc.getIn(path.slice(0, n) as (string | number)[], true);
+      const start = (node as { range?: [number, number, number] } | undefined)?.range?.[0];
+      if (typeof start === 'number' && n > 0) line = lc.linePos(start).line;
+    }
+    return `${path.length ? path.join('.') : '(top level)'}${line ? ` (line ${line})` : ''}: ${i.message}`;
+  });
+  if (issues.length > max) lines.push(`... and ${issues.length - max} more`);
+  return lines.join('; ');
 }
 
 // Rules a per-field schema cannot express.
