@@ -5,11 +5,12 @@
 //   POST /api/v1/reports                    a host's fleet report        (site token)
 //   GET  /api/v1/reports                    the fleet as JSON            (publisher token)
 //   GET|HEAD /<repository path>             the static repository tree (format/paths.ts)
-import express, { type Express, type RequestHandler } from 'express';
+import type { IncomingMessage, ServerResponse, RequestListener } from 'node:http';
+import express, { type Express } from 'express';
 import pino, { type Logger } from 'pino';
 import { ApiError, errorHandler, sendError } from './api-error.js';
 import { apiRouter, type PackageWriter } from './api.js';
-import { serveRepository, type StaticOptions } from './static.js';
+import { createRepositoryHandler, type RepositoryHandler, type StaticOptions } from './static.js';
 import { RepositoryViewer } from './repo-view.js';
 import { renderDashboard } from './dashboard.js';
 import type { ReportStore } from './reports.js';
@@ -27,31 +28,32 @@ export interface AppOptions {
   static?: StaticOptions;
 }
 
-/** One log line per request, written when the response is done. */
-function requestLog(log: Logger): RequestHandler {
-  return (req, res, next) => {
-    const start = process.hrtime.bigint();
-    res.on('close', () => {
-      const ms = Number(process.hrtime.bigint() - start) / 1e6;
-      const line = {
-        method: req.method,
-        url: req.originalUrl,
-        status: res.statusCode,
-        bytes: Number(res.getHeader('content-length') ?? 0) || undefined,
-        ms: Math.round(ms * 10) / 10,
-        ip: req.socket.remoteAddress,
-        aborted: !res.writableFinished || undefined,
-      };
-      const msg = `${req.method} ${req.originalUrl} ${res.statusCode} ${line.ms}ms`;
-      if (res.statusCode >= 500) log.error(line, msg);
-      else log.info(line, msg);
-    });
-    next();
-  };
+/** One log line per request, written when the response is done (5xx always, the rest at info). */
+export function logRequest(log: Logger, req: IncomingMessage, res: ServerResponse): void {
+  const verbose = log.isLevelEnabled('info');
+  const start = verbose ? process.hrtime.bigint() : 0n;
+  const url = req.url; // express rewrites req.url inside mounted routers
+  res.on('close', () => {
+    if (!verbose && res.statusCode < 500) return;
+    const ms = verbose ? Math.round(Number(process.hrtime.bigint() - start) / 1e5) / 10 : undefined;
+    const line = {
+      method: req.method,
+      url,
+      status: res.statusCode,
+      bytes: Number(res.getHeader('content-length') ?? 0) || undefined,
+      ms,
+      ip: req.socket.remoteAddress,
+      aborted: !res.writableFinished || undefined,
+    };
+    const msg = `${req.method} ${url} ${res.statusCode}${ms === undefined ? '' : ` ${ms}ms`}`;
+    if (res.statusCode >= 500) log.error(line, msg);
+    else log.info(line, msg);
+  });
 }
 
-export function createApp(opts: AppOptions): Express {
+export function createApp(opts: AppOptions & { repository?: RepositoryHandler; logRequests?: boolean }): Express {
   const log = opts.log ?? pino({ level: 'silent' });
+  const repository = opts.repository ?? createRepositoryHandler(opts.repoDir, opts.static);
   const now = opts.now ?? (() => new Date());
   const viewer = new RepositoryViewer(opts.repoDir);
   const app = express();
@@ -59,7 +61,15 @@ export function createApp(opts: AppOptions): Express {
   app.disable('etag'); // repository files get their own strong ETags; API answers are not cacheable
   app.set('query parser', 'simple');
 
-  app.use(requestLog(log));
+  if (opts.logRequests !== false)
+    app.use((req, res, next) => {
+      logRequest(log, req, res);
+      next();
+    });
+  // the static tree first: it is nearly all of the traffic
+  app.use((req, res, next) => {
+    if (!repository(req, res)) next();
+  });
 
   app.get('/', async (_req, res, next) => {
     try {
@@ -76,7 +86,6 @@ export function createApp(opts: AppOptions): Express {
   });
 
   app.use('/api/v1', apiRouter({ config: opts.config, writer: opts.writer, store: opts.store, log }));
-  app.use(serveRepository(opts.repoDir, opts.static));
 
   // anything else: only GET and HEAD exist outside the API
   app.use((req, res) => {
@@ -87,4 +96,18 @@ export function createApp(opts: AppOptions): Express {
   });
   app.use(errorHandler(log));
   return app;
+}
+
+/**
+ * The server's request listener: repository files are answered before express is
+ * entered (the hot path of every download), everything else goes through the app.
+ */
+export function createRequestListener(opts: AppOptions): RequestListener {
+  const log = opts.log ?? pino({ level: 'silent' });
+  const repository = createRepositoryHandler(opts.repoDir, opts.static);
+  const app = createApp({ ...opts, repository, logRequests: false });
+  return (req, res) => {
+    logRequest(log, req, res);
+    if (!repository(req, res)) app(req, res);
+  };
 }

@@ -1,6 +1,7 @@
 // `loopship serve`, `loopship publish`, `loopship promote`: the repository server and
 // its clients. Publishing works against a server (--server, --token) or straight on a
 // repository directory (--repo, --keys).
+import cluster from 'node:cluster';
 import { createReadStream } from 'node:fs';
 import { readFile, stat } from 'node:fs/promises';
 import { Transform } from 'node:stream';
@@ -102,6 +103,48 @@ function fromLocal(r: PublishResult, bytes: number, channel?: string): PublishRe
   };
 }
 
+/**
+ * The primary of `serve --workers N`: forks N server processes sharing the listening
+ * socket, replaces one that dies (unless it dies right after starting, which would only
+ * repeat), and on SIGTERM/SIGINT lets every worker finish its requests before exiting.
+ */
+async function runWorkers(n: number, log: Logger): Promise<void> {
+  let stopping = false;
+  const started = new Map<number, number>();
+  const fork = () => {
+    const w = cluster.fork();
+    started.set(w.id, Date.now());
+  };
+  for (let i = 0; i < n; i++) fork();
+  await new Promise<void>((resolve) => {
+    cluster.on('exit', (w, code, signal) => {
+      const uptime = Date.now() - (started.get(w.id) ?? 0);
+      started.delete(w.id);
+      if (!stopping) {
+        if (uptime < 5000) {
+          log.error({ pid: w.process.pid, code, signal }, 'a worker failed right after starting; stopping');
+          process.exitCode = 1;
+          stop('worker failure');
+        } else {
+          log.error({ pid: w.process.pid, code, signal }, 'a worker died; starting another');
+          fork();
+        }
+      }
+      if (stopping && Object.keys(cluster.workers ?? {}).length === 0) resolve();
+    });
+    const stop = (why: string) => {
+      if (stopping) return;
+      stopping = true;
+      log.info({ why }, `${why}: stopping ${n} workers`);
+      for (const w of Object.values(cluster.workers ?? {})) w?.process.kill('SIGTERM');
+      if (Object.keys(cluster.workers ?? {}).length === 0) resolve();
+    };
+    process.once('SIGTERM', () => stop('SIGTERM'));
+    process.once('SIGINT', () => stop('SIGINT'));
+  });
+  log.info({}, 'stopped');
+}
+
 export function register(program: Command): void {
   program
     .command('serve')
@@ -114,8 +157,12 @@ export function register(program: Command): void {
     .option('--keys <dir>', 'take the index key from this key store instead of the config')
     .option('--passphrase-file <file>', 'passphrase of the key store (else LOOPSHIP_PASSPHRASE)')
     .addOption(new Option('--log-format <format>', 'log lines').choices(['pretty', 'json']).default(process.stderr.isTTY ? 'pretty' : 'json', 'pretty on a terminal, else json'))
+    .addOption(new Option('--log-level <level>', 'least severe level logged (info logs every request)').choices(['debug', 'info', 'warn', 'error']).default('info'))
+    .option('--workers <n>', 'server processes sharing the port (like nginx worker_processes); reports are shared through the state dir', (v) => parseInt(v, 10), 1)
     .action(async (o) => {
       const log = createLogger(o.logFormat);
+      log.level = o.logLevel;
+      if (!Number.isInteger(o.workers) || o.workers < 1 || o.workers > 64) throw new UsageError(`invalid --workers ${o.workers} (1..64)`);
       if (!Number.isInteger(o.port) || o.port < 0 || o.port > 65535) throw new UsageError(`invalid --port ${o.port}`);
       try {
         if (!(await stat(o.repo)).isDirectory()) throw new Error('not a directory');
@@ -124,13 +171,19 @@ export function register(program: Command): void {
       }
       const config = await loadServerConfig(o.config);
       const writer = await createRepositoryWriter(o.repo, config, { keysDir: o.keys, passphraseFile: o.passphraseFile });
-      if (!writer) log.warn({}, 'no index key configured: publishing and promoting are disabled (read-only server)');
-      const server = await startServer({ repoDir: o.repo, port: o.port, host: o.host, config, writer, stateDir: o.stateDir, log });
+      if (o.workers > 1 && cluster.isPrimary) {
+        // config and keys checked above, once: workers that fail at start-up are not re-forked forever
+        await runWorkers(o.workers, log);
+        return;
+      }
+      if (!writer && cluster.isPrimary) log.warn({}, 'no index key configured: publishing and promoting are disabled (read-only server)');
+      const server = await startServer({ repoDir: o.repo, port: o.port, host: o.host, config, writer, stateDir: o.stateDir, log, storeSyncMs: o.workers > 1 ? 2000 : undefined });
       await new Promise<void>((resolve) => {
         const stop = (signal: string) => {
           log.info({ signal }, `${signal}: finishing running requests, then stopping`);
           server.close(10_000).then(() => {
             log.info({}, 'stopped');
+            if (cluster.isWorker) process.disconnect?.(); // the IPC channel would keep a worker alive
             resolve();
           });
         };

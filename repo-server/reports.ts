@@ -109,7 +109,7 @@ export class FileReportStore implements ReportStore {
     return `${site}/${host.toLowerCase()}`;
   }
 
-  private async load(): Promise<void> {
+  private async load(into: Map<string, StoredReport> = this.reports): Promise<void> {
     for (const site of await readdir(this.dir, { withFileTypes: true })) {
       if (!site.isDirectory() || !siteName.safeParse(site.name).success) continue;
       const siteDir = path.join(this.dir, site.name);
@@ -117,11 +117,11 @@ export class FileReportStore implements ReportStore {
         if (!f.isFile()) continue;
         const file = path.join(siteDir, f.name);
         if (f.name.startsWith('.tmp-')) {
-          await rm(file, { force: true }); // left by a crash between write and rename
+          if (into === this.reports) await rm(file, { force: true }); // left by a crash between write and rename
           continue;
         }
         if (!f.name.endsWith('.json')) continue;
-        if (this.reports.size >= this.opts.maxHosts) {
+        if (into.size >= this.opts.maxHosts) {
           this.opts.log?.warn({ file }, 'report store is over its host limit; not loading the rest');
           return;
         }
@@ -129,12 +129,36 @@ export class FileReportStore implements ReportStore {
           const stored = JSON.parse(await readFile(file, 'utf8')) as StoredReport;
           const report = ReportSchema.parse(stored.report);
           if (report.site !== site.name || `${report.host.toLowerCase()}.json` !== f.name || typeof stored.received_at !== 'string') throw new Error('file name does not match its content');
-          this.reports.set(FileReportStore.key(report.site, report.host), { report, received_at: stored.received_at });
+          into.set(FileReportStore.key(report.site, report.host), { report, received_at: stored.received_at });
         } catch (err) {
           this.opts.log?.warn({ file, err: (err as Error).message }, 'ignoring an unreadable stored report');
         }
       }
     }
+  }
+
+  /**
+   * Re-reads the store from disk every `intervalMs`: when several server processes share
+   * one state directory (serve --workers), each sees the reports the others stored.
+   */
+  watch(intervalMs: number): () => void {
+    let running = false;
+    const timer = setInterval(() => {
+      if (running) return;
+      running = true;
+      const fresh = new Map<string, StoredReport>();
+      this.load(fresh)
+        .then(() => {
+          for (const [k, v] of fresh) {
+            const mine = this.reports.get(k);
+            if (!mine || mine.received_at < v.received_at) this.reports.set(k, v);
+          }
+        })
+        .catch((err) => this.opts.log?.warn({ err: (err as Error).message }, 'could not re-read the report store'))
+        .finally(() => (running = false));
+    }, intervalMs);
+    timer.unref();
+    return () => clearInterval(timer);
   }
 
   async put(report: FleetReport): Promise<StoredReport> {

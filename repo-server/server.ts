@@ -4,7 +4,7 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import pino, { type Logger } from 'pino';
-import { createApp, type AppOptions } from './app.js';
+import { createRequestListener, type AppOptions } from './app.js';
 import { loadServerConfig, DEFAULT_STATE_DIR, type ServerConfig } from './config.js';
 import { FileReportStore, type ReportStore } from './reports.js';
 import type { PackageWriter } from './api.js';
@@ -22,6 +22,8 @@ export interface StartOptions {
   /** builds the writer from the config (index keys) when none is given */
   createWriter?: (repoDir: string, config: ServerConfig) => Promise<PackageWriter | undefined>;
   store?: ReportStore;
+  /** re-read the report store from disk this often (several processes share it) */
+  storeSyncMs?: number;
   log?: Logger;
   now?: () => Date;
   static?: AppOptions['static'];
@@ -42,9 +44,8 @@ export async function startServer(opts: StartOptions): Promise<RunningServer> {
     opts.store ??
     (opts.stateDir === null ? undefined : await FileReportStore.open(opts.stateDir ?? DEFAULT_STATE_DIR, { maxHosts: config.limits.maxHosts, now: opts.now, log }));
   const writer = opts.writer ?? (await opts.createWriter?.(opts.repoDir, config));
-  const app = createApp({ repoDir: opts.repoDir, config, writer, store, log, now: opts.now, static: opts.static });
-
-  const server = http.createServer(app);
+  const unwatch = opts.storeSyncMs && store instanceof FileReportStore ? store.watch(opts.storeSyncMs) : undefined;
+  const server = http.createServer(createRequestListener({ repoDir: opts.repoDir, config, writer, store, log, now: opts.now, static: opts.static }));
   // uploads are bounded by our own idle/total timeouts, not by Node's whole-request timer
   server.requestTimeout = 0;
   server.headersTimeout = 30_000;
@@ -67,6 +68,7 @@ export async function startServer(opts: StartOptions): Promise<RunningServer> {
     (closing ??= new Promise<void>((resolve) => {
       const timer = setTimeout(() => server.closeAllConnections(), graceMs);
       timer.unref();
+      unwatch?.();
       server.close(() => {
         clearTimeout(timer);
         resolve();

@@ -1,42 +1,36 @@
-// Serves the repository tree as plain files over GET and HEAD. Only names that can exist in
-// a repository are served (format/paths.ts decides), and only if they resolve to a regular
-// file inside the tree, so traversal, dot-files and symlinks pointing out are all 404.
-// `send` (what express.static uses) does Range, If-Range, conditional GET and streaming;
-// this module adds the strict path policy, strong ETags and the cache policy.
-import { realpath, stat } from 'node:fs/promises';
+// Serves the repository tree as plain files over GET and HEAD, on the hot path of every
+// agent's download, so it runs before (and without) express. Only names that can exist
+// in a repository are served (format/paths.ts decides), and only if they resolve to a
+// regular file inside the tree: traversal, dot-files and symlinks pointing out are 404.
+//
+// Per request: one open (O_NOFOLLOW: a symlink takes the slow, realpath-checked way), one
+// fstat, then either one read (small files, most chunks) or a bounded stream. Directory
+// realpaths are cached briefly, so a directory swapped for a symlink is noticed within
+// `dirCacheMs`. Conditional GET (ETag / Last-Modified), single Range and If-Range follow
+// RFC 9110; several ranges at once get the whole file (allowed, and simpler for caches).
+import fs from 'node:fs';
 import path from 'node:path';
-import type { RequestHandler, Response } from 'express';
-import send from 'send';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import { isRepositoryPath, isImmutablePath } from '../format/index.js';
-import { ApiError, sendError } from './api-error.js';
 
 export const CACHE_IMMUTABLE = 'public, max-age=31536000, immutable';
 /** Metadata that changes in place: caches must revalidate every time (cheap with ETag / 304). */
 export const CACHE_REVALIDATE = 'no-cache';
 
 export interface StaticOptions {
-  /** read size per chunk of a streamed file; bigger means fewer syscalls per byte */
+  /** files up to this size are read in one go and sent with one write */
+  smallFileBytes?: number;
+  /** read size per step when streaming bigger files */
   highWaterMark?: number;
+  /** how long a directory's realpath is trusted */
+  dirCacheMs?: number;
 }
+
+/** Handles the request when it names a repository file (returns true), else leaves it (false). */
+export type RepositoryHandler = (req: IncomingMessage, res: ServerResponse) => boolean;
 
 const SHA_NAMED = /^(?:chunks\/[0-9a-f]{2}\/([0-9a-f]{64})|manifests\/([0-9a-f]{64})\.json)$/;
-
-/**
- * The repository path a request names, or null when it names nothing servable.
- * Decodes once; a malformed escape is a client error.
- */
-export function repositoryPathOf(urlPath: string): string | null {
-  let decoded: string;
-  try {
-    decoded = decodeURIComponent(urlPath);
-  } catch {
-    throw new ApiError(400, 'BAD_REQUEST', 'malformed percent-encoding in the request path');
-  }
-  if (!decoded.startsWith('/')) return null;
-  const rel = decoded.slice(1);
-  // isRepositoryPath's patterns admit no '..', no '.' segments, no backslash, no NUL
-  return isRepositoryPath(rel) ? rel : null;
-}
+const { O_RDONLY, O_NOFOLLOW } = fs.constants;
 
 /** A strong validator: the content hash for content-addressed files, else inode+size+mtime (like nginx). */
 export function etagFor(rel: string, st: { ino: number; size: number; mtimeMs: number }): string {
@@ -49,73 +43,281 @@ export function cacheControlFor(rel: string): string {
   return isImmutablePath(rel) ? CACHE_IMMUTABLE : CACHE_REVALIDATE;
 }
 
-const CONTENT_TYPES: Array<[RegExp, string]> = [
-  [/\.json$/, 'application/json'],
-  [/\.asc$/, 'application/pgp-signature'],
-  [/\.tar$/, 'application/x-tar'],
-  [/^chunks\//, 'application/zstd'],
-];
-
-function notFound(res: Response): void {
-  sendError(res, new ApiError(404, 'NOT_FOUND', 'no such file in this repository'));
+export function contentTypeFor(rel: string): string {
+  if (rel.endsWith('.json')) return 'application/json';
+  if (rel.endsWith('.asc')) return 'application/pgp-signature';
+  if (rel.endsWith('.tar')) return 'application/x-tar';
+  if (rel.startsWith('chunks/')) return 'application/zstd';
+  return 'application/octet-stream';
 }
 
-export function serveRepository(repoDir: string, opts: StaticOptions = {}): RequestHandler {
-  const highWaterMark = opts.highWaterMark ?? 1024 * 1024;
-  let realRootPromise: Promise<string> | undefined;
-  const realRoot = () => (realRootPromise ??= realpath(repoDir));
+/**
+ * The single byte range a Range header asks for, 'unsatisfiable', or null when the header
+ * is to be ignored (absent, malformed, not bytes, or several ranges).
+ */
+export function parseRange(size: number, header: string | undefined): { start: number; end: number } | 'unsatisfiable' | null {
+  if (!header) return null;
+  const m = /^bytes=\s*(\d*)\s*-\s*(\d*)\s*$/.exec(header);
+  if (!m) return null; // includes "bytes=0-1,5-6": several ranges are served as a whole
+  const [, a, b] = m;
+  if (a === '' && b === '') return null;
+  let start: number;
+  let end: number;
+  if (a === '') {
+    const n = Number(b);
+    if (n === 0) return 'unsatisfiable';
+    start = Math.max(0, size - n);
+    end = size - 1;
+  } else {
+    start = Number(a);
+    end = b === '' ? size - 1 : Math.min(Number(b), size - 1);
+    if (b !== '' && Number(b) < start) return null; // invalid: ignore
+  }
+  if (start >= size || !Number.isSafeInteger(start)) return 'unsatisfiable';
+  return { start, end };
+}
 
-  return async (req, res, next) => {
-    let rel: string | null;
+function etagMatches(header: string, etag: string): boolean {
+  if (header.trim() === '*') return true;
+  const strip = (t: string) => t.trim().replace(/^W\//, '');
+  const want = strip(etag);
+  return header.split(',').some((t) => strip(t) === want);
+}
+
+/** Is the client's copy (per If-None-Match, else If-Modified-Since) still current? */
+export function isNotModified(headers: IncomingMessage['headers'], etag: string, mtimeMs: number): boolean {
+  const inm = headers['if-none-match'];
+  if (inm !== undefined) return etagMatches(inm, etag);
+  const ims = headers['if-modified-since'];
+  if (ims !== undefined) {
+    const t = Date.parse(ims);
+    return !Number.isNaN(t) && Math.floor(mtimeMs / 1000) * 1000 <= t;
+  }
+  return false;
+}
+
+function preconditionFailed(headers: IncomingMessage['headers'], etag: string, mtimeMs: number): boolean {
+  const im = headers['if-match'];
+  if (im !== undefined) return !etagMatches(im, etag) || im.includes('W/');
+  const ius = headers['if-unmodified-since'];
+  if (ius !== undefined) {
+    const t = Date.parse(ius);
+    return !Number.isNaN(t) && Math.floor(mtimeMs / 1000) * 1000 > t;
+  }
+  return false;
+}
+
+function rangeIsFresh(headers: IncomingMessage['headers'], etag: string, mtimeMs: number): boolean {
+  const raw = headers['if-range'] as string | string[] | undefined;
+  if (raw === undefined) return true;
+  const ir = Array.isArray(raw) ? raw[0] : raw;
+  if (ir.startsWith('"') || ir.startsWith('W/')) return ir === etag; // strong comparison only
+  const t = Date.parse(ir);
+  return !Number.isNaN(t) && Math.floor(mtimeMs / 1000) * 1000 <= t;
+}
+
+export function sendJsonError(res: ServerResponse, status: number, code: string, message: string, headers: Record<string, string> = {}): void {
+  if (res.headersSent) {
+    res.destroy();
+    return;
+  }
+  const body = JSON.stringify({ error: 'ApiError', code, message });
+  res.writeHead(status, { ...headers, 'Content-Type': 'application/json; charset=utf-8', 'Content-Length': Buffer.byteLength(body), 'X-Content-Type-Options': 'nosniff' });
+  res.end(body);
+}
+
+const notFound = (res: ServerResponse) => sendJsonError(res, 404, 'NOT_FOUND', 'no such file in this repository');
+
+/** The repository path a request names, null when none, or 'malformed' for a bad escape. */
+export function repositoryPathOf(url: string): string | null | 'malformed' {
+  const q = url.indexOf('?');
+  let p = q < 0 ? url : url.slice(0, q);
+  if (p.includes('%')) {
     try {
-      rel = repositoryPathOf(req.path);
-    } catch (err) {
-      return sendError(res, err);
+      p = decodeURIComponent(p);
+    } catch {
+      return 'malformed';
     }
-    if (rel === null) return next();
-    if (req.method !== 'GET' && req.method !== 'HEAD') {
-      return sendError(res, new ApiError(405, 'METHOD_NOT_ALLOWED', `${req.method} is not allowed on repository files`, { headers: { Allow: 'GET, HEAD' } }));
-    }
-    let root: string;
-    let real: string;
+  }
+  if (p[0] !== '/') return null;
+  const rel = p.slice(1);
+  // isRepositoryPath's patterns admit no '..', no '.' segments, no backslash, no NUL
+  return isRepositoryPath(rel) ? rel : null;
+}
+
+export function createRepositoryHandler(repoDir: string, opts: StaticOptions = {}): RepositoryHandler {
+  const smallFile = opts.smallFileBytes ?? 256 * 1024;
+  const highWaterMark = opts.highWaterMark ?? 256 * 1024;
+  const dirCacheMs = opts.dirCacheMs ?? 1000;
+  let root: string | undefined;
+  const dirs = new Map<string, { real: string | null; at: number }>();
+
+  const inside = (real: string) => real === root || real.startsWith(root + path.sep);
+
+  /**
+   * The real path of a directory of the tree, or null when it is missing or leads out.
+   * Synchronous (realpath(3)), like the opens below: on a busy machine every thread-pool
+   * hand-off costs a context switch, which is what made async fs calls the bottleneck.
+   */
+  function realDir(dir: string): string | null {
+    const now = Date.now();
+    const hit = dirs.get(dir);
+    if (hit && now - hit.at < dirCacheMs) return hit.real;
+    let real: string | null;
     try {
-      root = await realRoot();
-      real = await realpath(path.join(root, rel));
-      // a symlink (anywhere on the way) may not lead out of the tree
-      if (!real.startsWith(root + path.sep)) return notFound(res);
-      if (!(await stat(real)).isFile()) return notFound(res);
+      real = fs.realpathSync.native(path.join(root!, dir));
+      if (!inside(real)) real = null;
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
-      if (code === 'ENOENT' || code === 'ENOTDIR' || code === 'ELOOP') return notFound(res);
-      return next(err);
+      if (code !== 'ENOENT' && code !== 'ENOTDIR' && code !== 'ELOOP') throw err;
+      real = null;
     }
-    const type = CONTENT_TYPES.find(([re]) => re.test(rel))?.[1] ?? 'application/octet-stream';
-    const stream = send(req, path.relative(root, real), {
-      root,
-      dotfiles: 'allow', // already excluded by isRepositoryPath; the root itself may sit under a dot-dir
-      index: false,
-      cacheControl: false,
-      etag: true,
-      lastModified: true,
-      acceptRanges: true,
-      highWaterMark,
-    } as send.SendOptions);
-    stream.on('headers', (r: Response, _p: string, st: { ino: number; size: number; mtimeMs: number }) => {
-      r.setHeader('ETag', etagFor(rel, st));
-      r.setHeader('Cache-Control', cacheControlFor(rel));
-      r.setHeader('Content-Type', type);
-      r.setHeader('X-Content-Type-Options', 'nosniff');
-    });
-    stream.on('error', (err: { status?: number; headers?: Record<string, string> }) => {
-      const status = err.status ?? 500;
-      if (!res.headersSent) for (const h of res.getHeaderNames()) res.removeHeader(h);
-      if (status === 416) {
-        return sendError(res, new ApiError(416, 'RANGE_NOT_SATISFIABLE', 'requested range is outside the file', { headers: err.headers ?? {} }));
+    if (dirs.size > 4096) dirs.clear();
+    dirs.set(dir, { real, at: now });
+    return real;
+  }
+
+  /** An open descriptor of the file, or null when it is missing or not inside the tree. */
+  function openInside(rel: string): number | null {
+    const slash = rel.lastIndexOf('/');
+    const real = realDir(slash < 0 ? '' : rel.slice(0, slash));
+    if (real === null) return null;
+    const file = path.join(real, rel.slice(slash + 1));
+    try {
+      return fs.openSync(file, O_RDONLY | O_NOFOLLOW);
+    } catch (err) {
+      const e = err as NodeJS.ErrnoException;
+      if (e.code === 'ENOENT' || e.code === 'ENOTDIR') return null;
+      if (e.code !== 'ELOOP') throw e;
+    }
+    // a symlink: allowed only when it stays inside the tree
+    let target: string;
+    try {
+      target = fs.realpathSync.native(file);
+    } catch {
+      return null;
+    }
+    if (!inside(target)) return null;
+    try {
+      return fs.openSync(target, O_RDONLY);
+    } catch {
+      return null;
+    }
+  }
+
+  function fail(res: ServerResponse, err: NodeJS.ErrnoException): void {
+    sendJsonError(res, 500, 'INTERNAL', `cannot read the file (${err.code ?? 'error'})`);
+  }
+
+  function serve(req: IncomingMessage, res: ServerResponse, rel: string, fd: number): void {
+    {
+      let st: fs.Stats;
+      try {
+        st = fs.fstatSync(fd);
+      } catch (err) {
+        fs.closeSync(fd);
+        return fail(res, err as NodeJS.ErrnoException);
       }
-      if (status === 412) return sendError(res, new ApiError(412, 'PRECONDITION_FAILED', 'precondition failed (If-Match / If-Unmodified-Since)'));
-      if (status === 404) return notFound(res);
-      next(err);
-    });
-    stream.pipe(res);
+      if (!st.isFile()) {
+        fs.closeSync(fd);
+        return notFound(res);
+      }
+      const etag = etagFor(rel, st);
+      const headers: Record<string, string | number> = {
+        ETag: etag,
+        'Last-Modified': st.mtime.toUTCString(),
+        'Cache-Control': cacheControlFor(rel),
+        'Accept-Ranges': 'bytes',
+        'X-Content-Type-Options': 'nosniff',
+      };
+      if (preconditionFailed(req.headers, etag, st.mtimeMs)) {
+        fs.closeSync(fd);
+        return sendJsonError(res, 412, 'PRECONDITION_FAILED', 'precondition failed (If-Match / If-Unmodified-Since)');
+      }
+      if (isNotModified(req.headers, etag, st.mtimeMs)) {
+        fs.closeSync(fd);
+        res.writeHead(304, headers);
+        res.end();
+        return;
+      }
+      let start = 0;
+      let end = st.size - 1;
+      let status = 200;
+      const range = req.headers.range !== undefined && rangeIsFresh(req.headers, etag, st.mtimeMs) ? parseRange(st.size, req.headers.range) : null;
+      if (range === 'unsatisfiable') {
+        fs.closeSync(fd);
+        return sendJsonError(res, 416, 'RANGE_NOT_SATISFIABLE', 'requested range is outside the file', { 'Content-Range': `bytes */${st.size}` });
+      }
+      if (range) {
+        ({ start, end } = range);
+        status = 206;
+        headers['Content-Range'] = `bytes ${start}-${end}/${st.size}`;
+      }
+      const length = Math.max(0, end - start + 1);
+      headers['Content-Type'] = contentTypeFor(rel);
+      res.setHeader('Content-Length', length); // set, not only written: the request log reads it
+      if (req.method === 'HEAD' || length === 0) {
+        fs.closeSync(fd);
+        res.writeHead(status, headers);
+        res.end();
+        return;
+      }
+      if (length <= smallFile) {
+        // Small files (nearly every chunk) are read in one synchronous call: from the page
+        // cache that is a memcpy, far cheaper than a thread-pool round trip; on a cache
+        // miss it holds the loop for one disk read, as nginx's workers do.
+        const buf = Buffer.allocUnsafe(length);
+        let off = 0;
+        try {
+          while (off < length) {
+            const n = fs.readSync(fd, buf, off, length - off, start + off);
+            if (n === 0) break; // the file shrank under us
+            off += n;
+          }
+        } catch (err) {
+          fs.closeSync(fd);
+          return fail(res, err as NodeJS.ErrnoException);
+        }
+        fs.closeSync(fd);
+        if (off < length) return sendJsonError(res, 500, 'INTERNAL', 'the file changed while it was read');
+        res.writeHead(status, headers);
+        res.end(buf);
+        return;
+      }
+      res.writeHead(status, headers);
+      const stream = fs.createReadStream('', { fd, start, end, highWaterMark, autoClose: true });
+      stream.on('error', () => res.destroy());
+      res.on('close', () => stream.destroy());
+      stream.pipe(res);
+    }
+  }
+
+  return (req, res) => {
+    const rel = repositoryPathOf(req.url ?? '/');
+    if (rel === null) return false;
+    if (rel === 'malformed') {
+      sendJsonError(res, 400, 'BAD_REQUEST', 'malformed percent-encoding in the request path');
+      return true;
+    }
+    if (req.method !== 'GET' && req.method !== 'HEAD') {
+      sendJsonError(res, 405, 'METHOD_NOT_ALLOWED', `${req.method} is not allowed on repository files`, { Allow: 'GET, HEAD' });
+      return true;
+    }
+    try {
+      root ??= fs.realpathSync.native(repoDir);
+    } catch {
+      sendJsonError(res, 503, 'NOT_CONFIGURED', 'the repository directory is not available');
+      return true;
+    }
+    let fd: number | null;
+    try {
+      fd = openInside(rel);
+    } catch (err) {
+      fail(res, err as NodeJS.ErrnoException);
+      return true;
+    }
+    if (fd === null) notFound(res);
+    else serve(req, res, rel, fd);
+    return true;
   };
 }
