@@ -136,8 +136,8 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
     return r;
   };
 
-  if (!opts.exec) await preflight(env);
   const loaded = await stage('recipe', () => loadRecipe(opts.recipe), (l) => `${l.recipe.name} ${l.recipe.version} (${l.digest.slice(0, 12)})`);
+  if (!opts.exec) await preflight(env);
   const { recipe } = loaded;
   const mirrorBase = await resolveMirror({ explicit: opts.mirror, recipeMirror: recipe.base.mirror, suite: recipe.base.suite, rootDir: opts.aptRoot });
   const mirror = snapshotMirror(mirrorBase, recipe.base.snapshot);

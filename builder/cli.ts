@@ -23,6 +23,7 @@ interface BuildCliOptions {
   cache: boolean;
   workDir?: string;
   keepWork?: boolean;
+  zstdLevel?: number;
   json?: boolean;
 }
 
@@ -148,6 +149,11 @@ export function register(program: Command): void {
     .option('--no-cache', 'neither use nor fill the bootstrap cache (a clean build)')
     .option('--work-dir <dir>', 'where the scratch directory is created (default /var/tmp)')
     .option('--keep-work', 'keep the scratch directory (image, kernel, initrd) after the build')
+    .option('--zstd-level <n>', 'zstd level for chunks (higher: smaller, slower)', (v) => {
+      const n = Number(v);
+      if (!Number.isInteger(n) || n < 1 || n > 19) throw new UsageError(`--zstd-level must be an integer from 1 to 19, got ${v}`);
+      return n;
+    })
     .option('--json', 'print the build summary as JSON on stdout')
     .addHelpText('after', `
 Exit codes: 0 built, 1 build failed (the message names the stage), 2 bad recipe or usage.
@@ -180,6 +186,7 @@ Examples:
           noCache: !o.cache,
           workDir: o.workDir,
           keepWork: o.keepWork,
+          zstdLevel: o.zstdLevel,
           reporter,
         });
         if (o.json) process.stdout.write(JSON.stringify(summary(result)) + '\n');
