@@ -128,8 +128,9 @@ export function apiRouter(opts: ApiOptions): Router {
       const who = principalOf(req).name;
       const wait = rate.take(who);
       if (wait) throw new ApiError(429, 'RATE_LIMITED', `site ${who} sent more than ${limits.reportsPerMinutePerSite} reports this minute`, { headers: { 'Retry-After': String(wait) } });
-      const report = validate(ReportSchema, req.body, 'report');
-      if (report.site !== who) throw new ApiError(403, 'FORBIDDEN', `this token belongs to site ${who}, not to site ${report.site}`);
+      const input = validate(ReportSchema, req.body, 'report');
+      if (input.site != null && input.site !== who) throw new ApiError(403, 'FORBIDDEN', `this token belongs to site ${who}, not to site ${input.site}`);
+      const report = { ...input, site: who };
       const stored = await store.put(report);
       res.status(201).json({ host: report.host, site: report.site, received_at: stored.received_at });
     }),

@@ -92,7 +92,7 @@ function hostRow(r: StoredReport, view: RepositoryView, opts: DashboardOptions):
     const target = a.channel ? view.images.find((i) => i.name === a.name)?.channels[a.channel] : undefined;
     const behind = target !== undefined && a.version !== target;
     return html`<li><b>${a.name}</b> ${a.version ?? 'not installed'}${a.channel ? html` <span class="muted">(${a.channel})</span>` : ''}
-      <span class="badge ${HEALTH_CLASS[a.health] ?? 'muted'}">${a.health}</span> ${a.running ? html`<span class="badge ok">running</span>` : html`<span class="badge muted">not running</span>`} ${a.verified ? '' : html`<span class="badge bad">not verified</span>`} ${behind ? html`<span class="badge warn">behind: ${a.channel} is ${target}</span>` : ''}${a.error ? html`<div class="error">${a.error}</div>` : ''}</li>`;
+      <span class="badge ${HEALTH_CLASS[a.health] ?? 'muted'}">${a.health}</span> ${a.running ? html`<span class="badge ok">running</span>` : html`<span class="badge muted">not running</span>`} ${a.verified === false ? html`<span class="badge bad">not verified</span>` : a.verified === null ? html`<span class="badge muted">not checked</span>` : ''} ${behind ? html`<span class="badge warn">behind: ${a.channel} is ${target}</span>` : ''}${a.error ? html`<div class="error">${a.error}</div>` : ''}</li>`;
   });
   return html`<tr class="host${stale ? ' stale' : ''}" data-host="${r.report.host}">
   <td><b>${r.report.host}</b>${stale ? html` <span class="badge warn">stale</span>` : ''}</td>
@@ -106,7 +106,7 @@ function hostRow(r: StoredReport, view: RepositoryView, opts: DashboardOptions):
 
 export function renderDashboard(view: RepositoryView, reports: StoredReport[], opts: DashboardOptions): string {
   const staleCount = reports.filter((r) => opts.now.getTime() - Date.parse(r.received_at) > opts.staleMinutes * 60_000).length;
-  const unhealthy = reports.filter((r) => r.report.appliances.some((a) => a.health === 'unhealthy' || !a.verified) || r.report.last_error).length;
+  const unhealthy = reports.filter((r) => r.report.appliances.some((a) => a.health === 'unhealthy' || a.verified === false) || r.report.last_error).length;
   const page = html`<!doctype html>
 <html lang="en">
 <head>

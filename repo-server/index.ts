@@ -2,7 +2,7 @@
 export { createApp, type AppOptions } from './app.js';
 export { startServer, type StartOptions, type RunningServer } from './server.js';
 export { parseServerConfig, loadServerConfig, DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR, type ServerConfig, type Principal } from './config.js';
-export { ReportSchema, ApplianceReportSchema, HEALTH_STATES, FileReportStore, type FleetReport, type ApplianceReport, type StoredReport, type ReportStore } from './reports.js';
+export { ReportSchema, ApplianceReportSchema, HEALTH_STATES, FileReportStore, type FleetReport, type ReportInput, type ApplianceReport, type StoredReport, type ReportStore } from './reports.js';
 export type { PackageWriter } from './api.js';
 export { ApiError, type ErrorBody } from './api-error.js';
 export { uploadPackage, promoteRemote, remoteError, type PublishResponse, type PromoteResponse } from './client.js';

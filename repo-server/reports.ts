@@ -25,20 +25,27 @@ export const ApplianceReportSchema = z.strictObject({
   channel: channelName.optional(),
   running: z.boolean(),
   health: z.enum(HEALTH_STATES),
-  /** did the installed image verify against its signed manifest at the last check */
-  verified: z.boolean(),
+  /** did the installed image verify against its signed manifest at the last check (null: not checked yet) */
+  verified: z.boolean().nullable(),
   error: z.string().max(2000).nullable().optional(),
 });
 
+/**
+ * What an agent sends. `site` may be left out: the site token says which site it is (a
+ * site named here must be the token's). `time` is the agent's clock, kept for display;
+ * "last seen" is the server's receiving time.
+ */
 export const ReportSchema = z.strictObject({
   host: hostname,
-  site: siteName,
+  site: siteName.nullable().optional(),
   agent_version: z.string().min(1).max(64),
-  time: z.iso.datetime({ offset: true }),
+  time: z.iso.datetime({ offset: true }).optional(),
   appliances: z.array(ApplianceReportSchema).max(256),
   last_error: z.string().max(4000).nullable(),
 });
-export type FleetReport = z.infer<typeof ReportSchema>;
+export type ReportInput = z.infer<typeof ReportSchema>;
+/** A report as stored: its site is always known (from the token). */
+export type FleetReport = ReportInput & { site: string };
 export type ApplianceReport = z.infer<typeof ApplianceReportSchema>;
 
 /** What the server keeps: the report as sent, plus when it arrived (by the server's clock). */
@@ -127,7 +134,7 @@ export class FileReportStore implements ReportStore {
         }
         try {
           const stored = JSON.parse(await readFile(file, 'utf8')) as StoredReport;
-          const report = ReportSchema.parse(stored.report);
+          const report = ReportSchema.parse(stored.report) as FleetReport;
           if (report.site !== site.name || `${report.host.toLowerCase()}.json` !== f.name || typeof stored.received_at !== 'string') throw new Error('file name does not match its content');
           into.set(FileReportStore.key(report.site, report.host), { report, received_at: stored.received_at });
         } catch (err) {

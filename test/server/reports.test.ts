@@ -166,3 +166,20 @@ test('the store ignores unreadable files and removes temp files left by a crash'
   const reopened = await FileReportStore.open(stateDir, { maxHosts: 10 });
   t.deepEqual(reopened.list().map((r) => r.report.host), ['xen-01']);
 });
+
+test("the agent's report body (no time, site from the token, verified not yet checked) is accepted", async (t) => {
+  const { srv, stateDir } = await setup(t);
+  // as client-agent's Agent.report() builds it
+  const body = {
+    host: 'dom0-7',
+    site: null,
+    agent_version: '0.1.0',
+    appliances: [{ name: 'desktop', version: null, running: false, health: 'unknown', verified: null }],
+    last_error: null,
+  };
+  const r = await post(srv, body, SITES[1].token);
+  t.is(r.status, 201, r.body.toString());
+  const stored = JSON.parse(await readFile(path.join(stateDir, 'reports', 'site-b', 'dom0-7.json'), 'utf8'));
+  t.is(stored.report.site, 'site-b', 'the site comes from the token');
+  t.is(stored.report.appliances[0].verified, null);
+});
