@@ -1,0 +1,91 @@
+#!/bin/bash
+# Runs inside the emulated dom0 (started by loopship-xen-job with the output directory as
+# $1): the agent's whole life on a Xen host against the repository on the outer machine.
+# Settings come from ./job.env (written by xen.test.ts). Each step leaves its evidence in
+# $OUT/<step>/ (command output, exit code, xl state, the generated config, the guest
+# console, loop devices, mounts); the test reads them after power-off and asserts.
+# "XENJOB: WANT promote NAME VERSION" asks the outer side to move the stable channel; the
+# agent then sees it the way a site does, by polling the repository.
+set -u
+OUT=$1
+. ./job.env
+: "${REPO_URL:?}" "${ROOT_FPR:?}" "${APP:?}" "${GUEST_HOSTNAME:?}" "${V2:?}" "${VBAD:?}"
+HEALTH_TIMEOUT=${HEALTH_TIMEOUT:-420}
+CMD_TIMEOUT=${CMD_TIMEOUT:-1200}
+CONSOLE=/var/log/xen/console/guest-$APP.log
+
+say() { echo "XENJOB: [$(cut -d' ' -f1 /proc/uptime)] $*"; }
+# jget KEY...: a value from the JSON on stdin (empty if absent)
+jget() { node -e 'let v; try { v = JSON.parse(require("fs").readFileSync(0, "utf8")); } catch {} for (const k of process.argv.slice(1)) v = v?.[k]; console.log(v ?? "")' "$@"; }
+
+# agent STEP ARGS...: one agent command, bounded (xl create can hang), with its evidence
+agent() {
+  local step=$1; shift
+  local d=$OUT/$step t0=$SECONDS rc=0
+  mkdir -p "$d"
+  say "$step: loopship-agent $*"
+  timeout --kill-after=20 "$CMD_TIMEOUT" loopship-agent --json "$@" >"$d/stdout" 2>"$d/stderr" || rc=$?
+  echo "$rc" >"$d/rc"; echo $((SECONDS - t0)) >"$d/seconds"
+  say "$step: rc=$rc after $((SECONDS - t0)) s"
+  [ "$rc" = 0 ] || sed "s/^/XENJOB: $step stderr: /" "$d/stderr" | tail -n 15
+  snapshot "$step"
+  return "$rc"
+}
+
+# what dom0 looks like now
+snapshot() {
+  local d=$OUT/$1
+  mkdir -p "$d"
+  xl list >"$d/xl-list" 2>&1
+  xl list -l "$APP" >"$d/xl-list-l.json" 2>/dev/null || rm -f "$d/xl-list-l.json"
+  cp "/etc/xen/$APP.cfg" "$d/xl.cfg" 2>/dev/null || true
+  readlink "/etc/xen/auto/$APP.cfg" >"$d/auto-link" 2>/dev/null || true
+  cp "$CONSOLE" "$d/console.log" 2>/dev/null || true
+  losetup -a >"$d/losetup" 2>&1
+  cat /proc/mounts >"$d/mounts"
+  readlink "/var/lib/loopship/appliances/$APP/current" >"$d/current" 2>/dev/null || true
+  loopship-agent --json status >"$d/status.json" 2>/dev/null || true
+}
+
+# waits until the repository's stable channel names $1 (polled like a site would)
+await_stable() {
+  local want=$1 t0=$SECONDS got=''
+  say "WANT promote $APP $want"
+  while [ $((SECONDS - t0)) -lt 600 ]; do
+    got=$(loopship-agent --json update 2>/dev/null | jget images "$APP" channels stable)
+    [ "$got" = "$want" ] && { say "stable is $want"; return 0; }
+    sleep 3
+  done
+  say "stable still '$got' after $((SECONDS - t0)) s"; return 1
+}
+
+mkdir -p "$OUT"
+say "job: $APP from $REPO_URL, hostname $GUEST_HOSTNAME"
+
+# 0. the network and the repository server are up (dom0 just booted)
+t0=$SECONDS
+until loopship-agent --json init --repo "$REPO_URL" --root-fingerprint "$ROOT_FPR" --backend xl >/dev/null 2>&1 || [ $((SECONDS - t0)) -gt 180 ]; do sleep 3; done
+# 1. trust: pin the root by its fingerprint (the install media's only secret-free fact)
+agent 01-init init --repo "$REPO_URL" --root-fingerprint "$ROOT_FPR" --backend xl || exit 1
+sed -i "s/^health_timeout_s: .*/health_timeout_s: $HEALTH_TIMEOUT/" /etc/loopship/agent.yaml
+cp /etc/loopship/agent.yaml "$OUT/01-init/agent.yaml"
+
+# 2. install what stable names (PVH) with a host setting, boot it, wait for ready
+agent 02-install install "$APP" --set "hostname=$GUEST_HOSTNAME" || exit 1
+
+# 3. upgrade to the next version (built as PV): switch, boot, health check
+await_stable "$V2" || exit 1
+agent 03-upgrade upgrade "$APP" || exit 1
+
+# 4. a broken version (never ready): the upgrade fails its health check and rolls back
+await_stable "$VBAD" || exit 1
+agent 04-upgrade-broken upgrade "$APP"
+echo "rc=$?" >"$OUT/04-upgrade-broken/expected-failure"
+
+# 5. stop: nothing of the domain may stay behind in dom0
+agent 05-stop stop "$APP" || exit 1
+sleep 2
+snapshot 05-stop-after
+xl list >"$OUT/05-stop/xl-list-final" 2>&1
+say "done"
+exit 0
