@@ -27,9 +27,16 @@ export function qemuCmdline(cmdline: string): string {
   return `${cmdline.replace(/\/dev\/xvd([a-z])/g, '/dev/vd$1').replace(/\bconsole=hvc0\b/g, '').trim()} console=ttyS0`.trim();
 }
 
-async function kvmUsable(): Promise<boolean> {
+/**
+ * KVM is used only when the CPU offers hardware virtualisation (vmx/svm) and /dev/kvm
+ * opens. A /dev/kvm without them (nested hosts, PVM) accepts the VM and then never runs a
+ * stock kernel, and qemu does not fall back to tcg by itself in that case.
+ */
+export async function kvmUsable(cpuinfo = '/proc/cpuinfo', dev = '/dev/kvm'): Promise<boolean> {
+  const flags = await readFile(cpuinfo, 'utf8').catch(() => '');
+  if (!/^flags\s*:.*\b(vmx|svm)\b/m.test(flags)) return false;
   try {
-    const fh = await open('/dev/kvm', constants.O_RDWR);
+    const fh = await open(dev, constants.O_RDWR);
     await fh.close();
     return true;
   } catch {
