@@ -7,12 +7,13 @@
 //
 // Needs root, debootstrap and network access to the build host's Debian mirror.
 import { cp, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Keystore, buildRoot, signRoot } from '../keys/index.js';
 import { RepositoryWriter } from '../format/index.js';
 import { build, type BuildResult } from '../builder/index.js';
+import { report } from './report.js';
 
 const { values: args } = parseArgs({ options: { keep: { type: 'boolean' }, 'zstd-level': { type: 'string' }, 'cache-dir': { type: 'string' } } });
 const zstdLevel = args['zstd-level'] ? Number(args['zstd-level']) : undefined;
@@ -60,25 +61,37 @@ try {
   const cold = await run('cold', TINY);
   const warm = await run('warm (same recipe, new version)', TINY, '1.0.1');
   const plus = await run('warm + htop', plusOne);
-  const rows = [cold, warm, plus];
-  const mib = (b: number) => (b / 2 ** 20).toFixed(1);
-  const stageNames = ['bootstrap', 'customize', 'cleanup', 'image', 'package', 'publish'] as const;
+  const builds = [cold, warm, plus];
+  const mib = (b: number) => b / 2 ** 20;
   const sec = (r: BuildResult, s: string) => r.stages.find((x) => x.stage === s)?.seconds ?? 0;
-  console.log(`\nloopship build benchmark: recipes/tiny, zstd level ${zstdLevel ?? 'default'}, ${new Date().toISOString()}`);
-  console.log(['build'.padEnd(34), ...stageNames.map((s) => s.padStart(9)), 'wall'.padStart(8)].join(' '));
-  for (const r of rows) console.log([r.label.padEnd(34), ...stageNames.map((s) => sec(r, s).toFixed(1).padStart(9)), r.wallSeconds.toFixed(1).padStart(8)].join(' '));
-  console.log('');
-  for (const r of rows) {
+  const rows = builds.map((r) => {
     const st = r.stats!;
     const makeSec = sec(r, 'image') + sec(r, 'package');
-    console.log(
-      `${r.label.padEnd(34)} image ${mib(r.image.size)} MiB apparent, ${mib(r.image.fsBytes)} MiB content; ${st.chunks} chunks, ${st.newChunks} new; ` +
-        `${mib(st.compressed)} MiB compressed, ${mib(st.newCompressed)} MiB new (${((100 * st.newCompressed) / st.compressed).toFixed(1)}%); ` +
-        `image+package ${(r.image.size / 2 ** 20 / makeSec).toFixed(0)} MB/s apparent`,
-    );
-  }
+    return {
+      build: r.label,
+      bootstrap_s: sec(r, 'bootstrap'),
+      customize_s: sec(r, 'customize'),
+      cleanup_s: sec(r, 'cleanup'),
+      image_s: sec(r, 'image'),
+      package_s: sec(r, 'package'),
+      publish_s: sec(r, 'publish'),
+      wall_s: r.wallSeconds,
+      apparent_MiB: mib(r.image.size),
+      compressed_MiB: mib(st.compressed),
+      chunks: st.chunks,
+      new_chunks: st.newChunks,
+      new_MiB: mib(st.newCompressed),
+      new_pct: (100 * st.newCompressed) / st.compressed,
+      'image+package_MBps': mib(r.image.size) / makeSec,
+    };
+  });
+  await report('build', `loopship build: recipes/tiny cold, warm, +1 package (zstd level ${zstdLevel ?? 'default'}; load average ${loadavg()[0].toFixed(1)})`, rows, {
+    warm_package_change_vs_cold_pct: (100 * plus.wallSeconds) / cold.wallSeconds,
+    same_recipe_new_MiB: mib(warm.stats!.newCompressed),
+    one_package_new_pct: (100 * plus.stats!.newCompressed) / plus.stats!.compressed,
+  });
   console.log(`\nwarm rebuild after a package-list change: ${((100 * plus.wallSeconds) / cold.wallSeconds).toFixed(0)}% of the cold build (target <= 30%)`);
-  console.log(`same recipe rebuilt: ${warm.stats!.newChunks} new chunks (${mib(warm.stats!.newCompressed)} MiB); one package more: ${mib(plus.stats!.newCompressed)} MiB new of ${mib(plus.stats!.compressed)} MiB compressed`);
+  console.log(`same recipe rebuilt: ${warm.stats!.newChunks} new chunks (${mib(warm.stats!.newCompressed).toFixed(1)} MiB); one package more: ${mib(plus.stats!.newCompressed).toFixed(1)} MiB new of ${mib(plus.stats!.compressed).toFixed(1)} MiB compressed (target < 10%)`);
 } finally {
   if (!args.keep) await rm(dir, { recursive: true, force: true });
   else console.log(`kept ${dir}`);
