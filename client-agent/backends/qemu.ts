@@ -24,7 +24,8 @@ export interface QemuOptions {
 
 /** Xen guests see xvdX; under virtio the same disks are vdX. */
 export function qemuCmdline(cmdline: string): string {
-  return `${cmdline.replace(/\/dev\/xvd([a-z])/g, '/dev/vd$1').replace(/\bconsole=hvc0\b/g, '').trim()} console=ttyS0`.trim();
+  const base = cmdline.replace(/\/dev\/xvd([a-z])/g, '/dev/vd$1').replace(/\bconsole=hvc0\b/g, '');
+  return `${base} console=ttyS0`.replace(/\s+/g, ' ').trim();
 }
 
 /**
@@ -122,7 +123,9 @@ export class QemuBackend implements Backend {
       () => {},
     );
     await rm(f.consoleLog, { force: true });
-    const accelMode = this.o.accel ?? 'auto';
+    // Default tcg: /dev/kvm can open and even run firmware on a nested host whose KVM then
+    // hangs the Linux guest (seen on these build machines). 'auto' or 'kvm' opt in.
+    const accelMode = this.o.accel ?? ((process.env.LOOPSHIP_QEMU_ACCEL as 'auto' | 'tcg' | 'kvm' | undefined) || 'tcg');
     const accel = accelMode === 'tcg' ? ['tcg'] : accelMode === 'kvm' ? ['kvm'] : (await kvmUsable()) ? ['kvm', 'tcg'] : ['tcg'];
     await run(this.exec, this.qemu, qemuArgs(spec, f, accel), { timeoutMs: 60_000 });
   }
