@@ -93,6 +93,8 @@ export function errorHandler(log: { error: (obj: object, msg: string) => void })
   return (err, req, res, _next) => {
     const { status } = toErrorResponse(err);
     if (status >= 500) log.error({ err, method: req.method, url: req.originalUrl }, 'request failed');
+    // a refused upload is not read to its end just to keep the connection: close it instead
+    if (!req.complete && !res.headersSent) res.setHeader('Connection', 'close');
     sendError(res, err);
   };
 }
