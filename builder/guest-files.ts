@@ -127,7 +127,8 @@ fi
 # Users from host settings: never a password from the image; log in with keys or the
 # appliance's own mechanism (e.g. xrdp against a password the site sets).
 if [ -f "$conf" ] && [ "$conf" != /dev/null ]; then
-  jq -c '(.users // .settings.users // []) | if type=="string" then (split(",") | map({name: .})) else . end | .[]' "$conf" 2>/dev/null |
+  # users: a JSON list (possibly as a string, as the agent stores every setting) or "a,b"
+  jq -c '(.users // .settings.users // []) | if type=="string" then (if startswith("[") then fromjson else (split(",") | map(select(length > 0) | {name: .})) end) else . end | .[] | if type=="string" then {name: .} else . end' "$conf" 2>/dev/null |
   while read -r u; do
     name=$(printf '%s' "$u" | jq -r '.name // empty')
     case "$name" in ''|*[!a-z0-9_-]*) log "skipping invalid user name"; continue;; esac

@@ -84,10 +84,14 @@ slowTest('tiny builds into a repository: signed, indexed, clean reproducible ext
   t.true(mtime <= built.sourceDateEpoch, 'mtimes clamped to SOURCE_DATE_EPOCH');
 });
 
-slowTest('the image boots under QEMU to the ready marker', async (t) => {
+slowTest('the image boots under QEMU to the ready marker and applies host settings from /etc/loopship/host.json', async (t) => {
   t.truthy(built, 'needs the previous test');
   const disk = join(work, 'boot.img');
   await execa('cp', ['--sparse=always', built.image.path!, disk]);
+  // what the agent writes (client-agent/configure.ts): settings as strings under "settings"
+  const hostJson = join(work, 'host.json');
+  await writeFile(hostJson, JSON.stringify({ appliance: 'tiny', version: '1.0.0', settings: { hostname: 'qemu-tiny', 'ssh.authorized_keys': 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBuildTestKeyOnly test@loopship' } }));
+  await execa('debugfs', ['-w', '-R', `write ${hostJson} /etc/loopship/host.json`, disk]);
   const log = join(work, 'console.log');
   const t0 = Date.now();
   const qemu = execa('qemu-system-x86_64', [
@@ -105,11 +109,17 @@ slowTest('the image boots under QEMU to the ready marker', async (t) => {
       await new Promise((r) => setTimeout(r, 1000));
     }
     t.log(`boot to marker: ${((Date.now() - t0) / 1000).toFixed(0)} s (TCG)`);
-    t.regex(text, /LOOPSHIP-READY hostname=tiny version=1\.0\.0/);
+    t.regex(text, /LOOPSHIP-READY hostname=qemu-tiny version=1\.0\.0/);
   } finally {
     qemu.kill('SIGKILL');
     await qemu;
   }
+  // first boot made this host's SSH keys and installed the authorized key (replay the
+  // journal first: the VM was killed, and debugfs reads without replaying)
+  const fsck = await execa('e2fsck', ['-fy', disk], { reject: false });
+  t.true([0, 1].includes(fsck.exitCode ?? -1), fsck.stdout);
+  t.regex(await debugfs(disk, 'ls /etc/ssh'), /ssh_host_ed25519_key/);
+  t.regex(await debugfs(disk, 'cat /root/.ssh/authorized_keys'), /BuildTestKeyOnly/);
 });
 
 slowTest('a failing chroot command: stage named, nothing mounted, scratch removed, cache and repository untouched', async (t) => {
