@@ -226,3 +226,20 @@ test('wrong methods on API endpoints: 405; unknown endpoints: 404', async (t) =>
   t.is((await rawRequest(srv.url, { path: '/api/v1/reports', method: 'DELETE' })).status, 405);
   t.is((await rawRequest(srv.url, { path: '/api/v1/nothing' })).status, 404);
 });
+
+test('an unauthorized upload is answered 401 and the connection closed, not drained', async (t) => {
+  t.timeout(30_000);
+  const { srv } = await setup(t);
+  const net = await import('node:net');
+  const u = new URL(srv.url);
+  const sock = net.connect(Number(u.port), u.hostname);
+  let answer = '';
+  const closed = new Promise<void>((resolve) => sock.on('close', () => resolve()));
+  sock.on('data', (d) => (answer += d.toString()));
+  sock.on('error', () => {});
+  sock.write(`POST /api/v1/packages HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-tar\r\nContent-Length: ${2 ** 30}\r\n\r\n`);
+  sock.write(Buffer.alloc(64 * 1024));
+  await closed; // the server hangs up although 1 GiB was announced and 64 KiB sent
+  t.regex(answer, /^HTTP\/1\.1 401/);
+  t.regex(answer, /Connection: close/i);
+});
