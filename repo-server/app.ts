@@ -10,6 +10,7 @@ import express, { type Express } from 'express';
 import pino, { type Logger } from 'pino';
 import { ApiError, errorHandler, sendError } from './api-error.js';
 import { apiRouter, type PackageWriter } from './api.js';
+import { requireBrowserToken } from './auth.js';
 import { createRepositoryHandler, type RepositoryHandler, type StaticOptions } from './static.js';
 import { RepositoryViewer } from './repo-view.js';
 import { renderDashboard } from './dashboard.js';
@@ -71,7 +72,10 @@ export function createApp(opts: AppOptions & { repository?: RepositoryHandler; l
     if (!repository(req, res)) next();
   });
 
-  app.get('/', async (_req, res, next) => {
+  const dashboardAccess: express.RequestHandler = opts.config.dashboard.public
+    ? (_req, _res, next) => next()
+    : requireBrowserToken('dashboard', () => opts.config.publishers);
+  app.get('/', dashboardAccess, async (_req, res, next) => {
     try {
       const view = await viewer.view();
       const page = renderDashboard(view, opts.store?.list() ?? [], { title: opts.config.dashboard.title, now: now(), staleMinutes: opts.config.dashboard.staleMinutes });

@@ -12,6 +12,15 @@ export function bearerToken(header: string | undefined): string | null {
   return m ? m[1] : null;
 }
 
+/** The password of a Basic credential (browsers can send that, not Bearer), any user name. */
+export function basicPassword(header: string | undefined): string | null {
+  const m = header ? /^Basic[ \t]+([A-Za-z0-9+/=]+)[ \t]*$/i.exec(header) : null;
+  if (!m) return null;
+  const decoded = Buffer.from(m[1], 'base64').toString('utf8');
+  const colon = decoded.indexOf(':');
+  return colon < 0 ? null : decoded.slice(colon + 1) || null;
+}
+
 export function findPrincipal(token: string, principals: readonly Principal[]): Principal | null {
   const digest = sha256(token);
   let found: Principal | null = null;
@@ -35,6 +44,18 @@ export function requireToken(what: string, principals: () => readonly Principal[
     if (token === null) return next(new ApiError(401, 'UNAUTHORIZED', `${what} needs an "Authorization: Bearer <token>" header`, { headers: challenge }));
     const p = findPrincipal(token, principals());
     if (!p) return next(new ApiError(401, 'UNAUTHORIZED', `the token is not valid for ${what}`, { headers: { ...challenge, 'WWW-Authenticate': challenge['WWW-Authenticate'] + ', error="invalid_token"' } }));
+    (req as Request & { principal?: Principal }).principal = p;
+    next();
+  };
+}
+
+/** For pages a browser opens: a publisher token as Bearer or as the Basic-auth password. */
+export function requireBrowserToken(what: string, principals: () => readonly Principal[]): RequestHandler {
+  return (req, _res, next) => {
+    const header = req.get('authorization');
+    const token = bearerToken(header) ?? basicPassword(header);
+    const p = token === null ? null : findPrincipal(token, principals());
+    if (!p) return next(new ApiError(401, 'UNAUTHORIZED', `${what} needs a publisher token (as the password)`, { headers: { 'WWW-Authenticate': `Basic realm="loopship ${what}", charset="UTF-8"` } }));
     (req as Request & { principal?: Principal }).principal = p;
     next();
   };

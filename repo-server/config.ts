@@ -49,8 +49,13 @@ export const ServerConfigSchema = z
     index_expires_days: z.number().int().positive().max(3650).default(30),
     limits: limits.default(() => limits.parse({})),
     dashboard: z
-      .strictObject({ stale_minutes: z.number().positive().default(30), title: z.string().max(200).default('loopship repository') })
-      .default({ stale_minutes: 30, title: 'loopship repository' }),
+      .strictObject({
+        stale_minutes: z.number().positive().default(30),
+        title: z.string().max(200).default('loopship repository'),
+        /** false: the dashboard (host names, errors) needs a publisher token, as a Basic-auth password or Bearer */
+        public: z.boolean().default(true),
+      })
+      .default({ stale_minutes: 30, title: 'loopship repository', public: true }),
   })
   .superRefine((c, ctx) => {
     for (const key of ['publishers', 'sites'] as const) {
@@ -84,7 +89,7 @@ export interface ServerConfig {
     maxHosts: number;
     reportsPerMinutePerSite: number;
   };
-  dashboard: { staleMinutes: number; title: string };
+  dashboard: { staleMinutes: number; title: string; public: boolean };
   /** where the config came from, for messages */
   source: string;
 }
@@ -113,7 +118,7 @@ export function parseServerConfig(value: unknown, source = '(inline config)'): S
       maxHosts: c.limits.max_hosts,
       reportsPerMinutePerSite: c.limits.reports_per_minute_per_site,
     },
-    dashboard: { staleMinutes: c.dashboard.stale_minutes, title: c.dashboard.title },
+    dashboard: { staleMinutes: c.dashboard.stale_minutes, title: c.dashboard.title, public: c.dashboard.public },
     source,
   };
 }

@@ -120,3 +120,23 @@ test('the dashboard of an empty directory says nothing is published, without fai
   t.regex(r.body.toString(), /no index\.json yet/);
   t.regex(r.body.toString(), /No host has reported yet/);
 });
+
+test('a private dashboard asks for a publisher token (Basic password or Bearer)', async (t) => {
+  const dir = await tempDir();
+  const config = parseServerConfig({ publishers: [{ name: 'team', token: TOKEN }], sites: [{ name: 'branch-north', token: SITE }], dashboard: { public: false } });
+  const srv = await startServer({ repoDir: dir, config, stateDir: null });
+  t.teardown(async () => {
+    await srv.close(100);
+    await rm(dir, { recursive: true, force: true });
+  });
+  const none = await rawRequest(srv.url, { path: '/' });
+  t.is(none.status, 401);
+  t.regex(String(none.headers['www-authenticate']), /^Basic realm="loopship dashboard"/);
+  const basic = (user: string, pass: string) => 'Basic ' + Buffer.from(`${user}:${pass}`).toString('base64');
+  t.is((await rawRequest(srv.url, { path: '/', headers: { Authorization: basic('anyone', TOKEN) } })).status, 200);
+  t.is((await rawRequest(srv.url, { path: '/', headers: { Authorization: `Bearer ${TOKEN}` } })).status, 200);
+  t.is((await rawRequest(srv.url, { path: '/', headers: { Authorization: basic('anyone', SITE) } })).status, 401, 'a site token is not enough');
+  t.is((await rawRequest(srv.url, { path: '/', headers: { Authorization: basic('anyone', 'wrong-wrong-wrong-wrong') } })).status, 401);
+  // the repository itself stays public: agents fetch without tokens
+  t.is((await rawRequest(srv.url, { path: '/index.json' })).status, 404);
+});
