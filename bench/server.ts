@@ -226,7 +226,16 @@ http {
     process.stdout.write(`throughput ratio loopship/nginx: ${(a.mibs / b.mibs).toFixed(2)} (target >= 0.8); loopship peak RSS ${oursRss.toFixed(0)} MiB (target < 200)\n`);
     process.stdout.write(`machine: ${os.cpus().length} CPU(s), ${os.cpus()[0]?.model ?? '?'}, load average ${os.loadavg()[0].toFixed(1)}; clients and servers share it\n`);
   } finally {
-    for (const p of procs) if (p.exitCode === undefined || p.exitCode === null) p.kill('SIGKILL');
+    // stop gracefully: a SIGKILLed nginx master leaves its workers behind (so would a cluster primary)
+    await Promise.all(
+      procs.map(async (p) => {
+        if (p.exitCode !== undefined && p.exitCode !== null) return;
+        p.kill('SIGTERM');
+        const t = setTimeout(() => p.kill('SIGKILL'), 10_000);
+        await p.catch(() => {});
+        clearTimeout(t);
+      }),
+    );
     if (KEEP) process.stderr.write(`kept ${work}\n`);
     else await rm(work, { recursive: true, force: true });
   }
