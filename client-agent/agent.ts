@@ -416,7 +416,7 @@ export class Agent {
       a.health = health.ready ? 'healthy' : 'unhealthy';
       a.health_checked_at = this.now().toISOString();
     });
-    this.log(health.ready ? `${name} ${version} is ready after ${(health.ms / 1000).toFixed(1)} s` : `${name} ${version} did not become ready: ${health.reason}`);
+    this.log(health.ready ? `${name} ${version} is ready after ${(health.ms / 1000).toFixed(1)} s${health.line ? `: ${health.line}` : ''}` : `${name} ${version} did not become ready: ${health.reason}`);
     return health;
   }
 

@@ -22,6 +22,8 @@ export interface WaitReadyResult {
   ms: number;
   /** the last console lines, for the report when not ready */
   tail: string;
+  /** the console line holding the marker (the guest may report facts on it) */
+  line?: string;
 }
 
 export async function fileSize(path: string): Promise<number> {
@@ -43,6 +45,7 @@ export async function waitReady(o: WaitReadyOptions): Promise<WaitReadyResult> {
     watcher = null; // directory not there yet: polling below still finds the file
   }
   let lastAlive = 0;
+  let markerSeen: number | null = null;
   try {
     for (;;) {
       const size = await fileSize(o.logPath);
@@ -56,7 +59,13 @@ export async function waitReady(o: WaitReadyOptions): Promise<WaitReadyResult> {
             if (bytesRead === 0) break;
             offset += bytesRead;
             window = (window + buf.subarray(0, bytesRead).toString('latin1')).slice(-keep - bytesRead);
-            if (window.includes(o.marker)) return { ready: true, reason: 'marker', ms: Date.now() - t0, tail: tailOf(window) };
+            const at = window.lastIndexOf(o.marker);
+            if (at >= 0) {
+              markerSeen ??= Date.now();
+              const eol = window.indexOf('\n', at);
+              // the whole line: what follows the marker is often what a test or a human wants
+              if (eol >= 0) return { ready: true, reason: 'marker', ms: Date.now() - t0, tail: tailOf(window), line: lineAt(window, at, eol) };
+            }
             window = window.slice(-keep);
           }
         } finally {
@@ -64,6 +73,11 @@ export async function waitReady(o: WaitReadyOptions): Promise<WaitReadyResult> {
         }
       }
       const elapsed = Date.now() - t0;
+      // a marker line never finished by a newline still counts, after a moment
+      if (markerSeen !== null && Date.now() - markerSeen > 2000) {
+        const at = window.lastIndexOf(o.marker);
+        return { ready: true, reason: 'marker', ms: elapsed, tail: tailOf(window), line: lineAt(window, Math.max(0, at), window.length) };
+      }
       if (elapsed >= o.timeoutMs) return { ready: false, reason: 'timeout', ms: elapsed, tail: tailOf(window) };
       if (o.signal?.aborted) return { ready: false, reason: 'aborted', ms: elapsed, tail: tailOf(window) };
       if (o.isAlive && Date.now() - lastAlive > 1000) {
@@ -86,6 +100,10 @@ export async function waitReady(o: WaitReadyOptions): Promise<WaitReadyResult> {
   } finally {
     watcher?.close();
   }
+}
+
+function lineAt(text: string, at: number, eol: number): string {
+  return text.slice(text.lastIndexOf('\n', at) + 1, eol).replace(/[^\x20-\x7e\t]/g, '').trim();
 }
 
 function tailOf(text: string): string {

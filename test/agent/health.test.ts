@@ -48,3 +48,12 @@ test('a log that does not exist yet is waited for', async (t) => {
   setTimeout(() => void writeFile(path, 'LOOPSHIP-READY\n'), 200);
   t.true((await waitReady({ logPath: path, marker: 'LOOPSHIP-READY', timeoutMs: 10_000 })).ready);
 });
+
+test('the ready line is complete when returned (what follows the marker is reported)', async (t) => {
+  const path = await log(t);
+  setTimeout(() => void writeFile(path, 'login: LOOPSHIP-READY'), 50);
+  setTimeout(() => void appendFile(path, ' hostname=a version=2\r\nmore\n'), 400);
+  const r = await waitReady({ logPath: path, marker: 'LOOPSHIP-READY', timeoutMs: 10_000 });
+  t.true(r.ready);
+  t.is(r.line, 'login: LOOPSHIP-READY hostname=a version=2');
+});
