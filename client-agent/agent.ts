@@ -539,7 +539,16 @@ export class Agent {
 
   /** upgrade [NAME]: everything configured (or one) to what its channel/version names now. */
   async upgrade(name?: string, opts: { force?: boolean } = {}) {
-    return this.locked(async () => this.upgradeUnlocked(name, opts));
+    return this.locked(async () => {
+      try {
+        const r = await this.upgradeUnlocked(name, opts);
+        await this.report(null).catch((e) => this.log(`report failed: ${(e as Error).message}`));
+        return r;
+      } catch (err) {
+        await this.report((err as Error).message).catch((e) => this.log(`report failed: ${(e as Error).message}`));
+        throw err;
+      }
+    });
   }
 
   private async upgradeUnlocked(name?: string, opts: { force?: boolean } = {}) {
@@ -710,7 +719,10 @@ export class Agent {
     return { ok: error === null, error };
   }
 
-  /** POSTs this host's state to report.url, if configured. */
+  /**
+   * POSTs this host's state to the repo server, if `report` is configured. A bare server
+   * URL gets the server's report endpoint (/api/v1/reports) appended.
+   */
   async report(lastError: string | null): Promise<boolean> {
     const cfg = await this.config().catch(() => undefined);
     if (!cfg?.report) return false;
@@ -719,14 +731,32 @@ export class Agent {
       host: this.host,
       site: cfg.report.site ?? null,
       agent_version: AGENT_VERSION,
-      appliances: st.map((a) => ({ name: a.name, version: a.current, running: a.running, health: a.health, verified: a.verified })),
-      last_error: lastError,
+      time: this.now().toISOString(),
+      appliances: st.map((a) => {
+        const channel = this.applianceConfig(cfg, a.name)?.channel;
+        return {
+          name: a.name,
+          version: a.current,
+          ...(channel ? { channel } : {}),
+          running: a.running,
+          health: !a.running && a.health !== 'unhealthy' ? 'stopped' : a.health,
+          verified: a.verified,
+          error: a.last_error ? a.last_error.slice(0, 2000) : null,
+        };
+      }),
+      last_error: lastError ? lastError.slice(0, 4000) : null,
     };
     const post = this.deps.httpPost ?? defaultPost;
-    const status = await post(cfg.report.url, body, cfg.report.token);
+    const status = await post(reportUrl(cfg.report.url), body, cfg.report.token);
     if (status < 200 || status >= 300) throw new LoopshipError('FETCH_FAILED', `report answered HTTP ${status}`, { where: cfg.report.url });
     return true;
   }
+}
+
+export function reportUrl(url: string): string {
+  const u = new URL(url);
+  if (u.pathname === '/' || u.pathname === '') u.pathname = '/api/v1/reports';
+  return u.toString();
 }
 
 async function defaultPost(url: string, body: unknown, token?: string): Promise<number> {
