@@ -320,12 +320,20 @@ export class Agent {
         const pkg = await readPackage(createReadStream(file), {
           root,
           where: file,
+          lastIndexVersion: await this.state.readIndexVersion(),
+          now: this.now,
           haveChunk: async (sha) => seeds.has(sha),
           onChunk: async (sha, compressed) => writeFileAtomic(join(spool, chunkPath(sha)), compressed, { mkdir: true }),
         });
         const source: ChunkSource = {
           chunk: async (c: Chunk, where?: string) => decodeChunk(await readFile(join(spool, chunkPath(c.sha256))), c, where ?? file),
         };
+        // an exported package may carry newer roots and the signed index: trust advances through them
+        if (pkg.root.version > root.version) {
+          await writeFileAtomic(this.state.rootFile, serialize(pkg.root), { mkdir: true });
+          this.log(`accepted root version(s) ${pkg.roots.map((r) => r.root.version).join(', ')} from the package`);
+        }
+        if (pkg.index) await this.state.writeIndexVersion(Math.max(pkg.index.index.version, (await this.state.readIndexVersion()) ?? 0));
         const verified: VerifiedManifest = { manifest: pkg.manifest, sha256: pkg.manifestSha256, bytes: pkg.manifestBytes, signature: pkg.signature };
         await this.effectiveSettings(pkg.manifest.name, pkg.manifest, opts.set);
         const result = await this.installVerified(verified, source);

@@ -172,6 +172,18 @@ test('over HTTP with a dead first mirror; import of an offline package; one agen
   t.is(imp.install.version, '1.0.0');
   t.is(await hostnameIn(join(stateDir, '..', 'state2', 'appliances', 'sbc', '1.0.0', 'disk.img')), 'ts1.example.org');
 
+  // an exported package carrying the signed index: the receiver's rollback floor advances
+  const { exportPackage, createFetcher } = await import('../../format/index.js');
+  const exported = join(stateDir, '..', 'export.tar');
+  await exportPackage({ fetcher: createFetcher(fx.repoDir), pin: { keyArmored: fx.rootKeyArmored }, name: 'sbc', out: exported, withMetadata: true });
+  const state3 = join(stateDir, '..', 'state3');
+  await mkdir(join(state3, 'trust'), { recursive: true });
+  await writeFile(join(state3, 'trust', 'root.json'), await readFile(join(stateDir, 'trust', 'root.json')));
+  const agent3 = new Agent({ configPath: join(stateDir, '..', 'agent.yaml'), stateDir: state3, backend, host: 'h3' });
+  await agent3.importPackage(exported, { start: false });
+  const indexVersion = JSON.parse(await readFile(join(fx.repoDir, 'index.json'), 'utf8')).version;
+  t.is((await readFile(join(state3, 'trust', 'index-version'), 'utf8')).trim(), String(indexVersion));
+
   // a tampered package is refused and leaves nothing behind
   const tampered = join(stateDir, '..', 'tampered.tar');
   const bytes = await readFile(pkg.tarPath);
