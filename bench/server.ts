@@ -1,7 +1,7 @@
 // Benchmark (figures, not pass/fail): many concurrent clients downloading a chunked image
 // from `loopship serve` and from nginx serving the same tree on loopback.
 //
-//   node --import tsx bench/server.ts [--clients 100] [--size-mib 256] [--rounds 5] [--workers 1] [--keep]
+//   node --import tsx bench/server.ts [--clients 100] [--size-mib 256] [--rounds 5] [--workers 1] [--chunk-kib N] [--keep]
 //
 // The tree is shaped like a real repository: content-addressed chunk files whose sizes
 // follow the chunker (4 KiB blocks, ~16 blocks on average, 4..256), stored "compressed"
@@ -31,6 +31,8 @@ const CLIENTS = arg('clients', 100);
 const SIZE = arg('size-mib', 256) * 2 ** 20;
 const ROUNDS = arg('rounds', 5);
 const WORKERS = arg('workers', 1);
+/** fixed chunk-file size in KiB (0: sizes like the chunker's, ~30 KiB on average) */
+const CHUNK_KIB = arg('chunk-kib', 0);
 const KEEP = process.argv.includes('--keep');
 
 async function freePort(): Promise<number> {
@@ -46,6 +48,7 @@ async function freePort(): Promise<number> {
 
 /** Chunk-file sizes like the content-defined chunker makes, stored at ~50% "compression". */
 function chunkSize(): number {
+  if (CHUNK_KIB > 0) return CHUNK_KIB * 1024;
   let blocks = 4;
   while (blocks < 256 && Math.random() > 1 / 12) blocks++;
   return Math.max(512, Math.round((blocks * 4096) / 2 + (Math.random() - 0.5) * 4096));

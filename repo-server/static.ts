@@ -210,86 +210,84 @@ export function createRepositoryHandler(repoDir: string, opts: StaticOptions = {
   }
 
   function serve(req: IncomingMessage, res: ServerResponse, rel: string, fd: number): void {
-    {
-      let st: fs.Stats;
+    let st: fs.Stats;
+    try {
+      st = fs.fstatSync(fd);
+    } catch (err) {
+      fs.closeSync(fd);
+      return fail(res, err as NodeJS.ErrnoException);
+    }
+    if (!st.isFile()) {
+      fs.closeSync(fd);
+      return notFound(res);
+    }
+    const etag = etagFor(rel, st);
+    const headers: Record<string, string | number> = {
+      ETag: etag,
+      'Last-Modified': st.mtime.toUTCString(),
+      'Cache-Control': cacheControlFor(rel),
+      'Accept-Ranges': 'bytes',
+      'X-Content-Type-Options': 'nosniff',
+    };
+    if (preconditionFailed(req.headers, etag, st.mtimeMs)) {
+      fs.closeSync(fd);
+      return sendJsonError(res, 412, 'PRECONDITION_FAILED', 'precondition failed (If-Match / If-Unmodified-Since)');
+    }
+    if (isNotModified(req.headers, etag, st.mtimeMs)) {
+      fs.closeSync(fd);
+      res.writeHead(304, headers);
+      res.end();
+      return;
+    }
+    let start = 0;
+    let end = st.size - 1;
+    let status = 200;
+    const range = req.headers.range !== undefined && rangeIsFresh(req.headers, etag, st.mtimeMs) ? parseRange(st.size, req.headers.range) : null;
+    if (range === 'unsatisfiable') {
+      fs.closeSync(fd);
+      return sendJsonError(res, 416, 'RANGE_NOT_SATISFIABLE', 'requested range is outside the file', { 'Content-Range': `bytes */${st.size}` });
+    }
+    if (range) {
+      ({ start, end } = range);
+      status = 206;
+      headers['Content-Range'] = `bytes ${start}-${end}/${st.size}`;
+    }
+    const length = Math.max(0, end - start + 1);
+    headers['Content-Type'] = contentTypeFor(rel);
+    res.setHeader('Content-Length', length); // set, not only written: the request log reads it
+    if (req.method === 'HEAD' || length === 0) {
+      fs.closeSync(fd);
+      res.writeHead(status, headers);
+      res.end();
+      return;
+    }
+    if (length <= smallFile) {
+      // Small files (nearly every chunk) are read in one synchronous call: from the page
+      // cache that is a memcpy, far cheaper than a thread-pool round trip; on a cache
+      // miss it holds the loop for one disk read, as nginx's workers do.
+      const buf = Buffer.allocUnsafe(length);
+      let off = 0;
       try {
-        st = fs.fstatSync(fd);
+        while (off < length) {
+          const n = fs.readSync(fd, buf, off, length - off, start + off);
+          if (n === 0) break; // the file shrank under us
+          off += n;
+        }
       } catch (err) {
         fs.closeSync(fd);
         return fail(res, err as NodeJS.ErrnoException);
       }
-      if (!st.isFile()) {
-        fs.closeSync(fd);
-        return notFound(res);
-      }
-      const etag = etagFor(rel, st);
-      const headers: Record<string, string | number> = {
-        ETag: etag,
-        'Last-Modified': st.mtime.toUTCString(),
-        'Cache-Control': cacheControlFor(rel),
-        'Accept-Ranges': 'bytes',
-        'X-Content-Type-Options': 'nosniff',
-      };
-      if (preconditionFailed(req.headers, etag, st.mtimeMs)) {
-        fs.closeSync(fd);
-        return sendJsonError(res, 412, 'PRECONDITION_FAILED', 'precondition failed (If-Match / If-Unmodified-Since)');
-      }
-      if (isNotModified(req.headers, etag, st.mtimeMs)) {
-        fs.closeSync(fd);
-        res.writeHead(304, headers);
-        res.end();
-        return;
-      }
-      let start = 0;
-      let end = st.size - 1;
-      let status = 200;
-      const range = req.headers.range !== undefined && rangeIsFresh(req.headers, etag, st.mtimeMs) ? parseRange(st.size, req.headers.range) : null;
-      if (range === 'unsatisfiable') {
-        fs.closeSync(fd);
-        return sendJsonError(res, 416, 'RANGE_NOT_SATISFIABLE', 'requested range is outside the file', { 'Content-Range': `bytes */${st.size}` });
-      }
-      if (range) {
-        ({ start, end } = range);
-        status = 206;
-        headers['Content-Range'] = `bytes ${start}-${end}/${st.size}`;
-      }
-      const length = Math.max(0, end - start + 1);
-      headers['Content-Type'] = contentTypeFor(rel);
-      res.setHeader('Content-Length', length); // set, not only written: the request log reads it
-      if (req.method === 'HEAD' || length === 0) {
-        fs.closeSync(fd);
-        res.writeHead(status, headers);
-        res.end();
-        return;
-      }
-      if (length <= smallFile) {
-        // Small files (nearly every chunk) are read in one synchronous call: from the page
-        // cache that is a memcpy, far cheaper than a thread-pool round trip; on a cache
-        // miss it holds the loop for one disk read, as nginx's workers do.
-        const buf = Buffer.allocUnsafe(length);
-        let off = 0;
-        try {
-          while (off < length) {
-            const n = fs.readSync(fd, buf, off, length - off, start + off);
-            if (n === 0) break; // the file shrank under us
-            off += n;
-          }
-        } catch (err) {
-          fs.closeSync(fd);
-          return fail(res, err as NodeJS.ErrnoException);
-        }
-        fs.closeSync(fd);
-        if (off < length) return sendJsonError(res, 500, 'INTERNAL', 'the file changed while it was read');
-        res.writeHead(status, headers);
-        res.end(buf);
-        return;
-      }
+      fs.closeSync(fd);
+      if (off < length) return sendJsonError(res, 500, 'INTERNAL', 'the file changed while it was read');
       res.writeHead(status, headers);
-      const stream = fs.createReadStream('', { fd, start, end, highWaterMark, autoClose: true });
-      stream.on('error', () => res.destroy());
-      res.on('close', () => stream.destroy());
-      stream.pipe(res);
+      res.end(buf);
+      return;
     }
+    res.writeHead(status, headers);
+    const stream = fs.createReadStream('', { fd, start, end, highWaterMark, autoClose: true });
+    stream.on('error', () => res.destroy());
+    res.on('close', () => stream.destroy());
+    stream.pipe(res);
   }
 
   return (req, res) => {
