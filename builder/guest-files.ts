@@ -90,9 +90,16 @@ fi
 
 [ -f "$conf" ] || { log "no $conf; defaults (DHCP)"; }
 if [ -f "$conf" ] && ! command -v jq >/dev/null 2>&1; then log "jq missing; only files written by the agent apply"; conf=/dev/null; fi
-get() { [ -f "$conf" ] && [ "$conf" != /dev/null ] && jq -r --arg k "$1" '.[$k] // .settings[$k] // empty | if type=="array" then .[] else . end' "$conf" 2>/dev/null || true; }
+h='' addr='' gw='' dns='' keys=''
+# One jq run reads every setting (settings at the top level or under "settings"; lists
+# or strings), as shell-quoted assignments: jq is slow to start on emulated CPUs.
+if [ -f "$conf" ] && [ "$conf" != /dev/null ]; then
+  eval "$(jq -r '(. + (.settings // {})) as $s
+    | def v($k): ($s[$k] // "") | if type == "array" then join("\\n") else tostring end;
+    "h=\\(v("hostname") | @sh) addr=\\(v("network.address") | @sh) gw=\\(v("network.gateway") | @sh) dns=\\(v("network.dns") | @sh) keys=\\(v("ssh.authorized_keys") | @sh)"' "$conf")" ||
+    log "cannot read $conf"
+fi
 
-h=$(get hostname)
 if [ -n "$h" ]; then
   [ "$(cat /etc/hostname 2>/dev/null)" = "$h" ] || echo "$h" > /etc/hostname 2>/dev/null || true
   hostname "$h" 2>/dev/null || true
@@ -101,24 +108,22 @@ fi
 # Network for systemd-networkd, in /run: files the agent wrote into /etc take precedence.
 if [ -d /usr/lib/systemd/network ] || [ -x /lib/systemd/systemd-networkd ]; then
   mkdir -p /run/systemd/network
-  addr=$(get network.address)
   {
     echo "[Match]"; echo "Name=en* eth*"; echo; echo "[Network]"
     if [ -n "$addr" ]; then
       echo "Address=$addr"
-      gw=$(get network.gateway); [ -n "$gw" ] && echo "Gateway=$gw"
-      for d in $(get network.dns | tr ',' ' '); do echo "DNS=$d"; done
+      [ -n "$gw" ] && echo "Gateway=$gw"
+      for d in $(echo "$dns" | tr ',' ' '); do echo "DNS=$d"; done
     else
       echo "DHCP=yes"
     fi
   } > /run/systemd/network/90-loopship.network
-  dns=$(get network.dns | tr ',' ' ')
+  dns=$(echo "$dns" | tr ',\\n' '  ')
   if [ -n "$dns" ] && [ ! -L /etc/resolv.conf ]; then
     : > /etc/resolv.conf.loopship && for d in $dns; do echo "nameserver $d" >> /etc/resolv.conf.loopship; done && mv /etc/resolv.conf.loopship /etc/resolv.conf || true
   fi
 fi
 
-keys=$(get ssh.authorized_keys)
 if [ -n "$keys" ]; then
   install -d -m 700 /root/.ssh
   printf '%s\\n' "$keys" > /root/.ssh/authorized_keys.loopship && chmod 600 /root/.ssh/authorized_keys.loopship && mv /root/.ssh/authorized_keys.loopship /root/.ssh/authorized_keys

@@ -137,9 +137,6 @@ export async function cleanRoot(root: string, recipe: Recipe): Promise<void> {
     const d = join(root, rel);
     for (const n of await readdir(d).catch(() => [] as string[])) if (!keep.includes(n)) await rm(join(d, n), { recursive: true, force: true });
   };
-  const truncate = async (rel: string) => {
-    if (await exists(join(root, rel))) await writeFile(join(root, rel), '');
-  };
   await emptyDir('var/lib/apt/lists', ['partial']);
   await emptyDir('var/lib/apt/lists/partial');
   await emptyDir('var/cache/apt', ['archives']);
@@ -149,11 +146,11 @@ export async function cleanRoot(root: string, recipe: Recipe): Promise<void> {
   await emptyDir('var/cache/man');
   await del('var/cache/ldconfig/aux-cache');
   for (const f of ['var/lib/dpkg/status-old', 'var/lib/dpkg/diversions-old', 'var/lib/dpkg/statoverride-old', 'etc/passwd-', 'etc/group-', 'etc/shadow-', 'etc/gshadow-', 'etc/subuid-', 'etc/subgid-']) await del(f);
-  // logs: keep the directories services expect, drop their contents
-  await emptyDir('var/log', ['journal', 'apt', 'private', 'btmp', 'wtmp', 'lastlog', 'faillog']);
+  // logs: empty every log file but keep it, with its owner and mode (daemons such as
+  // xrdp cannot create their log in root-owned /var/log); rotated copies and the
+  // binary journal go entirely.
+  await truncateLogs(join(root, 'var/log'));
   await emptyDir('var/log/journal');
-  await emptyDir('var/log/apt');
-  for (const f of ['var/log/btmp', 'var/log/wtmp', 'var/log/lastlog', 'var/log/faillog']) await truncate(f);
   await emptyDir('tmp');
   await emptyDir('var/tmp');
   await del('root/.bash_history');
@@ -179,6 +176,17 @@ export async function cleanRoot(root: string, recipe: Recipe): Promise<void> {
     await emptyDir('usr/share/info');
   }
   if (recipe.cleanup.locales) await emptyDir('usr/share/locale', ['locale.alias']);
+}
+
+async function truncateLogs(dir: string): Promise<void> {
+  for (const e of await readdir(dir, { withFileTypes: true }).catch(() => [])) {
+    const p = join(dir, e.name);
+    if (e.isDirectory()) await truncateLogs(p);
+    else if (e.isFile()) {
+      if (/\.(\d+|gz|xz|old)$/.test(e.name)) await rm(p, { force: true });
+      else await writeFile(p, '');
+    }
+  }
 }
 
 export interface TreeStats {
