@@ -388,6 +388,7 @@ export class Agent {
     const m = await this.versionManifest(name, version);
     const dir = this.state.versionDir(name, version);
     const data = this.state.dataDisk(name);
+    const local = this.applianceConfig(await this.config().catch(() => undefined), name)?.xen ?? {};
     return {
       name, version,
       type: m.boot.type,
@@ -396,10 +397,10 @@ export class Agent {
       disk: join(dir, 'disk.img'),
       dataDisk: (await stat(data).catch(() => null)) ? data : null,
       cmdline: m.boot.cmdline,
-      memory: m.xen.memory,
-      vcpus: m.xen.vcpus,
+      memory: local.memory ?? m.xen.memory,
+      vcpus: local.vcpus ?? m.xen.vcpus,
       nics: m.xen.network.nics,
-      bridge: m.xen.network.bridge,
+      bridge: local.bridge ?? m.xen.network.bridge,
       macs: Array.from({ length: m.xen.network.nics }, (_, i) => stableMac(this.host, name, i)),
     };
   }
@@ -630,6 +631,8 @@ export class Agent {
 
   async remove(name: string, opts: { keepData?: boolean } = {}) {
     return this.locked(async () => {
+      const known = (await this.state.applianceNames()).includes(name) || Boolean((await this.state.readState()).appliances[name]);
+      if (!known) throw new UsageError(`${name} is not installed`, { where: name });
       const backend = await this.backend();
       await backend.stop(name);
       await backend.forget(name);

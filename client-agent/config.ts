@@ -61,6 +61,14 @@ const appliance = z
     settings: z.record(z.string(), settingValue).default({}),
     data_size: sizeField.optional(),
     autostart: z.boolean().default(true),
+    /** this host's overrides of the manifest's Xen defaults (bridge names differ between sites) */
+    xen: z
+      .strictObject({
+        bridge: z.string().regex(/^[A-Za-z0-9_.-]{1,15}$/, 'expected a network interface name').optional(),
+        memory: z.number().int().min(32).optional(),
+        vcpus: z.number().int().min(1).max(512).optional(),
+      })
+      .optional(),
   })
   .superRefine((a, ctx) => {
     if (a.channel && a.version) ctx.addIssue({ code: 'custom', path: ['version'], message: 'give either channel or version, not both' });
