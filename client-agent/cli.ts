@@ -7,6 +7,10 @@ import { parseSetOptions } from './settings.js';
 import { LoopshipError, VerificationError } from '../format/index.js';
 import type { InstallProgress } from './install.js';
 
+// Chunk installs keep many file reads, writes and syncs in flight: a larger libuv pool than
+// the default 4 (it starts on first use, after this module is loaded).
+process.env.UV_THREADPOOL_SIZE ??= '16';
+
 interface Globals {
   config: string;
   stateDir: string;

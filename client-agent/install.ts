@@ -279,7 +279,7 @@ export async function installVersion(opts: InstallOptions): Promise<InstallResul
     }
     const queue = [...plan.entries()].filter(([sha]) => !done.has(sha));
     let failed: unknown = null;
-    let serial = Promise.resolve();
+    let flushing: Promise<void> | null = null;
 
     const worker = async (): Promise<void> => {
       while (!failed) {
@@ -314,8 +314,12 @@ export async function installVersion(opts: InstallOptions): Promise<InstallResul
           pendingBytes += w.chunk.length * w.targets.length;
           opts.onProgress?.({ ...progress });
           if (pendingBytes >= journalEvery || now() - lastJournal > 1000) {
-            serial = serial.then(flush);
-            await serial;
+            // in the background: workers keep fetching while the data is synced
+            if (!flushing) {
+              flushing = flush()
+                .catch((err) => { failed ??= err; })
+                .finally(() => { flushing = null; });
+            }
           }
         } catch (err) {
           failed ??= err;
@@ -324,7 +328,8 @@ export async function installVersion(opts: InstallOptions): Promise<InstallResul
     };
     await Promise.all(Array.from({ length: Math.max(1, opts.concurrency ?? 8) }, worker));
     // keep what was verified and written, also when something failed: the next run resumes
-    await (serial = serial.then(flush));
+    await flushing;
+    await flush();
     if (failed) throw failed;
   } catch (err) {
     for (const fh of handles.values()) await fh.close().catch(() => {});
