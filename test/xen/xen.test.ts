@@ -73,7 +73,7 @@ async function recipeVariant(dir: string, v: Variant): Promise<string> {
 }
 
 async function startServer(repo: string, keys: string, stateDir: string): Promise<string> {
-  const child = execa('node', [CLI, 'serve', '--repo', repo, '--keys', keys, '--host', '127.0.0.1', '--port', '0', '--state-dir', stateDir, '--log-format', 'json', '--log-level', 'warn'], {
+  const child = execa('node', [CLI, 'serve', '--repo', repo, '--keys', keys, '--host', '127.0.0.1', '--port', '0', '--state-dir', stateDir, '--log-format', 'json', '--log-level', 'info'], {
     cwd: PROJECT,
     reject: false,
     stderr: 'pipe',
@@ -134,7 +134,7 @@ if (!skip) {
       if (!line.includes('XENJOB:')) continue;
       progress(line.slice(line.indexOf('XENJOB:')));
       const want = /XENJOB: .*WANT promote (\S+) (\S+)/.exec(line);
-      if (want) {
+      if (want && !promotions.includes(want[2])) {
         // the packaging team moves the channel; the site's agent sees it by polling
         promotions.push(want[2]);
         pending.push(loopship(['promote', want[1], want[2], '--channel', 'stable', '--repo', repo, '--keys', keys]).then(() => undefined));
