@@ -31,12 +31,12 @@ export interface AppOptions {
 
 /** One log line per request, written when the response is done (5xx always, the rest at info). */
 export function logRequest(log: Logger, req: IncomingMessage, res: ServerResponse): void {
-  const verbose = log.isLevelEnabled('info');
-  const start = verbose ? process.hrtime.bigint() : 0n;
+  // below info nothing per request: failures are logged where they happen, with details
+  if (!log.isLevelEnabled('info')) return;
+  const start = process.hrtime.bigint();
   const url = req.url; // express rewrites req.url inside mounted routers
   res.on('close', () => {
-    if (!verbose && res.statusCode < 500) return;
-    const ms = verbose ? Math.round(Number(process.hrtime.bigint() - start) / 1e5) / 10 : undefined;
+    const ms = Math.round(Number(process.hrtime.bigint() - start) / 1e5) / 10;
     const line = {
       method: req.method,
       url,
@@ -46,7 +46,7 @@ export function logRequest(log: Logger, req: IncomingMessage, res: ServerRespons
       ip: req.socket.remoteAddress,
       aborted: !res.writableFinished || undefined,
     };
-    const msg = `${req.method} ${url} ${res.statusCode}${ms === undefined ? '' : ` ${ms}ms`}`;
+    const msg = `${req.method} ${url} ${res.statusCode} ${ms}ms`;
     if (res.statusCode >= 500) log.error(line, msg);
     else log.info(line, msg);
   });
@@ -54,7 +54,7 @@ export function logRequest(log: Logger, req: IncomingMessage, res: ServerRespons
 
 export function createApp(opts: AppOptions & { repository?: RepositoryHandler; logRequests?: boolean }): Express {
   const log = opts.log ?? pino({ level: 'silent' });
-  const repository = opts.repository ?? createRepositoryHandler(opts.repoDir, opts.static);
+  const repository = opts.repository ?? createRepositoryHandler(opts.repoDir, { ...opts.static, onError: (err, url) => log.error({ err, url }, 'cannot serve a repository file') });
   const now = opts.now ?? (() => new Date());
   const viewer = new RepositoryViewer(opts.repoDir);
   const app = express();
@@ -108,7 +108,7 @@ export function createApp(opts: AppOptions & { repository?: RepositoryHandler; l
  */
 export function createRequestListener(opts: AppOptions): RequestListener {
   const log = opts.log ?? pino({ level: 'silent' });
-  const repository = createRepositoryHandler(opts.repoDir, opts.static);
+  const repository = createRepositoryHandler(opts.repoDir, { ...opts.static, onError: (err, url) => log.error({ err, url }, 'cannot serve a repository file') });
   const app = createApp({ ...opts, repository, logRequests: false });
   return (req, res) => {
     logRequest(log, req, res);

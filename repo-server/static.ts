@@ -24,6 +24,8 @@ export interface StaticOptions {
   highWaterMark?: number;
   /** how long a directory's realpath is trusted */
   dirCacheMs?: number;
+  /** told about every 5xx answer (the request log may be off) */
+  onError?: (err: NodeJS.ErrnoException, url: string | undefined) => void;
 }
 
 /** Handles the request when it names a repository file (returns true), else leaves it (false). */
@@ -206,6 +208,7 @@ export function createRepositoryHandler(repoDir: string, opts: StaticOptions = {
   }
 
   function fail(res: ServerResponse, err: NodeJS.ErrnoException): void {
+    opts.onError?.(err, res.req?.url);
     sendJsonError(res, 500, 'INTERNAL', `cannot read the file (${err.code ?? 'error'})`);
   }
 
