@@ -103,3 +103,48 @@ test('usage errors: no target, both targets, bad config', async (t) => {
   t.is(bad.exitCode, 2);
   t.regex(bad.stderr, /bad\.yaml: invalid server config: publishers\.0/);
 });
+
+test('serve --workers 2: reports stored by either worker are seen by both; SIGTERM stops all', async (t) => {
+  const repoDir = await tempDir('loopship-repo-');
+  const state = await tempDir('loopship-state-');
+  const cfg = path.join(state, 'server.yaml');
+  const SITE = 'workers-site-token-0123456789';
+  await writeFile(cfg, `publishers:\n  - {name: team, token: ${TOKEN}}\nsites:\n  - {name: north, token: ${SITE}}\n`);
+  const proc = execa('node', ['--import', 'tsx', BIN, 'serve', '--workers', '2', '--port', '0', '--log-format', 'json', '--repo', repoDir, '--config', cfg, '--state-dir', path.join(state, 'st')], { cwd: ROOT, reject: false });
+  t.teardown(async () => {
+    proc.kill('SIGKILL');
+    await rm(repoDir, { recursive: true, force: true });
+    await rm(state, { recursive: true, force: true });
+  });
+  let err = '';
+  proc.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+  // both workers log where they listen (the same port)
+  const deadline = Date.now() + 90_000;
+  while ((err.match(/"msg":"serving /g) ?? []).length < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
+  const url = /"url":"(http:\/\/127\.0\.0\.1:\d+)"/.exec(err)?.[1];
+  t.truthy(url, err);
+  const children = (await readFile(`/proc/${proc.pid}/task/${proc.pid}/children`, 'utf8')).trim().split(/\s+/).map(Number);
+  t.is(children.length, 2);
+
+  for (let i = 0; i < 10; i++) {
+    const body = JSON.stringify({ host: `h${i}`, agent_version: '1', appliances: [], last_error: null });
+    const r = await rawRequest(url!, { method: 'POST', path: '/api/v1/reports', headers: { Authorization: `Bearer ${SITE}`, 'Content-Type': 'application/json' }, body });
+    t.is(r.status, 201);
+  }
+  await new Promise((r) => setTimeout(r, 4500)); // each worker re-reads the store every 2 s
+  for (let i = 0; i < 6; i++) {
+    const list = await rawRequest(url!, { path: '/api/v1/reports', headers: { Authorization: `Bearer ${TOKEN}` } });
+    t.is(JSON.parse(list.body.toString()).reports.length, 10);
+  }
+
+  proc.kill('SIGTERM');
+  const done = await proc;
+  t.is(done.exitCode, 0, err);
+  for (const pid of children) {
+    const alive = await readFile(`/proc/${pid}/status`, 'utf8').then(
+      (s) => !/State:\s+Z/.test(s),
+      () => false,
+    );
+    t.false(alive, `worker ${pid} is gone`);
+  }
+});
