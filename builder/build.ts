@@ -256,7 +256,7 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
 }
 
 /** Programs the build runs on the host (everything else runs inside the chroot). */
-export const REQUIRED_TOOLS = ['debootstrap', 'chroot', 'mount', 'umount', 'tar', 'zstd', 'mkfs.ext4', 'debugfs', 'dumpe2fs', 'dpkg-query'];
+export const REQUIRED_TOOLS = ['debootstrap', 'chroot', 'mount', 'umount', 'flock', 'tar', 'zstd', 'mkfs.ext4', 'debugfs', 'dumpe2fs', 'dpkg-query'];
 
 /** Fails before any work when a host program is missing, naming all of them and the package to install. */
 export async function preflight(env: NodeJS.ProcessEnv = process.env, tools = REQUIRED_TOOLS): Promise<void> {
@@ -273,7 +273,7 @@ export async function preflight(env: NodeJS.ProcessEnv = process.env, tools = RE
     if (!found) missing.push(tool);
   }
   if (missing.length) {
-    const pkgs: Record<string, string> = { debootstrap: 'debootstrap', 'mkfs.ext4': 'e2fsprogs', debugfs: 'e2fsprogs', dumpe2fs: 'e2fsprogs', zstd: 'zstd', tar: 'tar', 'dpkg-query': 'dpkg' };
+    const pkgs: Record<string, string> = { debootstrap: 'debootstrap', 'mkfs.ext4': 'e2fsprogs', debugfs: 'e2fsprogs', dumpe2fs: 'e2fsprogs', flock: 'util-linux', zstd: 'zstd', tar: 'tar', 'dpkg-query': 'dpkg' };
     const hint = [...new Set(missing.map((m) => pkgs[m]).filter(Boolean))];
     throw new LoopshipError('EXEC_FAILED', `missing on this build host: ${missing.join(', ')}${hint.length ? ` (apt-get install ${hint.join(' ')})` : ''}`, { where: 'stage preflight' });
   }

@@ -80,6 +80,8 @@ const POLICY_RC_D = '#!/bin/sh\n# loopship: no daemon starts inside the build ch
 
 export interface Chroot {
   root: string;
+  /** the environment commands in the chroot get */
+  env: Record<string, string>;
   /** runs a program inside the root */
   run(file: string, args: readonly string[], opts?: { stage?: string; env?: Record<string, string>; input?: string }): Promise<string>;
   /** runs a shell snippet inside the root with `sh -ec` */
@@ -118,6 +120,7 @@ export async function withChroot<T>(root: string, exec: Exec, env: Record<string
     };
     const c: Chroot = {
       root,
+      env: baseEnv,
       run: async (file, args, opts = {}) => (await exec('chroot', [root, file, ...args], { stage: opts.stage, env: { ...baseEnv, ...opts.env }, input: opts.input })).stdout,
       sh: async (script, opts = {}) => (await exec('chroot', [root, '/bin/sh', '-ec', script], { stage: opts.stage, env: { ...baseEnv, ...opts.env } })).stdout,
     };

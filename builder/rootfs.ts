@@ -65,12 +65,17 @@ export async function customizeRoot(o: CustomizeOptions): Promise<void> {
     await c.run('apt-get', ['-q', 'update'], { stage: 'packages' });
     const pkgs = [...new Set([recipe.boot.kernel, ...recipe.packages])].sort();
     step(`apt-get install (${pkgs.length} packages)`);
-    await c.run(
-      'apt-get',
-      // --force-unsafe-io: no fsync per unpacked file; the tree is scratch until the image exists
-      ['-q', '-y', '-o', 'Dpkg::Options::=--force-confold', '-o', 'Dpkg::Options::=--force-unsafe-io', '-o', 'Dpkg::Use-Pty=0', recipe.install_recommends ? '--install-recommends' : '--no-install-recommends', 'install', ...pkgs],
-      { stage: 'packages' },
-    );
+    // --force-unsafe-io: no fsync per unpacked file; the tree is scratch until the image exists
+    const aptArgs = ['-q', '-y', '-o', 'Dpkg::Options::=--force-confold', '-o', 'Dpkg::Options::=--force-unsafe-io', '-o', 'Dpkg::Use-Pty=0', recipe.install_recommends ? '--install-recommends' : '--no-install-recommends', 'install', ...pkgs];
+    if (o.debCache) {
+      // apt fails at once when another build holds the shared archive's lock: wait our turn
+      await exec('flock', ['--timeout', '3600', join(o.debCache, '.loopship.lock'), 'chroot', root, 'apt-get', ...aptArgs], {
+        stage: 'packages',
+        env: c.env,
+      });
+    } else {
+      await c.run('apt-get', aptArgs, { stage: 'packages' });
+    }
     // Unmount now: later steps and the cleanup must never touch the shared cache.
     if (o.debCache) await exec('umount', [archives], { stage: 'packages' });
 
