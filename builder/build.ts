@@ -162,7 +162,7 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
       customizeRoot({ root, recipe, overlayDir: loaded.overlayDir, exec, debCache: cache?.debDir(key), sourceDateEpoch: epoch, uuid, digest: loaded.digest, onStep: (d) => rep.stageStep?.('customize', d) }),
     );
     const { packages, tree } = await stage('cleanup', async () => {
-      const packages = await installedPackages(root, exec);
+      const packages = await installedPackages(root, exec, recipe.arch);
       await cleanRoot(root, recipe);
       const tree = await clampAndMeasure(root, epoch);
       return { packages, tree };

@@ -125,13 +125,14 @@ export async function customizeRoot(o: CustomizeOptions): Promise<void> {
 }
 
 /** Installed packages with versions, sorted: the manifest's build facts. */
-export async function installedPackages(root: string, exec: Exec): Promise<{ name: string; version: string }[]> {
+export async function installedPackages(root: string, exec: Exec, arch = 'amd64'): Promise<{ name: string; version: string }[]> {
   const { stdout } = await exec('dpkg-query', [`--admindir=${join(root, 'var/lib/dpkg')}`, '-W', '-f', '${binary:Package}\t${Version}\t${db:Status-Abbrev}\n'], { stage: 'facts' });
   return stdout
     .split('\n')
     .map((l) => l.split('\t'))
     .filter((f) => f.length >= 3 && f[2].startsWith('ii'))
-    .map(([name, version]) => ({ name: name.replace(/:amd64$/, ''), version }))
+    // Multi-Arch: same packages carry ":<arch>"; keep the qualifier only for foreign ones
+    .map(([name, version]) => ({ name: name.endsWith(`:${arch}`) ? name.slice(0, -arch.length - 1) : name, version }))
     .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
 }
 
