@@ -19,7 +19,7 @@ const slow = !process.env.LOOPSHIP_FAST && process.getuid?.() === 0 && (await ha
 const maybe = slow ? test.serial : test.serial.skip;
 
 // bookworm: Debian's nodejs is 18 there, so the packages carry the build host's node
-const SPEC: DebRootSpec = { suite: 'bookworm', variant: 'minbase', include: ['systemd', 'init-system-helpers'] };
+const SPEC: DebRootSpec = { suite: 'bookworm', variant: 'minbase', include: ['systemd', 'init-system-helpers', 'man-db'] }; // man-db: systemd-analyze verify runs man for Documentation=man:
 const UNIT = 'loopship-agent.service';
 const WANTS = `etc/systemd/system/multi-user.target.wants/${UNIT}`;
 
@@ -65,8 +65,9 @@ maybe('install, --help, systemd-analyze verify, upgrade keeps the edited config,
     ok(t, help, 'loopship-agent --help');
     for (const cmd of ['init', 'install', 'import', 'upgrade', 'rollback', 'remove', 'status', 'verify', 'daemon']) t.regex(help.stdout, new RegExp(`^\\s+${cmd}\\b`, 'm'));
     // a command that reads the (still commented-out) configuration fails with a usage error naming the file
-    const status = await inRoot(root, ['loopship-agent', 'status']);
-    t.not(status.exitCode, 0);
+    const update = await inRoot(root, ['loopship-agent', 'update']);
+    t.is(update.exitCode, 2, update.all);
+    t.regex(update.stderr, /\/etc\/loopship\/agent\.yaml: repos/);
 
     // what the package put in place
     t.true((await lstat(join(root, WANTS))).isSymbolicLink(), 'unit enabled at install');

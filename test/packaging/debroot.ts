@@ -51,10 +51,11 @@ export function cacheKey(spec: DebRootSpec): string {
 const pending = new Map<string, Promise<{ tarball: string; cold: boolean }>>();
 
 /** The cached tarball for spec, debootstrapping it first when there is none (single flight). */
-export function debRootTarball(spec: DebRootSpec, log: (s: string) => void = () => {}): Promise<{ tarball: string; cold: boolean }> {
+export async function debRootTarball(spec: DebRootSpec, log: (s: string) => void = () => {}): Promise<{ tarball: string; cold: boolean }> {
   const key = cacheKey(spec);
   let p = pending.get(key);
-  if (!p) {
+  if (p) return { tarball: (await p).tarball, cold: false }; // built by an earlier caller
+  {
     p = (async () => {
       const tarball = join(CACHE_DIR, `${key}.tar.zst`);
       if (await stat(tarball).then(() => true, () => false)) return { tarball, cold: false };
@@ -76,7 +77,7 @@ export function debRootTarball(spec: DebRootSpec, log: (s: string) => void = () 
     pending.set(key, p);
     p.catch(() => pending.delete(key));
   }
-  return p;
+  return await p;
 }
 
 export async function extractRoot(tarball: string, dir: string): Promise<void> {
