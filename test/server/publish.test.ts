@@ -2,7 +2,7 @@
 // tokens, verification before visibility, limits, concurrency. Every rejection is
 // checked against a hash of the whole tree taken before the request.
 import test, { type ExecutionContext } from 'ava';
-import { readFile, rm, writeFile, stat } from 'node:fs/promises';
+import { readFile, rm, stat } from 'node:fs/promises';
 import http from 'node:http';
 import path from 'node:path';
 import { startServer, parseServerConfig, createRepositoryWriter, uploadPackage, promoteRemote, type RunningServer } from '../../repo-server/index.js';
@@ -209,13 +209,15 @@ test('a server without index keys refuses to publish with 503', async (t) => {
   const repo = await makeRealRepo();
   const config = parseServerConfig({ publishers: [{ name: 'team', token: PUBLISHER_TOKEN }] });
   const srv = await startServer({ repoDir: repo.dir, config, stateDir: null });
-  t.teardown(() => srv.close(100));
+  t.teardown(async () => {
+    await srv.close(100);
+    for (const d of [repo.dir, repo.keysDir, repo.work]) await rm(d, { recursive: true, force: true });
+  });
   const pkg = await makePackage(repo, 'desktop', '1.0.0');
   const before = await hashTree(repo.dir);
   const err = await t.throwsAsync(uploadPackage(srv.url, PUBLISHER_TOKEN, pkg.tarPath));
   t.regex(err!.message, /503.*NOT_CONFIGURED/);
   t.is(await hashTree(repo.dir), before);
-  await writeFile(path.join(repo.work, 'x'), '');
 });
 
 test('wrong methods on API endpoints: 405; unknown endpoints: 404', async (t) => {

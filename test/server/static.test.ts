@@ -96,7 +96,10 @@ test('index.json replaced by rename: new ETag, old validator no longer matches',
   const dir = await tempDir();
   await writeFile(path.join(dir, 'index.json'), 'v1\n');
   const s = await startServer({ repoDir: dir, config: parseServerConfig({}), stateDir: null });
-  t.teardown(() => s.close(100));
+  t.teardown(async () => {
+    await s.close(100);
+    await rm(dir, { recursive: true, force: true });
+  });
   const a = await rawRequest(s.url, { path: '/index.json' });
   await writeFile(path.join(dir, 'index.json.tmp'), 'v2\n');
   await rename(path.join(dir, 'index.json.tmp'), path.join(dir, 'index.json'));
