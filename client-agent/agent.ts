@@ -414,6 +414,13 @@ export class Agent {
     const backend = await this.backend();
     const m = await this.versionManifest(name, version);
     const log = backend.consoleLog(name);
+    if (await backend.isRunning(name)) {
+      // already up: its health is what we last saw, or what its console shows since it booted
+      const known = (await this.state.readState()).appliances[name]?.health;
+      this.log(`${name} is already running`);
+      if (known === 'healthy') return { ready: true, reason: 'marker', ms: 0, tail: '' };
+      return waitReady({ logPath: log, marker: m.boot.ready_marker, fromOffset: 0, timeoutMs: await this.healthTimeoutMs(), isAlive: () => backend.isRunning(name) });
+    }
     const offset = backend.kind === 'qemu' ? 0 : await fileSize(log);
     await this.state.updateAppliance(name, (a) => { a.health = 'starting'; });
     this.log(`starting ${name} ${version} (${backend.kind})`);
