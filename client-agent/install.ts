@@ -233,11 +233,13 @@ export async function installVersion(opts: InstallOptions): Promise<InstallResul
   // free space: what is still to be written (holes cost nothing, so this is an upper bound)
   let toWrite = 0;
   for (const [sha, w] of plan) if (!done.has(sha)) toWrite += w.chunk.length * w.targets.length;
+  // and the boot disk, a copy of the image's data made at the first configure
+  toWrite += m.image.chunks.reduce((n, c) => n + c.length, 0);
   try {
     const fs = await statfs(staging);
     const free = fs.bavail * fs.bsize;
     if (toWrite > free) {
-      throw new LoopshipError('IO', `not enough space: up to ${mib(toWrite)} MiB to write, ${mib(free)} MiB free`, { where: staging });
+      throw new LoopshipError('IO', `not enough space: up to ${mib(toWrite)} MiB to write (image, kernel, initrd and the boot disk), ${mib(free)} MiB free`, { where: staging });
     }
   } catch (err) {
     if (err instanceof LoopshipError) throw err;

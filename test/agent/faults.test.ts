@@ -98,3 +98,21 @@ test('kill -9 while an upgrade waits for the new guest: the next run is back on 
   const prefix = resolve(stateDir) + '/';
   t.deepEqual((await listMounts()).filter((m) => m.startsWith(prefix)), []);
 });
+
+test.serial('a full disk: clear error before anything is written, the installed version untouched, works once space returns', async (t) => {
+  const { fx, configPath, dir, logDir } = await setup(t);
+  await publishExt4(fx, 'sbc', '1.0.0', { channel: 'stable' });
+  const stateDir = join(dir, 'small');
+  await (await import('node:fs/promises')).mkdir(stateDir);
+  await execa('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'loopship-test', stateDir]);
+  t.teardown(async () => { await execa('umount', ['-l', stateDir]).catch(() => {}); });
+  const agent = new Agent({ configPath, stateDir, backend: new FakeBackend(logDir), host: 'dom0-test' });
+  const err = await t.throwsAsync(agent.install('sbc', { start: false }));
+  t.is((err as { code?: string }).code, 'IO');
+  t.regex(err!.message, /not enough space: up to [\d.]+ MiB to write .*, [\d.]+ MiB free/);
+  t.deepEqual(await agent.state.installedVersions('sbc'), []);
+  await execa('mount', ['-o', 'remount,size=64m', stateDir]);
+  const r = await agent.install('sbc', { start: false });
+  t.is(r.current, '1.0.0');
+  t.true((await agent.verify('sbc')).every((v) => v.ok));
+});
