@@ -99,7 +99,7 @@ maybe('install, --help, systemd-analyze verify, upgrade keeps the edited config,
     // upgrade: new version, the edited conffile kept (unchanged in the package: no prompt)
     ok(t, await inRoot(root, ['dpkg', '-i', '/tmp/v2.deb']), 'upgrade');
     const v = await inRoot(root, ['dpkg-query', '-W', '-f', '${Version}', 'loopship-agent']);
-    t.is(v.stdout, '0.1.0-2+node20'.replace('20', process.versions.node.split('.')[0]));
+    t.is(v.stdout, `0.1.0-2+node${process.versions.node.split('.')[0]}`);
     t.is(await readFile(join(root, 'etc/loopship/agent.yaml'), 'utf8'), edited);
     t.true(existsSync(join(root, 'var/lib/loopship/appliances/tiny/1.0.0/disk.img')), 'state survives an upgrade');
     t.true((await lstat(join(root, WANTS))).isSymbolicLink(), 'still enabled after the upgrade');
@@ -160,6 +160,16 @@ maybe('the preseed late_command installs the agent, pins the root, declares appl
       const status = await inRoot(root, ['loopship-agent', '--json', 'status']);
       ok(t, status, 'status');
       t.false(existsSync(join(root, 'tmp/loopship-agent.deb')), 'the copied .deb is removed');
+      // the pruned node_modules still hold the native zstd binding the agent decodes chunks with
+      const zstd = await inRoot(root, ['/usr/lib/loopship-agent/node/bin/node', '--input-type=module', '-e', [
+        "const m = await import('/usr/lib/loopship-agent/dist/format/index.js');",
+        "const { createHash } = await import('node:crypto');",
+        "const raw = Buffer.alloc(200000, 7); raw.write('loopship', 4096);",
+        "const out = m.decodeChunk(m.compressChunk(raw), { length: raw.length, sha256: createHash('sha256').update(raw).digest('hex') }, 'test');",
+        "process.stdout.write(String(out.equals(raw)));",
+      ].join(' ')]);
+      ok(t, zstd, 'zstd round trip with the packaged modules');
+      t.is(zstd.stdout, 'true');
     });
   } finally {
     await server.close();
