@@ -83,6 +83,7 @@ build_root() {
   tar --numeric-owner -C "$r" -cf - . | zstd -q -T0 -3 -o "$tarball.tmp"
   mv "$tarball.tmp" "$tarball"
   rm -rf "$work"; trap - EXIT
+  for old in "$CACHE"/dom0-root-*.tar.zst; do [ "$old" = "$tarball" ] || rm -f "$old"; done
   log "dom0 root: built $tarball in $((SECONDS - t0)) s"
   echo "$tarball"
 }

@@ -18,14 +18,22 @@ say() { echo "XENJOB: [$(cut -d' ' -f1 /proc/uptime)] $*"; }
 # jget KEY...: a value from the JSON on stdin (empty if absent)
 jget() { node -e 'let v; try { v = JSON.parse(require("fs").readFileSync(0, "utf8")); } catch {} for (const k of process.argv.slice(1)) v = v?.[k]; console.log(v ?? "")' "$@"; }
 
-# agent STEP ARGS...: one agent command, bounded (xl create can hang), with its evidence
+# agent STEP ARGS...: one agent command, bounded (xl create can hang), with its evidence.
+# A download cut off by the network is retried (installs resume where they stopped, as the
+# daemon's next round would); each failed attempt's messages are kept as stderr.N.
 agent() {
   local step=$1; shift
-  local d=$OUT/$step t0=$SECONDS rc=0
+  local d=$OUT/$step t0=$SECONDS rc=0 attempt=1
   mkdir -p "$d"
-  say "$step: loopship-agent $*"
-  timeout --kill-after=20 "$CMD_TIMEOUT" loopship-agent --json "$@" >"$d/stdout" 2>"$d/stderr" || rc=$?
-  echo "$rc" >"$d/rc"; echo $((SECONDS - t0)) >"$d/seconds"
+  while :; do
+    say "$step: loopship-agent $* (attempt $attempt)"
+    rc=0
+    timeout --kill-after=20 "$CMD_TIMEOUT" loopship-agent --json "$@" >"$d/stdout" 2>"$d/stderr" || rc=$?
+    [ "$rc" != 0 ] && [ $attempt -lt 3 ] && grep -q 'request failed\|download failed\|connection closed' "$d/stderr" || break
+    say "$step: network failure, retrying: $(tail -n 1 "$d/stderr")"
+    cp "$d/stderr" "$d/stderr.$attempt"; attempt=$((attempt + 1))
+  done
+  echo "$rc" >"$d/rc"; echo $((SECONDS - t0)) >"$d/seconds"; echo "$attempt" >"$d/attempts"
   say "$step: rc=$rc after $((SECONDS - t0)) s"
   [ "$rc" = 0 ] || sed "s/^/XENJOB: $step stderr: /" "$d/stderr" | tail -n 15
   snapshot "$step" "${SNAPSHOT_STATUS:-}"

@@ -8,8 +8,9 @@
 // recorded after each step. Slow (tens of minutes cold): skipped when LOOPSHIP_FAST is set.
 import test from 'ava';
 import { execa, type ResultPromise } from 'execa';
-import { cp, mkdir, mkdtemp, readFile, rm, writeFile, copyFile } from 'node:fs/promises';
+import { cp, mkdir, mkdtemp, readFile, readdir, rename, rm, writeFile, copyFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
+import { createHash } from 'node:crypto';
 import { createInterface } from 'node:readline';
 import { join, resolve } from 'node:path';
 import { parseDocument } from 'yaml';
@@ -21,6 +22,7 @@ const HOST_SCRIPT = join(PROJECT, 'scripts/xen-host.sh');
 const APP = 'tiny';
 const GUEST_HOSTNAME = 'tiny-on-xen';
 const MARKER = 'LOOPSHIP-READY';
+const XEN_CACHE = process.env.LOOPSHIP_XEN_CACHE ?? '/var/cache/loopship/xen';
 
 function skipReason(): string | null {
   if (process.env.LOOPSHIP_FAST) return 'LOOPSHIP_FAST is set';
@@ -94,25 +96,66 @@ async function startServer(repo: string, keys: string, stateDir: string): Promis
   });
 }
 
+/** sha256 over the files under `dirs` (paths and contents, sorted). */
+async function treeDigest(dirs: string[], extra: string): Promise<string> {
+  const h = createHash('sha256').update(extra);
+  for (const dir of dirs) {
+    const files = (await readdir(dir, { recursive: true, withFileTypes: true })).filter((e) => e.isFile()).map((e) => join(e.parentPath ?? e.path, e.name)).sort();
+    for (const f of files) h.update(`${f.slice(PROJECT.length)}\0`).update(await readFile(f)).update('\0');
+  }
+  return h.digest('hex').slice(0, 16);
+}
+
+/**
+ * Keys and a repository holding the three builds, stable -> 1.0.0. Cached under the Xen
+ * cache, keyed by the recipe, the built builder/format/keys code and the variants: a warm
+ * run skips the builds, any change to what they depend on rebuilds (LOOPSHIP_XEN_REBUILD=1
+ * forces it).
+ */
+async function builtRepository(): Promise<{ dir: string; seconds: number[] }> {
+  const key = await treeDigest(['recipes/tiny', 'dist/builder', 'dist/format', 'dist/keys'].map((d) => join(PROJECT, d)), JSON.stringify([V1, V2, VBAD]));
+  const dir = join(XEN_CACHE, `repo-tiny-${key}`);
+  if (!process.env.LOOPSHIP_XEN_REBUILD && existsSync(join(dir, 'done.json'))) {
+    progress(`repository with tiny ${V1.version}, ${V2.version}, ${VBAD.version}: cached ${dir}`);
+    return { dir, seconds: [] };
+  }
+  await mkdir(XEN_CACHE, { recursive: true });
+  const tmp = await mkdtemp(join(XEN_CACHE, 'repo-build-'));
+  try {
+    await loopship(['keys', 'init', '--dir', join(tmp, 'keys')]);
+    await loopship(['repo', 'init', '--dir', join(tmp, 'repo'), '--keys', join(tmp, 'keys')]);
+    const seconds: number[] = [];
+    for (const v of [V1, V2, VBAD]) {
+      const t0 = Date.now();
+      progress(`building tiny ${v.version} (${v.type}${v.broken ? ', ready unit masked' : ''})`);
+      const recipe = await recipeVariant(join(tmp, 'recipes'), v);
+      await loopship(['build', recipe, '--repo', join(tmp, 'repo'), '--keys', join(tmp, 'keys'), ...(v === V1 ? ['--channel', 'stable'] : [])]);
+      seconds.push((Date.now() - t0) / 1000);
+    }
+    await rm(join(tmp, 'recipes'), { recursive: true, force: true });
+    await writeFile(join(tmp, 'done.json'), JSON.stringify({ key, seconds }) + '\n');
+    for (const e of await readdir(XEN_CACHE)) if (e.startsWith('repo-tiny-')) await rm(join(XEN_CACHE, e), { recursive: true, force: true });
+    await rename(tmp, dir);
+    return { dir, seconds };
+  } finally {
+    await rm(tmp, { recursive: true, force: true });
+  }
+}
+
 if (!skip) {
   test.before('build tiny three times, serve it, run the agent in an emulated Xen dom0', async (t) => {
     t.timeout(120 * 60_000, 'the Xen acceptance run took more than 2 hours');
     work = await mkdtemp('/var/tmp/loopship-xen-test-');
+    const built = await builtRepository();
     const keys = join(work, 'keys');
     const repo = join(work, 'repo');
-    await loopship(['keys', 'init', '--dir', keys]);
-    await loopship(['repo', 'init', '--dir', repo, '--keys', keys]);
+    await execa('cp', ['-a', join(built.dir, 'keys'), keys]);
+    // hard links: chunks and manifests are immutable, the index is replaced by rename
+    await execa('cp', ['-al', join(built.dir, 'repo'), repo]).catch(() => execa('cp', ['-a', join(built.dir, 'repo'), repo]));
+    await loopship(['repo', 'resign', '--dir', repo, '--keys', keys]); // a cached index may be near its expiry
     const listed = JSON.parse(await loopship(['keys', 'list', '--dir', keys, '--json'])) as { keys: { role: string; fingerprint: string }[] };
     const rootFpr = listed.keys.find((k) => k.role === 'root')!.fingerprint;
-
-    const buildSeconds: number[] = [];
-    for (const v of [V1, V2, VBAD]) {
-      const t0 = Date.now();
-      progress(`building tiny ${v.version} (${v.type}${v.broken ? ', ready unit masked' : ''})`);
-      const recipe = await recipeVariant(join(work, 'recipes'), v);
-      await loopship(['build', recipe, '--repo', repo, '--keys', keys, ...(v === V1 ? ['--channel', 'stable'] : [])]);
-      buildSeconds.push((Date.now() - t0) / 1000);
-    }
+    const buildSeconds = built.seconds;
     const url = await startServer(repo, keys, join(work, 'server-state'));
     const port = new URL(url).port;
     progress(`repository served at ${url} (10.0.2.2:${port} from dom0)`);
