@@ -76,7 +76,12 @@ t0=$SECONDS
 until node -e 'fetch(process.argv[1] + "/root.json").then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))' "$REPO_URL" || [ $((SECONDS - t0)) -gt 300 ]; do sleep 3; done
 # 1. trust: pin the root by its fingerprint (the install media's only secret-free fact)
 agent 01-init init --repo "$REPO_URL" --root-fingerprint "$ROOT_FPR" --backend xl || exit 1
-sed -i "s/^health_timeout_s: .*/health_timeout_s: $HEALTH_TIMEOUT/" /etc/loopship/agent.yaml
+# emulated guests boot slowly: a longer health check than the default (init writes no default)
+if grep -q '^health_timeout_s:' /etc/loopship/agent.yaml; then
+  sed -i "s/^health_timeout_s: .*/health_timeout_s: $HEALTH_TIMEOUT/" /etc/loopship/agent.yaml
+else
+  echo "health_timeout_s: $HEALTH_TIMEOUT" >>/etc/loopship/agent.yaml
+fi
 cp /etc/loopship/agent.yaml "$OUT/01-init/agent.yaml"
 
 # 2. install what stable names (PVH) with a host setting, boot it, wait for ready
