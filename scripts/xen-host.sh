@@ -113,8 +113,8 @@ build_image() {
   grep -q '^XENCONSOLED_ARGS=' "$r/etc/default/xen" 2>/dev/null ||
     echo 'XENCONSOLED_ARGS="--log=guest --log-dir=/var/log/xen/console"' >>"$r/etc/default/xen"
   mkdir -p "$r/var/log/xen/console" "$r/etc/xen/auto"
-  systemctl --root="$r" enable loopship-xen-job.service >/dev/null 2>&1
-  systemctl --root="$r" mask apt-daily.timer apt-daily-upgrade.timer e2scrub_reap.service >/dev/null 2>&1 || true
+  systemctl --root="$r" enable loopship-xen-job.service loopship-xen-shell.service >/dev/null 2>&1
+  systemctl --root="$r" mask serial-getty@hvc0.service apt-daily.timer apt-daily-upgrade.timer e2scrub_reap.service >/dev/null 2>&1 || true
   mkfs.ext4 -q -F -L dom0root -E lazy_itable_init=1,nodiscard -d "$r" "$work/out/dom0.img" 6G >/dev/null
   zcat "$(ls "$r"/boot/xen-*-amd64.gz | sort -V | tail -n 1)" >"$work/out/xen.elf" # QEMU's multiboot loader needs the ELF
   local kver
@@ -176,8 +176,8 @@ run_host() {
   fi
   add_agent "$run/job.tar"
   truncate -s 256M "$run/out.img"
-  local serial=(-serial stdio) stdin=/dev/null
-  if [ "$mode" = shell ]; then serial=(-serial mon:stdio); stdin=/dev/stdin; fi
+  local serial=(-serial stdio) stdin=/dev/null shell_arg=''
+  if [ "$mode" = shell ]; then serial=(-serial mon:stdio); stdin=/dev/stdin; shell_arg=' loopship.shell'; fi
   local mem=${XEN_QEMU_MEM:-2560} dom0=${XEN_DOM0_MEM:-1024M}
   # -cpu: SMAP crashes dom0 (#PF in create_bounce_frame) and RDTSCP kills PVH guests under
   # QEMU 7.2 TCG. Xen is loaded by QEMU's multiboot loader: the dom0 kernel and initrd are
@@ -186,7 +186,7 @@ run_host() {
     -display none -no-reboot -monitor none "${serial[@]}"
     -kernel "$img/xen.elf"
     -append "console=com1 com1=115200,8n1 dom0_mem=$dom0,max:$dom0 loglvl=warning guest_loglvl=warning"
-    -initrd "$img/vmlinuz root=/dev/vda rw console=hvc0 quiet,$img/initrd.img"
+    -initrd "$img/vmlinuz root=/dev/vda rw console=hvc0 quiet$shell_arg,$img/initrd.img"
     -drive "file=$run/dom0.qcow2,format=qcow2,if=virtio,cache=unsafe"
     -drive "file=$run/job.tar,format=raw,if=virtio,readonly=on"
     -drive "file=$run/out.img,format=raw,if=virtio,cache=unsafe"
