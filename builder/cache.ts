@@ -78,6 +78,11 @@ export class BootstrapCache {
     }
   }
 
+  async drop(key: BootstrapKey): Promise<void> {
+    await rm(this.entryPath(key), { force: true });
+    await rm(`${this.entryPath(key)}.json`, { force: true });
+  }
+
   async info(key: BootstrapKey): Promise<unknown> {
     return JSON.parse(await readFile(`${this.entryPath(key)}.json`, 'utf8'));
   }

@@ -22,8 +22,17 @@ export async function bootstrapRoot(opts: {
   const { root, key, cache, exec } = opts;
   await mkdir(root, { recursive: true });
   if (cache && opts.useCache && (await cache.has(key))) {
-    await cache.restore(key, root);
-    return 'cache';
+    try {
+      await cache.restore(key, root);
+      return 'cache';
+    } catch (err) {
+      // A damaged entry (truncated by a full disk, bit rot) must not fail every build:
+      // drop it and bootstrap afresh, which stores a good one.
+      opts.onLine?.(`cache entry unusable, bootstrapping afresh: ${(err as Error).message.split('\n')[0]}`);
+      await cache.drop(key);
+      await rm(root, { recursive: true, force: true });
+      await mkdir(root, { recursive: true });
+    }
   }
   await exec(
     'debootstrap',

@@ -27,7 +27,7 @@ test('the cache key changes with each input that determines the bootstrap, and o
 });
 
 /** A fake outside world: records every program run; debootstrap and tar do just enough. */
-function fakeExec(opts: { failDebootstrap?: boolean; failTarCreate?: boolean } = {}) {
+function fakeExec(opts: { failDebootstrap?: boolean; failTarCreate?: boolean; failTarExtract?: boolean } = {}) {
   const calls: string[] = [];
   const exec: Exec = async (file, args, o) => {
     calls.push(file);
@@ -46,6 +46,10 @@ function fakeExec(opts: { failDebootstrap?: boolean; failTarCreate?: boolean } =
     }
     if (file === 'tar' && args.includes('-x')) {
       const root = args[args.indexOf('-C') + 1];
+      if (opts.failTarExtract) {
+        await writeFile(join(root, 'half-extracted'), '');
+        throw new ExecError('tar: Unexpected EOF in archive', { where: `stage ${o?.stage}` });
+      }
       await writeFile(join(root, 'restored'), '');
       return { stdout: '' };
     }
@@ -115,4 +119,19 @@ test('preflight names every missing host program and the package to install', as
   await t.notThrowsAsync(preflight({ PATH: process.env.PATH }, ['sh', 'tar']));
   const err = await t.throwsAsync(preflight({ PATH: '/nonexistent' }, ['debootstrap', 'mkfs.ext4', 'tar']));
   t.regex(err!.message, /^stage preflight: missing on this build host: debootstrap, mkfs\.ext4, tar \(apt-get install debootstrap e2fsprogs tar\)/);
+});
+
+test('a damaged cache entry is dropped and replaced by a fresh bootstrap', async (t) => {
+  const dir = await tmp(t);
+  const good = fakeExec();
+  const cache = new BootstrapCache(join(dir, 'cache'), good.exec);
+  await bootstrapRoot({ root: join(dir, 'r1'), key: KEY, cache, exec: good.exec, useCache: true });
+  const bad = fakeExec({ failTarExtract: true });
+  const cacheBad = new BootstrapCache(join(dir, 'cache'), bad.exec);
+  const lines: string[] = [];
+  t.is(await bootstrapRoot({ root: join(dir, 'r2'), key: KEY, cache: cacheBad, exec: bad.exec, useCache: true, onLine: (l) => lines.push(l) }), 'debootstrap');
+  t.deepEqual(bad.calls, ['tar', 'debootstrap', 'tar']);
+  t.regex(lines.join('\n'), /cache entry unusable, bootstrapping afresh: stage bootstrap \(cache restore\): tar: Unexpected EOF/);
+  t.deepEqual((await readdir(join(dir, 'r2'))).sort(), ['etc'], 'nothing of the half-extracted entry left');
+  t.true(await cacheBad.has(KEY), 'a good entry stored again');
 });
