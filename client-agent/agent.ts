@@ -298,6 +298,11 @@ export class Agent {
       this.log(`${m.name} ${current} stays current; run \`upgrade ${m.name}\` to switch to ${m.version}`);
       return { install: result, current, started: false, health: null as WaitReadyResult | null };
     }
+    if (current === m.version && (await (await this.backend()).isRunning(m.name))) {
+      // never mount a filesystem a running guest has mounted: settings apply at the next configure
+      this.log(`${m.name} ${m.version} is installed and running; not reconfigured (stop it and run configure to apply new settings)`);
+      return { install: result, current, started: true, health: null as WaitReadyResult | null };
+    }
     await this.configureVersion(m.name, m.version);
     await this.state.setCurrent(m.name, m.version);
     let health: WaitReadyResult | null = null;

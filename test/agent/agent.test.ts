@@ -83,6 +83,12 @@ test('init, install, configure, boot; upgrade; failed upgrade rolls back; rollba
   t.like(st, { name: 'sbc', current: '1.0.0', running: true, health: 'healthy', installed: ['1.0.0'] });
   t.true(st.data_disk_bytes > 0);
 
+  // installing what already runs never mounts its disk under the guest
+  const again1 = await agent.install('sbc', { set: { 'broker.url': 'https://b.example/' } });
+  t.true(again1.install.alreadyInstalled);
+  t.notRegex((await execa('debugfs', ['-R', 'cat /etc/loopship/host.json', v1disk])).stdout, /b\.example/);
+  t.true(logs.some((l) => /is installed and running; not reconfigured/.test(l)));
+
   // unknown settings are refused before anything is fetched
   const bad = await t.throwsAsync(agent.install('sbc@1.0.0', { set: { hostnme: 'x' } }));
   t.regex(bad!.message, /unknown setting "hostnme"; sbc 1\.0\.0 accepts broker\.url, hostname, ssh\.authorized_keys/);
