@@ -163,7 +163,13 @@ export function register(program: Command): void {
         print(g, r, () => r.map((x) => `${x.name}: ${x.status}${x.from ? ` ${x.from}` : ''}${x.to && x.to !== x.from ? ` -> ${x.to}` : ''}${x.message ? ` (${x.message})` : ''}`).join('\n') || 'nothing to upgrade');
       } catch (err) {
         const results = (err as { results?: unknown }).results;
-        if (results && g.json) process.stdout.write(JSON.stringify(results, null, 2) + '\n');
+        if (results && g.json && err instanceof LoopshipError) {
+          // one JSON document: what happened to each appliance, and the error
+          process.stdout.write(JSON.stringify({ results, error: err.toJSON() }, null, 2) + '\n');
+          process.stderr.write(`loopship-agent: error: ${err.message}\n`);
+          process.exitCode = 1;
+          return;
+        }
         throw err;
       }
     });
