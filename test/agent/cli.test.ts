@@ -50,6 +50,15 @@ test('init, install, status, verify and their exit codes, as a user runs them', 
   t.regex(ver.stdout, /sbc 1\.0\.0: FAILED\n  .*verified\.img: chunk at offset \d+/);
   t.regex(ver.stderr, /1 installed version\(s\) differ from their signed manifests: sbc 1\.0\.0/);
 
+  // an upgrade whose new version does not boot (here: qemu refuses the kernel): rolled back, exit 1, one JSON document
+  await publishExt4(fx, 'sbc', '2.0.0', { channel: 'stable', motd: 'two' });
+  const up = await agent(['upgrade', 'sbc', '--json']);
+  t.is(up.exitCode, 1, up.stderr);
+  const doc = JSON.parse(up.stdout);
+  t.like(doc.results[0], { name: 'sbc', from: '1.0.0', to: '2.0.0', status: 'rolled-back' });
+  t.regex(doc.error.message, /sbc 2\.0\.0: health check failed .*rolled back to 1\.0\.0/);
+  t.like(JSON.parse((await agent(['status', 'sbc', '--json'])).stdout)[0], { current: '1.0.0', failed_versions: ['2.0.0'], pending_upgrade: null });
+
   // another agent holds the lock: exit 5, nothing done
   const sleeper = execa('sleep', ['30']);
   sleeper.catch(() => {});
