@@ -68,16 +68,25 @@ async function chunkInto(
   for await (const raw of chunkFile(path, opts)) {
     const sha = sha256Hex(raw.data);
     whole?.update(raw.data);
-    const compressed = compressChunk(raw.data, level);
-    const isNew = !seen.has(sha) && (await store.put(sha, compressed, { fsync: false }));
+    // A chunk already in the store (an earlier build, or earlier in this image) is not
+    // compressed again: a warm rebuild only pays for what changed.
+    let csize: number;
+    let isNew = false;
+    const existing = seen.has(sha) || (await store.has(sha)) ? await stat(store.pathOf(sha)).catch(() => undefined) : undefined;
+    if (existing) csize = existing.size;
+    else {
+      const compressed = compressChunk(raw.data, level);
+      isNew = await store.put(sha, compressed, { fsync: false });
+      csize = compressed.length;
+    }
     seen.add(sha);
-    chunks.push({ offset: raw.offset, length: raw.data.length, sha256: sha, csize: compressed.length });
+    chunks.push({ offset: raw.offset, length: raw.data.length, sha256: sha, csize });
     stats.chunks++;
     stats.stored += raw.data.length;
-    stats.compressed += compressed.length;
+    stats.compressed += csize;
     if (isNew) {
       stats.newChunks++;
-      stats.newCompressed += compressed.length;
+      stats.newCompressed += csize;
     }
     progress(raw.offset + raw.data.length - last);
     last = raw.offset + raw.data.length;
