@@ -86,12 +86,46 @@ export class HttpFetcher implements Fetcher {
     return new URL(path, this.base);
   }
 
+  /**
+   * The whole body, read straight off the response (no extra stream stage: chunk
+   * downloads are many small requests, and each stage costs).
+   */
   async get(path: string, maxBytes: number): Promise<Buffer> {
-    const where = this.url(path).href;
-    return collect(await this.stream(path, maxBytes), maxBytes, where);
+    const { res, where, declared, finish, reason } = await this.open(path, maxBytes, {});
+    try {
+      const parts: Buffer[] = [];
+      let n = 0;
+      for await (const part of res) {
+        n += (part as Buffer).length;
+        if (n > maxBytes) {
+          res.destroy();
+          throw new FetchError(`more than ${maxBytes} bytes (the limit for this file)`, { where, code: 'TOO_LARGE' });
+        }
+        parts.push(part as Buffer);
+      }
+      if (declared !== undefined && n !== declared) throw new FetchError(`connection closed after ${n} of ${declared} bytes`, { where });
+      return parts.length === 1 ? parts[0] : Buffer.concat(parts, n);
+    } catch (err) {
+      if (err instanceof FetchError) throw err;
+      throw reason() ?? new FetchError(`download failed (${(err as Error).message})`, { where, cause: err });
+    } finally {
+      finish();
+    }
   }
 
-  stream(path: string, maxBytes: number, opts: StreamOptions = {}): Promise<Readable> {
+  async stream(path: string, maxBytes: number, opts: StreamOptions = {}): Promise<Readable> {
+    const { res, req, where, finish } = await this.open(path, maxBytes, opts);
+    const limiter = limitStream(maxBytes, where);
+    res.on('error', (err) => limiter.destroy(err instanceof FetchError ? err : new FetchError(`download failed (${err.message})`, { where, cause: err })));
+    res.on('aborted', () => limiter.destroy(new FetchError('connection closed before the end of the file', { where })));
+    req.on('error', (err) => limiter.destroy(err));
+    limiter.on('close', finish);
+    limiter.on('end', finish);
+    return res.pipe(limiter);
+  }
+
+  /** Sends the request and checks status and headers; the caller reads the body. */
+  private open(path: string, maxBytes: number, opts: StreamOptions): Promise<{ res: http.IncomingMessage; req: http.ClientRequest; where: string; declared?: number; finish: () => void; reason: () => FetchError | undefined }> {
     const url = this.url(path);
     const where = url.href;
     checkPath(path, where);
@@ -101,9 +135,12 @@ export class HttpFetcher implements Fetcher {
       const headers: Record<string, string> = { 'user-agent': 'loopship', ...this.opts.headers };
       if (opts.start) headers.range = `bytes=${opts.start}-`;
       const req = lib.get(url, { agent: this.agent, headers });
-      const timer = setTimeout(() => req.destroy(new FetchError(`took longer than ${Math.round(deadline / 1000)} s`, { where })), deadline);
+      // Why we cut a request off, so the reader reports that instead of "aborted".
+      let reason: FetchError | undefined;
+      const kill = (err: FetchError) => req.destroy((reason ??= err));
+      const timer = setTimeout(() => kill(new FetchError(`took longer than ${Math.round(deadline / 1000)} s`, { where })), deadline);
       timer.unref();
-      req.setTimeout(this.opts.idleTimeoutMs, () => req.destroy(new FetchError(`no data for ${this.opts.idleTimeoutMs / 1000} s`, { where })));
+      req.setTimeout(this.opts.idleTimeoutMs, () => kill(new FetchError(`no data for ${this.opts.idleTimeoutMs / 1000} s`, { where })));
       req.on('error', (err) => {
         clearTimeout(timer);
         reject(err instanceof FetchError ? err : new FetchError(`request failed (${err.message})`, { where, cause: err }));
@@ -123,13 +160,7 @@ export class HttpFetcher implements Fetcher {
         if (status !== wantStatus) return fail(`HTTP ${status} (expected ${wantStatus})`);
         const declared = Number(res.headers['content-length'] ?? NaN);
         if (Number.isFinite(declared) && declared > maxBytes) return fail(`Content-Length ${declared} exceeds the ${maxBytes}-byte limit for this file`, 'TOO_LARGE');
-        const limiter = limitStream(maxBytes, where);
-        res.on('error', (err) => limiter.destroy(err instanceof FetchError ? err : new FetchError(`download failed (${err.message})`, { where, cause: err })));
-        res.on('aborted', () => limiter.destroy(new FetchError('connection closed before the end of the file', { where })));
-        req.on('error', (err) => limiter.destroy(err));
-        limiter.on('close', () => clearTimeout(timer));
-        limiter.on('end', () => clearTimeout(timer));
-        resolvePromise(res.pipe(limiter));
+        resolvePromise({ res, req, where, declared: Number.isFinite(declared) ? declared : undefined, finish: () => clearTimeout(timer), reason: () => reason });
       });
     });
   }
