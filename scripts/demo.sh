@@ -51,13 +51,24 @@ trap 'exit 130' INT TERM
 
 say "2/7 keys and an empty signed repository in $WORK"
 [ -f "$WORK/keys/keystore.json" ] || L keys init --dir "$WORK/keys"
-[ -f "$WORK/repo/root.json" ] || L repo init --dir "$WORK/repo" --keys "$WORK/keys"
+# A fresh repository each run (versions are immutable: a rebuilt 1.0.0 could not replace the old one).
+rm -rf "$WORK/repo" "$WORK/server-state"
+L repo init --dir "$WORK/repo" --keys "$WORK/keys"
 ROOT_FPR=$(L keys list --dir "$WORK/keys" --json | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).keys.find(k=>k.role==="root").fingerprint))')
 echo "   root fingerprint (what a site pins): $ROOT_FPR"
 done_step
 
 say "3/7 build recipes/tiny (debootstrap is cached after the first run)"
-L build recipes/tiny --keys "$WORK/keys" --out "$WORK/tiny.tar" --cache-dir "$WORK/cache"
+# The package is kept for as long as the recipe and the code that makes it are unchanged.
+DIGEST=$(find recipes/tiny builder format keys -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)
+PKG="$WORK/tiny-$DIGEST.tar"
+if [ -f "$PKG" ]; then
+  echo "   recipe and builder unchanged since the last run: reusing $PKG"
+else
+  rm -f "$WORK"/tiny-*.tar
+  L build recipes/tiny --keys "$WORK/keys" --out "$WORK/tiny-building.tar" --cache-dir "$WORK/cache"
+  mv "$WORK/tiny-building.tar" "$PKG"
+fi
 done_step
 
 say "4/7 start the repository server on $URL"
@@ -85,7 +96,7 @@ curl -fsS -o /dev/null "$URL/index.json" || { echo "server did not start; see $W
 done_step
 
 say "5/7 publish the package through the server's API"
-L publish "$WORK/tiny.tar" --server "$URL" --token-file "$WORK/publisher.token" --channel stable
+L publish "$PKG" --server "$URL" --token-file "$WORK/publisher.token" --channel stable
 done_step
 
 say "6/7 the agent, as on a remote Xen host: pin the root, install, configure, boot"
