@@ -88,11 +88,13 @@ sites:
 YAML
   umask 022
 fi
-L serve --repo "$WORK/repo" --port "$PORT" --config "$WORK/server.yaml" --keys "$WORK/keys" \
+if curl -s -o /dev/null "$URL/" 2>/dev/null; then echo "demo: port $PORT is already in use (set LOOPSHIP_DEMO_PORT)" >&2; exit 1; fi
+# node itself in the background (not the L function: its subshell would hide the server's pid)
+node "$SRC/dist/bin/loopship.js" serve --repo "$WORK/repo" --port "$PORT" --config "$WORK/server.yaml" --keys "$WORK/keys" \
   --state-dir "$WORK/server-state" --log-format json > "$WORK/server.log" 2>&1 &
 SERVER_PID=$!
 for _ in $(seq 1 100); do curl -fsS -o /dev/null "$URL/index.json" 2>/dev/null && break; sleep 0.1; done
-curl -fsS -o /dev/null "$URL/index.json" || { echo "server did not start; see $WORK/server.log" >&2; tail "$WORK/server.log" >&2; exit 1; }
+kill -0 "$SERVER_PID" 2>/dev/null && curl -fsS -o /dev/null "$URL/index.json" || { echo "server did not start; see $WORK/server.log" >&2; tail "$WORK/server.log" >&2; exit 1; }
 done_step
 
 say "5/7 publish the package through the server's API"
