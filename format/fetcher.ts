@@ -125,7 +125,7 @@ export class HttpFetcher implements Fetcher {
   }
 
   /** Sends the request and checks status and headers; the caller reads the body. */
-  private open(path: string, maxBytes: number, opts: StreamOptions): Promise<{ res: http.IncomingMessage; req: http.ClientRequest; where: string; declared?: number; finish: () => void; reason: () => FetchError | undefined }> {
+  private open(path: string, maxBytes: number, opts: StreamOptions, attempt = 0): Promise<{ res: http.IncomingMessage; req: http.ClientRequest; where: string; declared?: number; finish: () => void; reason: () => FetchError | undefined }> {
     const url = this.url(path);
     const where = url.href;
     checkPath(path, where);
@@ -141,11 +141,20 @@ export class HttpFetcher implements Fetcher {
       const timer = setTimeout(() => kill(new FetchError(`took longer than ${Math.round(deadline / 1000)} s`, { where })), deadline);
       timer.unref();
       req.setTimeout(this.opts.idleTimeoutMs, () => kill(new FetchError(`no data for ${this.opts.idleTimeoutMs / 1000} s`, { where })));
+      let answered = false;
       req.on('error', (err) => {
         clearTimeout(timer);
+        // A kept-alive socket the server closed just as we reused it: the request never
+        // reached the server, so sending it again on a fresh socket is safe (once).
+        const code = (err as NodeJS.ErrnoException).code;
+        if (!answered && !reason && attempt === 0 && req.reusedSocket && (code === 'ECONNRESET' || code === 'EPIPE' || err.message === 'socket hang up')) {
+          resolvePromise(this.open(path, maxBytes, opts, 1));
+          return;
+        }
         reject(err instanceof FetchError ? err : new FetchError(`request failed (${err.message})`, { where, cause: err }));
       });
       req.on('response', (res) => {
+        answered = true;
         const status = res.statusCode ?? 0;
         const fail = (msg: string, code?: 'NOT_FOUND' | 'TOO_LARGE') => {
           clearTimeout(timer);

@@ -89,3 +89,25 @@ test('mirror failover: a dead mirror and a stale mirror are skipped for a good o
   t.is(err.code, 'ROLLBACK');
   t.regex(err.message, /every mirror failed: http:\/\/127\.0\.0\.1:9\/root\/2\.json: request failed.*index\.json: index version 2 is older than version 3/);
 });
+
+test('a kept-alive socket closed by the server as it is reused is retried once on a fresh one', async (t) => {
+  const perSocket = new WeakMap<object, number>();
+  let dropped = 0;
+  const server = await serveDir('/nonexistent', async (req, res) => {
+    const n = (perSocket.get(req.socket) ?? 0) + 1;
+    perSocket.set(req.socket, n);
+    if (n === 2) {
+      dropped++;
+      req.socket.destroy(); // the race: the server closes an idle connection as the client reuses it
+      return true;
+    }
+    res.writeHead(200, { 'content-length': '2' }).end('ok');
+    return true;
+  });
+  t.teardown(server.close);
+  const f = new HttpFetcher(server.url, { maxSockets: 1 });
+  t.is((await f.get('a', 10)).toString(), 'ok');
+  t.is((await f.get('b', 10)).toString(), 'ok', 'second request retried on a new socket');
+  t.is(dropped, 1);
+  f.close();
+});
