@@ -50,20 +50,6 @@ function limitStream(max: number, where: string): Transform {
   });
 }
 
-async function collect(stream: Readable, max: number, where: string): Promise<Buffer> {
-  const parts: Buffer[] = [];
-  let n = 0;
-  for await (const part of stream) {
-    n += (part as Buffer).length;
-    if (n > max) {
-      stream.destroy();
-      throw new FetchError(`more than ${max} bytes (the limit for this file)`, { where, code: 'TOO_LARGE' });
-    }
-    parts.push(part as Buffer);
-  }
-  return Buffer.concat(parts);
-}
-
 function checkPath(path: string, where: string): void {
   if (path.startsWith('/') || path.split('/').some((p) => p === '..' || p === '' || p.startsWith('.'))) {
     throw new FetchError('refusing a path outside the repository tree', { where, code: 'USAGE' });
