@@ -11,14 +11,9 @@ export function ioError(err: unknown, where: string, what: string): LoopshipErro
   return new LoopshipError('IO', `${what}: ${e.code ?? ''} ${e.message ?? String(err)}${hint}`.replace(/\s+/g, ' '), { where, cause: err });
 }
 
-export async function fsyncDir(dir: string): Promise<void> {
-  const fh = await open(dir, 'r');
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-}
+// One directory fsync for the whole project: format/ has it.
+import { fsyncDir } from '../format/index.js';
+export { fsyncDir };
 
 export const tmpName = (path: string): string => join(dirname(path), `.${basename(path)}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
 

@@ -53,6 +53,23 @@ export async function verifyManifest(
   return manifest;
 }
 
+/** root/<v>.json and its signature, parsed; null when the repository has no such version. */
+async function fetchRootVersion(fetcher: Fetcher, v: number, withSignature: boolean): Promise<{ root: Root; bytes: Buffer; signature?: string; where: string } | null> {
+  const path = rootHistoryPath(v);
+  const where = `${fetcher.source}/${path}`;
+  let bytes: Buffer;
+  try {
+    bytes = await fetcher.get(path, LIMITS.rootBytes);
+  } catch (err) {
+    if (err instanceof FetchError && err.code === 'NOT_FOUND') return null;
+    throw err;
+  }
+  const root = parseMetadata('root', bytes, where);
+  if (root.version !== v) throw new RootChainError('ROOT_CHAIN', `file holds root version ${root.version}, expected ${v}`, { where });
+  const signature = withSignature ? (await fetcher.get(sigPath(path), LIMITS.signatureBytes)).toString('utf8') : undefined;
+  return { root, bytes, signature, where };
+}
+
 // ---------- the I/O shell ----------
 
 export type RootPin = { keyArmored: string } | { fingerprint: string };
@@ -114,21 +131,13 @@ export class RepoClient {
     const fpr = pinnedKey ? fingerprintOf(pinnedKey) : (pin as { fingerprint: string }).fingerprint.toLowerCase().replace(/\s+/g, '');
     if (!/^[0-9a-f]{40}([0-9a-f]{24})?$/.test(fpr)) throw new LoopshipError('USAGE', `not an OpenPGP fingerprint: ${fpr}`);
     for (let v = 1; v <= LIMITS.rootChainLength; v++) {
-      const path = rootHistoryPath(v);
-      const where = `${fetcher.source}/${path}`;
-      let bytes: Buffer;
-      try {
-        bytes = await fetcher.get(path, LIMITS.rootBytes);
-      } catch (err) {
-        if (err instanceof FetchError && err.code === 'NOT_FOUND') {
-          throw new RootChainError('ROOT_CHAIN', `no root version lists the pinned key ${fpr} as a root key (looked at versions 1-${v - 1})`, { where: fetcher.source });
-        }
-        throw err;
+      const found = await fetchRootVersion(fetcher, v, false);
+      if (!found) {
+        throw new RootChainError('ROOT_CHAIN', `no root version lists the pinned key ${fpr} as a root key (looked at versions 1-${v - 1})`, { where: fetcher.source });
       }
-      const root = parseMetadata('root', bytes, where);
-      if (root.version !== v) throw new RootChainError('ROOT_CHAIN', `file holds root version ${root.version}, expected ${v}`, { where });
+      const { root, bytes, where } = found;
       if (!root.roles.root.keys.includes(fpr)) continue;
-      const sig = (await fetcher.get(sigPath(path), LIMITS.signatureBytes)).toString('utf8');
+      const sig = (await fetcher.get(sigPath(rootHistoryPath(v)), LIMITS.signatureBytes)).toString('utf8');
       const key = pinnedKey ?? (await readPublicKey(root.keys[fpr].public_key, where));
       if (fingerprintOf(key) !== fpr) throw new MetadataError('METADATA_INVALID', `key listed as ${fpr} has fingerprint ${fingerprintOf(key)}`, { where });
       await requireThreshold(bytes, sig, [key], 1, where, 'pinned root');
@@ -169,23 +178,13 @@ export class RepoClient {
     const accepted: number[] = [];
     let rootBytes = this.rootBytes;
     for (let n = 0; n < LIMITS.rootChainLength; n++) {
-      const v = root.version + 1;
-      const path = rootHistoryPath(v);
-      const where = `${fetcher.source}/${path}`;
-      let bytes: Buffer;
-      try {
-        bytes = await fetcher.get(path, LIMITS.rootBytes);
-      } catch (err) {
-        if (err instanceof FetchError && err.code === 'NOT_FOUND') break;
-        throw err;
-      }
-      const sig = (await fetcher.get(sigPath(path), LIMITS.signatureBytes)).toString('utf8');
-      const next = parseMetadata('root', bytes, where);
-      if (next.version !== v) throw new RootChainError('ROOT_CHAIN', `file holds root version ${next.version}, expected ${v}`, { where });
-      await verifyRootTransition(root, next, bytes, sig, where);
+      const found = await fetchRootVersion(fetcher, root.version + 1, true);
+      if (!found) break;
+      const { root: next, bytes, signature: sig, where } = found;
+      await verifyRootTransition(root, next, bytes, sig!, where);
       root = next;
       rootBytes = bytes;
-      accepted.push(v);
+      accepted.push(next.version);
     }
     // root.json names the newest root: if the chain stopped short of it, a link is missing.
     try {
