@@ -126,7 +126,7 @@ export class RepoClient {
    * install media): the lowest root version whose root role holds the pinned key and
    * that this key signed. Nothing from the network is trusted before that check.
    */
-  static async pin(fetcher: Fetcher, pin: RootPin, now: () => Date = () => new Date()): Promise<Root> {
+  static async pin(fetcher: Fetcher, pin: RootPin): Promise<Root> {
     const pinnedKey = 'keyArmored' in pin ? await readPublicKey(pin.keyArmored, 'pinned root key') : undefined;
     const fpr = pinnedKey ? fingerprintOf(pinnedKey) : (pin as { fingerprint: string }).fingerprint.toLowerCase().replace(/\s+/g, '');
     if (!/^[0-9a-f]{40}([0-9a-f]{24})?$/.test(fpr)) throw new LoopshipError('USAGE', `not an OpenPGP fingerprint: ${fpr}`);
@@ -142,7 +142,6 @@ export class RepoClient {
       if (fingerprintOf(key) !== fpr) throw new MetadataError('METADATA_INVALID', `key listed as ${fpr} has fingerprint ${fingerprintOf(key)}`, { where });
       await requireThreshold(bytes, sig, [key], 1, where, 'pinned root');
       await verifyRole(bytes, sig, root, 'root', where);
-      void now;
       return root;
     }
     throw new RootChainError('ROOT_CHAIN', 'root chain too long', { where: fetcher.source });
