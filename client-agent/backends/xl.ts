@@ -1,9 +1,9 @@
 // Xen backend: a generated /etc/xen/NAME.cfg, `xl create`, autostart through /etc/xen/auto/
 // (xendomains), console via xenconsoled's log. Waits for the toolstack to answer (`xl info`)
 // instead of sleeping a fixed time after boot.
-import { mkdir, rm, symlink, unlink } from 'node:fs/promises';
+import { mkdir, readFile, readdir, rm, symlink, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
-import { LoopshipError } from '../../format/index.js';
+import { ConfigError, ExecError, LoopshipError } from '../../format/index.js';
 import { type Exec, run, defaultExec } from '../exec.js';
 import { writeFileAtomic, readLinkOrNull } from '../fsutil.js';
 import type { Backend, DomainSpec } from './types.js';
@@ -13,10 +13,15 @@ export interface XlOptions {
   xl?: string;
   /** /etc/xen */
   etcXen?: string;
-  /** /var/log/xen/console (xenconsoled with XENCONSOLED_TRACE=guest) */
+  /** /var/log/xen/console: where xenconsoled writes guest-NAME.log (when told to, see consoleLogging) */
   consoleDir?: string;
+  /** /proc: where xenconsoled's command line is read */
+  procDir?: string;
   /** how long the toolstack may take to come up (host just booted) */
   toolstackTimeoutMs?: number;
+  /** `xl create` is killed after this long (it occasionally never returns); the domain decides */
+  createTimeoutMs?: number;
+  log?: (line: string) => void;
   sleep?: (ms: number) => Promise<void>;
   now?: () => number;
 }
@@ -51,13 +56,42 @@ export function renderXlConfig(spec: DomainSpec): string {
   return lines.join('\n') + '\n';
 }
 
+/** xenconsoled's default --log-dir (Xen's XEN_LOG_DIR/console) */
+export const XENCONSOLED_LOG_DIR = '/var/log/xen/console';
+
+/**
+ * What xenconsoled's command line says about guest console logs: `--log=guest|all` turns
+ * them on (default none; Xen's own scripts pass it for XENCONSOLED_TRACE=guest, Debian's
+ * /etc/init.d/xen passes XENCONSOLED_ARGS), `--log-dir` moves them.
+ */
+export function consoleLogging(argv: readonly string[]): { guest: boolean; dir: string } {
+  let log = 'none';
+  let dir = XENCONSOLED_LOG_DIR;
+  for (let i = 1; i < argv.length; i++) {
+    const m = /^--(log|log-dir)(?:=(.*))?$/.exec(argv[i]);
+    if (!m) continue;
+    const value = m[2] ?? argv[++i] ?? '';
+    if (m[1] === 'log') log = value;
+    else dir = value;
+  }
+  return { guest: log === 'guest' || log === 'all', dir: dir.replace(/\/+$/, '') || '/' };
+}
+
+/** What to set so that the agent can read guest consoles (the message for every way it is off). */
+export function consoleLoggingHint(dir: string): string {
+  return `set XENCONSOLED_ARGS="--log=guest --log-dir=${dir}" in /etc/default/xen (Debian; with Xen's own scripts: XENCONSOLED_TRACE=guest in /etc/default/xencommons), then restart xenconsoled or the host`;
+}
+
 export class XlBackend implements Backend {
   readonly kind = 'xl' as const;
   private readonly exec: Exec;
   private readonly xl: string;
   private readonly etcXen: string;
   private readonly consoleDir: string;
+  private readonly procDir: string;
   private readonly toolstackTimeoutMs: number;
+  private readonly createTimeoutMs: number;
+  private readonly log: (line: string) => void;
   private readonly sleep: (ms: number) => Promise<void>;
   private readonly now: () => number;
 
@@ -65,8 +99,12 @@ export class XlBackend implements Backend {
     this.exec = o.exec ?? defaultExec;
     this.xl = o.xl ?? 'xl';
     this.etcXen = o.etcXen ?? '/etc/xen';
-    this.consoleDir = o.consoleDir ?? '/var/log/xen/console';
+    this.consoleDir = (o.consoleDir ?? XENCONSOLED_LOG_DIR).replace(/\/+$/, '') || '/';
+    this.procDir = o.procDir ?? '/proc';
     this.toolstackTimeoutMs = o.toolstackTimeoutMs ?? 120_000;
+    this.createTimeoutMs = o.createTimeoutMs ?? 180_000;
+    // rare notices (a hung xl create); the agent's log is stderr too
+    this.log = o.log ?? ((l) => process.stderr.write(`${l}\n`));
     this.sleep = o.sleep ?? ((ms) => new Promise((r) => setTimeout(r, ms)));
     this.now = o.now ?? Date.now;
   }
@@ -95,6 +133,44 @@ export class XlBackend implements Backend {
     }
   }
 
+  /** xenconsoled's argv (null if it does not run), from /proc. */
+  private async xenconsoledArgv(): Promise<string[] | null> {
+    const pids = (await readdir(this.procDir).catch(() => [] as string[])).filter((e) => /^\d+$/.test(e));
+    for (const pid of pids) {
+      const comm = await readFile(join(this.procDir, pid, 'comm'), 'utf8').catch(() => '');
+      if (comm.trim() !== 'xenconsoled') continue;
+      const cmdline = await readFile(join(this.procDir, pid, 'cmdline'), 'utf8').catch(() => null);
+      if (cmdline !== null) return cmdline.replace(/\0$/, '').split('\0');
+    }
+    return null;
+  }
+
+  /**
+   * The health check reads the guest's console from xenconsoled's log file: refuse to boot
+   * when xenconsoled does not write it (or writes it elsewhere), saying what to set, instead
+   * of waiting out the health timeout for a marker that can never appear. xenconsoled starts
+   * right after xenstored: polled within the toolstack timeout.
+   */
+  async checkConsoleLogging(): Promise<void> {
+    const t0 = this.now();
+    let delay = 100;
+    let argv: string[] | null;
+    while (!(argv = await this.xenconsoledArgv())) {
+      if (this.now() - t0 >= this.toolstackTimeoutMs) {
+        throw new ConfigError(`xenconsoled is not running, so guest consoles are neither kept nor logged: start the Xen daemons (xencommons, or /etc/init.d/xen on Debian); ${consoleLoggingHint(this.consoleDir)}`, { where: 'xenconsoled' });
+      }
+      await this.sleep(delay);
+      delay = Math.min(delay * 2, 2000);
+    }
+    const got = consoleLogging(argv);
+    if (!got.guest) {
+      throw new ConfigError(`xenconsoled does not log guest consoles (${argv.join(' ')}), so the agent cannot see the ready marker: ${consoleLoggingHint(this.consoleDir)}`, { where: 'xenconsoled' });
+    }
+    if (got.dir !== this.consoleDir) {
+      throw new ConfigError(`xenconsoled logs guest consoles to ${got.dir}, the agent reads them in ${this.consoleDir}: ${consoleLoggingHint(this.consoleDir)}`, { where: 'xenconsoled' });
+    }
+  }
+
   async isRunning(name: string): Promise<boolean> {
     const r = await this.exec(this.xl, ['domid', name]);
     return r.exitCode === 0 && /^\d+$/.test(r.stdout.trim());
@@ -103,9 +179,43 @@ export class XlBackend implements Backend {
   async start(spec: DomainSpec): Promise<void> {
     await this.waitToolstack();
     if (await this.isRunning(spec.name)) return;
+    await this.checkConsoleLogging();
+    // xenconsoled opens guest-NAME.log when the domain appears; it does not make the directory
+    await mkdir(this.consoleDir, { recursive: true });
     const cfg = this.configPath(spec.name);
     await writeFileAtomic(cfg, renderXlConfig(spec), { mkdir: true });
-    await run(this.exec, this.xl, ['create', cfg]);
+    await this.create(spec.name, cfg);
+  }
+
+  /**
+   * `xl create`, bounded: it occasionally never returns although the domain runs (seen about
+   * once in 20 under emulation). Whether the domain exists (`xl domid`) decides, not xl's exit.
+   */
+  private async create(name: string, cfg: string): Promise<void> {
+    const limit = this.createTimeoutMs;
+    const t0 = this.now();
+    let timer: NodeJS.Timeout | undefined;
+    // a second, outer deadline: a killed xl whose pipes stay open must not hold us either
+    const deadline = new Promise<'timeout'>((res) => { timer = setTimeout(() => res('timeout'), limit + Math.min(limit, 15_000)); });
+    const r = await Promise.race([
+      // the exec throws when it kills xl at the limit; any earlier throw is a real failure
+      this.exec(this.xl, ['create', cfg], { timeoutMs: limit }).catch((err: Error) => (this.now() - t0 >= limit ? ('timeout' as const) : Promise.reject(err))),
+      deadline,
+    ]).finally(() => clearTimeout(timer));
+    if (r !== 'timeout' && r.exitCode !== 0) {
+      const detail = (r.stderr || r.stdout).trim().split('\n').slice(-3).join(' / ');
+      throw new ExecError(`${this.xl} create ${cfg} failed with exit code ${r.exitCode}${detail ? `: ${detail}` : ''}`, { where: this.xl });
+    }
+    if (await this.isRunning(name)) {
+      if (r === 'timeout') this.log(`xl create ${name} did not return within ${Math.round(limit / 1000)} s, but the domain exists: carrying on`);
+      return;
+    }
+    throw new ExecError(
+      r === 'timeout'
+        ? `${this.xl} create ${cfg} did not return within ${Math.round(limit / 1000)} s and no domain ${name} exists`
+        : `${this.xl} create ${cfg} succeeded but no domain ${name} exists (xl domid ${name})`,
+      { where: this.xl },
+    );
   }
 
   async stop(name: string, opts: { timeoutMs?: number } = {}): Promise<void> {

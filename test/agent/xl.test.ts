@@ -4,12 +4,28 @@ import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { XlBackend, renderXlConfig, xlString } from '../../client-agent/backends/xl.js';
+import { XlBackend, renderXlConfig, xlString, consoleLogging } from '../../client-agent/backends/xl.js';
+import { defaultExec, type Exec } from '../../client-agent/exec.js';
+import { ExecError } from '../../format/index.js';
 import { stableMac, type DomainSpec } from '../../client-agent/backends/types.js';
 // @ts-expect-error plain JS fixture
 import { parseXlCfg } from './fixtures/xlcfg.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
+
+/** A /proc with one xenconsoled process started with `args` (none: no xenconsoled at all). */
+async function fakeProc(dir: string, args: string[] | null): Promise<string> {
+  const proc = join(dir, 'proc');
+  await mkdir(join(proc, '1'), { recursive: true });
+  await writeFile(join(proc, '1', 'comm'), 'systemd\n');
+  await writeFile(join(proc, '1', 'cmdline'), '/sbin/init\0');
+  if (args) {
+    await mkdir(join(proc, '412'), { recursive: true });
+    await writeFile(join(proc, '412', 'comm'), 'xenconsoled\n');
+    await writeFile(join(proc, '412', 'cmdline'), ['/usr/lib/xen-4.17/bin/xenconsoled', ...args].join('\0') + '\0');
+  }
+  return proc;
+}
 
 async function setup(t: import('ava').ExecutionContext) {
   const dir = await mkdtemp(join(tmpdir(), 'agent-xl-'));
@@ -32,9 +48,11 @@ async function setup(t: import('ava').ExecutionContext) {
     cmdline: 'root=/dev/xvda ro quiet "x"', memory: 1024, vcpus: 2, nics: 1, bridge: 'xenbr0', macs: [stableMac('host1', 'sbc', 0)],
   };
   const sleeps: number[] = [];
-  const backend = new XlBackend({ etcXen: join(dir, 'etc-xen'), consoleDir: process.env.FAKE_XL_CONSOLE_DIR, sleep: async (ms) => { sleeps.push(ms); }, toolstackTimeoutMs: 60_000 });
+  const consoleDir = process.env.FAKE_XL_CONSOLE_DIR;
+  const procDir = await fakeProc(dir, ['--log=guest', `--log-dir=${consoleDir}`, '--pid-file', '/run/xenconsoled.pid']);
+  const backend = new XlBackend({ etcXen: join(dir, 'etc-xen'), consoleDir, procDir, sleep: async (ms) => { sleeps.push(ms); }, toolstackTimeoutMs: 60_000 });
   const calls = async () => (await readFile(join(dir, 'xlstate', 'calls.log'), 'utf8').catch(() => '')).trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as string[]);
-  return { dir, spec, backend, sleeps, calls };
+  return { dir, spec, backend, sleeps, calls, consoleDir, procDir };
 }
 
 test.serial('the generated config follows xl.cfg syntax and says what the spec says', async (t) => {
@@ -114,4 +132,90 @@ test.serial('the fake xl refuses configs that break xl.cfg syntax (so the check 
   t.throws(() => parseXlCfg('extra = "unterminated\n'), { message: /unterminated/ });
   t.throws(() => parseXlCfg('memory = 1\nmemory = 2\n'), { message: /twice/ });
   t.deepEqual(parseXlCfg('# c\nvif = [ "mac=00:16:3e:00:00:01",\n  ]; memory = 0x10\n'), { vif: ['mac=00:16:3e:00:00:01'], memory: 16 });
+});
+
+test('consoleLogging reads xenconsoled options the way its getopt_long does', (t) => {
+  const x = '/usr/lib/xen-4.17/bin/xenconsoled';
+  t.deepEqual(consoleLogging([x, '--pid-file', '/run/xenconsoled.pid']), { guest: false, dir: '/var/log/xen/console' });
+  t.deepEqual(consoleLogging([x, '--log=guest', '--log-dir=/var/log/xen/console/']), { guest: true, dir: '/var/log/xen/console' });
+  t.deepEqual(consoleLogging([x, '--log', 'all', '--log-dir', '/srv/consoles']), { guest: true, dir: '/srv/consoles' });
+  t.deepEqual(consoleLogging([x, '--log=hv']), { guest: false, dir: '/var/log/xen/console' });
+  t.deepEqual(consoleLogging([x, '--log=guest', '--log=none']), { guest: false, dir: '/var/log/xen/console' }, 'the last one counts');
+});
+
+for (const [what, args, message] of [
+  ['without --log=guest', ['--pid-file', '/run/xenconsoled.pid'], /xenconsoled does not log guest consoles .*set XENCONSOLED_ARGS="--log=guest --log-dir=.*\/console" in \/etc\/default\/xen/],
+  ['logging elsewhere', ['--log=guest', '--log-dir=/elsewhere'], /xenconsoled logs guest consoles to \/elsewhere, the agent reads them in .*XENCONSOLED_TRACE=guest in \/etc\/default\/xencommons/],
+  ['not running', null, /xenconsoled is not running.*XENCONSOLED_ARGS=/],
+] as const) {
+  test.serial(`start refuses with what to set when xenconsoled is ${what}, before xl create`, async (t) => {
+    const { dir, spec, consoleDir, calls } = await setup(t);
+    const procDir = await fakeProc(join(dir, 'other'), args === null ? null : [...args]);
+    let clock = 0;
+    const backend = new XlBackend({ etcXen: join(dir, 'etc-xen'), consoleDir, procDir, toolstackTimeoutMs: 3000, now: () => clock, sleep: async (ms) => { clock += ms; } });
+    const err = await t.throwsAsync(backend.start(spec));
+    t.regex(err!.message, message);
+    t.is((err as { code?: string }).code, 'CONFIG_INVALID');
+    t.falsy((await calls()).find((a) => a[0] === 'create'));
+    t.false(existsSync(join(dir, 'etc-xen', 'sbc.cfg')));
+    t.is(clock, args === null ? 3100 : 0, 'only a missing xenconsoled is waited for (it starts just after xenstored)');
+  });
+}
+
+test.serial('xenconsoled that starts a moment after the toolstack answers is waited for', async (t) => {
+  const { dir, spec, consoleDir, calls } = await setup(t);
+  const procDir = await fakeProc(join(dir, 'late'), null);
+  const backend = new XlBackend({
+    etcXen: join(dir, 'etc-xen'), consoleDir, procDir,
+    sleep: async () => { await fakeProc(join(dir, 'late'), ['--log=guest', `--log-dir=${consoleDir}/`]); },
+  });
+  await backend.start(spec);
+  t.deepEqual((await calls()).filter((a) => a[0] === 'create').length, 1);
+});
+
+/** The fake xl, except that `xl create` does its work and then never returns (or fails to start). */
+function hangingCreate(opts: { makeDomain: boolean; settle?: 'killed' | 'never' }): { exec: Exec; createOpts: { timeoutMs?: number }[] } {
+  const createOpts: { timeoutMs?: number }[] = [];
+  const exec: Exec = async (file, args, o) => {
+    if (args[0] !== 'create') return defaultExec(file, args, o);
+    createOpts.push({ timeoutMs: o?.timeoutMs });
+    if (opts.makeDomain) await defaultExec(file, args); // the domain is made, then xl hangs
+    if (opts.settle === 'never') return new Promise(() => {});
+    // what defaultExec does when it kills a program at its timeout
+    await new Promise((r) => setTimeout(r, o?.timeoutMs ?? 0));
+    throw new ExecError(`${file}: Command timed out after ${o?.timeoutMs} milliseconds`, { where: file });
+  };
+  return { exec, createOpts };
+}
+
+for (const settle of ['killed', 'never'] as const) {
+  test.serial(`xl create that never returns (${settle === 'killed' ? 'killed at its timeout' : 'not even when killed'}): the domain exists, so start carries on`, async (t) => {
+    const { dir, spec, consoleDir, procDir } = await setup(t);
+    const { exec, createOpts } = hangingCreate({ makeDomain: true, settle });
+    const notes: string[] = [];
+    const backend = new XlBackend({ exec, etcXen: join(dir, 'etc-xen'), consoleDir, procDir, createTimeoutMs: 150, log: (l) => notes.push(l) });
+    await backend.start(spec); // 'never': only the backend's own deadline gets it past this
+    t.deepEqual(createOpts, [{ timeoutMs: 150 }]);
+    t.true(await backend.isRunning('sbc'));
+    t.regex(notes.join('\n'), /xl create sbc did not return within 0 s, but the domain exists/);
+  });
+}
+
+test.serial('xl create that never returns and made no domain is an error saying so', async (t) => {
+  const { dir, spec, consoleDir, procDir } = await setup(t);
+  const { exec } = hangingCreate({ makeDomain: false, settle: 'never' });
+  const backend = new XlBackend({ exec, etcXen: join(dir, 'etc-xen'), consoleDir, procDir, createTimeoutMs: 100, log: () => {} });
+  const err = await t.throwsAsync(backend.start(spec));
+  t.regex(err!.message, /xl create .*sbc\.cfg did not return within 0 s and no domain sbc exists/);
+  t.is((err as { code?: string }).code, 'EXEC_FAILED');
+});
+
+test.serial('xl create that fails, or succeeds without a domain, is an error', async (t) => {
+  const { dir, spec, consoleDir, procDir } = await setup(t);
+  const failing: Exec = async (file, args, o) => (args[0] === 'create' ? { exitCode: 3, stdout: '', stderr: 'libxl: error: cannot make domain: -3' } : defaultExec(file, args, o));
+  let backend = new XlBackend({ exec: failing, etcXen: join(dir, 'etc-xen'), consoleDir, procDir });
+  t.regex((await t.throwsAsync(backend.start(spec)))!.message, /create .* failed with exit code 3: libxl: error: cannot make domain/);
+  const vanishing: Exec = async (file, args, o) => (args[0] === 'create' ? { exitCode: 0, stdout: '', stderr: '' } : defaultExec(file, args, o));
+  backend = new XlBackend({ exec: vanishing, etcXen: join(dir, 'etc-xen'), consoleDir, procDir });
+  t.regex((await t.throwsAsync(backend.start(spec)))!.message, /succeeded but no domain sbc exists/);
 });
