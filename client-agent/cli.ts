@@ -78,7 +78,8 @@ export function register(program: Command): void {
     .action(async (o, cmd) => {
       const { agent, g } = agentFor(cmd);
       const r = await agent.init({ repos: o.repo, rootKeyFile: o.rootKey, rootFingerprint: o.rootFingerprint, backend: o.backend });
-      print(g, r, () => `pinned root version ${r.root_version}; configuration written to ${r.config}`);
+      // the agent's log (stderr) already says "pinned root version N; wrote FILE": no second line
+      if (g.json) print(g, r, () => '');
     });
 
   program
