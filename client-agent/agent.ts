@@ -243,6 +243,7 @@ export class Agent {
       verified,
       source,
       concurrency: cfg?.fetch_concurrency ?? 8,
+      onNotice: (msg) => this.log(msg),
       onProgress: this.deps.onInstallProgress ? (p) => this.deps.onInstallProgress!(p, label) : undefined,
     });
     if (!r.alreadyInstalled) {
@@ -253,7 +254,7 @@ export class Agent {
     if (r.alreadyInstalled) this.log(`${label} is already installed`);
     else {
       const share = r.fullCompressedBytes ? ((100 * r.fetchedBytes) / r.fullCompressedBytes).toFixed(1) : '0';
-      this.log(`installed ${label}: fetched ${mib(r.fetchedBytes)} MiB (${share}% of ${mib(r.fullCompressedBytes)} MiB compressed), reused ${mib(r.reusedBytes)} MiB from this host, ${r.resumedChunks} chunk(s) resumed, in ${r.seconds.toFixed(1)} s`);
+      this.log(`installed ${label}: fetched ${mib(r.fetchedBytes)} MiB (${share}% of ${mib(r.fullCompressedBytes)} MiB compressed), reused ${mib(r.reusedBytes)} MiB from this host, ${r.resumedChunks} chunk(s) resumed, ${r.rangeRequests} pack range request(s), in ${r.seconds.toFixed(1)} s`);
     }
     return r;
   }

@@ -9,9 +9,9 @@
 import { createHash } from 'node:crypto';
 import { mkdir, open, readFile, rename, rm, rmdir, statfs, appendFile, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { join, dirname } from 'node:path';
-import type { Chunk, Manifest } from '../format/index.js';
-import { parseMetadata } from '../format/index.js';
-import { MetadataError, LoopshipError } from '../format/index.js';
+import type { Chunk, Manifest, PackRange } from '../format/index.js';
+import { parseMetadata, packLayout, planPackRanges } from '../format/index.js';
+import { MetadataError, LoopshipError, FetchError } from '../format/index.js';
 import { BLOCK_SIZE } from '../format/index.js';
 import type { StateDir } from './state.js';
 import { writeFileAtomic, fsyncDir, ioError, pathExists } from './fsutil.js';
@@ -20,6 +20,12 @@ import { writeFileAtomic, fsyncDir, ioError, pathExists } from './fsutil.js';
 export interface ChunkSource {
   /** Fetches, bounds, decompresses and sha256-verifies one chunk: returns its raw bytes. */
   chunk(c: Chunk, where?: string): Promise<Buffer>;
+  /**
+   * Optional bulk path (RepoClient has it): the verified chunks of one run of the version's
+   * pack, handed to `onChunk` in pack order. Throws when the pack is missing or bad; chunks
+   * delivered before that stay delivered.
+   */
+  packChunks?(manifestSha256: string, range: PackRange, onChunk: (c: Chunk, raw: Buffer) => Promise<void>): Promise<void>;
 }
 
 export interface VerifiedManifest {
@@ -53,6 +59,10 @@ export interface InstallResult {
   reusedBytes: number;
   /** compressed size of every unique chunk: what a cold install would fetch */
   fullCompressedBytes: number;
+  /** HTTP Range requests made on the version's pack */
+  rangeRequests: number;
+  /** pack ranges that failed and were fetched chunk by chunk instead */
+  packFallbacks: number;
   seconds: number;
 }
 
@@ -192,6 +202,10 @@ export interface InstallOptions {
   source: ChunkSource;
   concurrency?: number;
   onProgress?: (p: InstallProgress) => void;
+  /** the longest pack range one request asks for */
+  packRangeBytes?: number;
+  /** things worth a line in the log (a missing pack, a fallback) */
+  onNotice?: (message: string) => void;
   /** journal at least this often (bytes written between fsyncs) */
   journalEveryBytes?: number;
   now?: () => number;
@@ -204,10 +218,11 @@ export async function installVersion(opts: InstallOptions): Promise<InstallResul
   const m = verified.manifest;
   const label = `manifest ${m.name} ${m.version}`;
   const plan = planChunks(m, label);
+  const concurrency = Math.max(1, opts.concurrency ?? 8);
   const fullCompressedBytes = [...plan.values()].reduce((s, w) => s + w.chunk.csize, 0);
   const result: InstallResult = {
     name: m.name, version: m.version, manifestSha256: verified.sha256, alreadyInstalled: false,
-    chunks: plan.size, fetchedChunks: 0, reusedChunks: 0, resumedChunks: 0, fetchedBytes: 0, reusedBytes: 0, fullCompressedBytes, seconds: 0,
+    chunks: plan.size, fetchedChunks: 0, reusedChunks: 0, resumedChunks: 0, fetchedBytes: 0, reusedBytes: 0, fullCompressedBytes, rangeRequests: 0, packFallbacks: 0, seconds: 0,
   };
   const finalDir = state.versionDir(m.name, m.version);
   if (await pathExists(finalDir)) {
@@ -279,56 +294,104 @@ export async function installVersion(opts: InstallOptions): Promise<InstallResul
         progress.doneBytes += w.chunk.length * w.targets.length;
       }
     }
-    const queue = [...plan.entries()].filter(([sha]) => !done.has(sha));
     let failed: unknown = null;
     let flushing: Promise<void> | null = null;
 
-    const worker = async (): Promise<void> => {
-      while (!failed) {
-        const item = queue.shift();
-        if (!item) return;
-        const [sha, w] = item;
-        try {
-          let data: Buffer | null = null;
-          const seed = seeds.get(sha);
-          if (seed && seed.length === w.chunk.length) {
-            const bytes = await readExactly(seed.path, seed.offset, seed.length);
-            // a seed is re-hashed: bit rot in an old version must not spread into the new one
-            if (bytes && sha256(bytes) === sha) data = bytes;
-          }
-          const reused = data !== null;
-          if (!data) data = await source.chunk(w.chunk, w.where);
-          if (data.length !== w.chunk.length) {
-            throw new MetadataError('CHUNK_INVALID', `chunk source returned ${data.length} bytes, expected ${w.chunk.length}`, { where: w.where });
-          }
-          for (const t of w.targets) await writeSparse(handles.get(t.file)!, data, t.offset);
-          if (reused) {
-            result.reusedChunks++;
-            result.reusedBytes += data.length;
-            progress.reusedBytes += data.length;
-          } else {
-            result.fetchedChunks++;
-            result.fetchedBytes += w.chunk.csize;
-            progress.fetchedBytes += w.chunk.csize;
-          }
-          progress.doneBytes += w.chunk.length * w.targets.length;
-          pendingShas.push(sha);
-          pendingBytes += w.chunk.length * w.targets.length;
-          opts.onProgress?.({ ...progress });
-          if (pendingBytes >= journalEvery || now() - lastJournal > 1000) {
-            // in the background: workers keep fetching while the data is synced
-            if (!flushing) {
-              flushing = flush()
-                .catch((err) => { failed ??= err; })
-                .finally(() => { flushing = null; });
-            }
-          }
-        } catch (err) {
-          failed ??= err;
-        }
+    /** Writes verified bytes to every place they go and journals them. */
+    const commit = async (sha: string, w: Work, data: Buffer, reused: boolean): Promise<void> => {
+      if (data.length !== w.chunk.length) {
+        throw new MetadataError('CHUNK_INVALID', `chunk source returned ${data.length} bytes, expected ${w.chunk.length}`, { where: w.where });
+      }
+      for (const t of w.targets) await writeSparse(handles.get(t.file)!, data, t.offset);
+      if (reused) {
+        result.reusedChunks++;
+        result.reusedBytes += data.length;
+        progress.reusedBytes += data.length;
+      } else {
+        result.fetchedChunks++;
+        result.fetchedBytes += w.chunk.csize;
+        progress.fetchedBytes += w.chunk.csize;
+      }
+      progress.doneBytes += w.chunk.length * w.targets.length;
+      pendingShas.push(sha);
+      pendingBytes += w.chunk.length * w.targets.length;
+      opts.onProgress?.({ ...progress });
+      if ((pendingBytes >= journalEvery || now() - lastJournal > 1000) && !flushing) {
+        // in the background: fetching goes on while the data is synced
+        flushing = flush()
+          .catch((err) => { failed ??= err; })
+          .finally(() => { flushing = null; });
       }
     };
-    await Promise.all(Array.from({ length: Math.max(1, opts.concurrency ?? 8) }, worker));
+
+    /** Runs `fn` over `items` with `n` workers; the first failure stops them all. */
+    const pool = async <T>(items: T[], n: number, fn: (item: T) => Promise<void>): Promise<void> => {
+      let next = 0;
+      const worker = async (): Promise<void> => {
+        while (!failed && next < items.length) {
+          const item = items[next++];
+          try {
+            await fn(item);
+          } catch (err) {
+            failed ??= err;
+          }
+        }
+      };
+      await Promise.all(Array.from({ length: Math.max(1, Math.min(n, items.length)) }, worker));
+    };
+
+    // 1. what this host already has (any installed version), re-hashed: bit rot in an old
+    //    version must not spread into the new one
+    const remote: string[] = [];
+    const pending = [...plan.keys()].filter((sha) => !done.has(sha));
+    await pool(pending, concurrency, async (sha) => {
+      const w = plan.get(sha)!;
+      const seed = seeds.get(sha);
+      const bytes = seed && seed.length === w.chunk.length ? await readExactly(seed.path, seed.offset, seed.length) : null;
+      if (bytes && sha256(bytes) === sha) await commit(sha, w, bytes, true);
+      else remote.push(sha);
+    });
+
+    // 2. the rest from the version's pack: one Range request per run of missing chunks
+    const delivered = new Set<string>();
+    if (!failed && remote.length && source.packChunks) {
+      const want = new Set(remote);
+      const ranges = planPackRanges(packLayout(m), (sha) => want.has(sha), opts.packRangeBytes);
+      let packGone = false;
+      let writeFailed = false;
+      await pool(ranges, Math.min(concurrency, 4), async (range) => {
+        if (packGone) return;
+        try {
+          result.rangeRequests++;
+          await source.packChunks!(verified.sha256, range, async (c, raw) => {
+            try {
+              await commit(c.sha256, plan.get(c.sha256)!, raw, false);
+            } catch (err) {
+              writeFailed = true;
+              throw err;
+            }
+            delivered.add(c.sha256);
+          });
+        } catch (err) {
+          // our own write failing (disk full) is fatal; a missing or bad pack is not: its
+          // chunks are fetched one by one below, each verified as always
+          if (writeFailed) throw err;
+          if (err instanceof FetchError && err.code === 'NOT_FOUND') {
+            if (!packGone) opts.onNotice?.(`no pack for ${label} on the repository; fetching chunks one by one`);
+            packGone = true;
+          } else {
+            result.packFallbacks++;
+            opts.onNotice?.(`pack range ${range.start}-${range.end - 1} of ${label} failed (${(err as Error).message}); fetching its remaining chunks one by one`);
+          }
+        }
+      });
+    }
+
+    // 3. chunk by chunk: without a pack, or what a pack failed to deliver
+    await pool(remote.filter((sha) => !delivered.has(sha)), concurrency, async (sha) => {
+      const w = plan.get(sha)!;
+      await commit(sha, w, await source.chunk(w.chunk, w.where), false);
+    });
     // keep what was verified and written, also when something failed: the next run resumes
     await flushing;
     await flush();

@@ -75,6 +75,16 @@ export function registerFormatCommands(program: Command): void {
       const r = await writer.resign();
       process.stdout.write(o.json ? JSON.stringify(r) + '\n' : `index version ${r.indexVersion}, valid until ${r.expires}\n`);
     });
+  repo
+    .command('packs')
+    .description('write the pack files missing for published versions (repositories from before packs); needs no keys')
+    .requiredOption('--dir <dir>', 'repository directory')
+    .option('--json', 'machine-readable output')
+    .action(async (o) => {
+      const r = await new RepositoryWriter(o.dir, { indexKeys: [] }).writeMissingPacks();
+      const skipped = r.skipped.length ? `; skipped (a stored chunk differs from its manifest's csize): ${r.skipped.join(', ')}` : '';
+      process.stdout.write(o.json ? JSON.stringify(r) + '\n' : `wrote ${r.written.length} pack(s)${r.written.length ? `: ${r.written.join(', ')}` : ''}${skipped}\n`);
+    });
 
   program
     .command('verify')

@@ -3,7 +3,8 @@
 // walks them against one or more mirrors.
 import { FetchError, ExpiredError, RollbackError, RootChainError, DigestError, VerificationError, LoopshipError, MetadataError } from './errors.js';
 import { LIMITS, zstdCompressBound } from './limits.js';
-import { INDEX_FILE, ROOT_FILE, indexHistoryPath, chunkPath, manifestPath, rootHistoryPath, sigPath } from './paths.js';
+import { INDEX_FILE, ROOT_FILE, indexHistoryPath, chunkPath, manifestPath, packPath, rootHistoryPath, sigPath } from './paths.js';
+import { readPackRange, type PackRange } from './pack.js';
 import { parseMetadata, latestVersion, type Root, type Index, type Manifest, type Chunk, type IndexVersion } from './schema.js';
 import { verifyRole, verifyRootTransition, verifyManifestSignature } from './trust.js';
 import { decodeChunk, sha256Hex } from './codec.js';
@@ -270,6 +271,23 @@ export class RepoClient {
       const compressed = await fetcher.get(path, zstdCompressBound(c.length));
       return { raw: decodeChunk(compressed, c, `${fetcher.source}/${path}`), compressed };
     });
+  }
+
+  /**
+   * The chunks of one run of a version's pack (format/pack.ts), each decoded and verified
+   * against the manifest before `onChunk` sees it, from the preferred mirror in one Range
+   * request. Throws on a missing pack or a bad frame; the caller fetches what was not
+   * delivered chunk by chunk (which tries every mirror).
+   */
+  async packChunks(manifestSha256: string, range: PackRange, onChunk: (c: Chunk, raw: Buffer) => Promise<void> | void): Promise<void> {
+    const fetcher = this.fetchers[0];
+    const path = packPath(manifestSha256);
+    const body = await fetcher.stream(path, range.end - range.start, { start: range.start, end: range.end });
+    try {
+      await readPackRange(body, range, `${fetcher.source}/${path}`, onChunk);
+    } finally {
+      body.destroy();
+    }
   }
 
   /** The fetchers in their current order of preference. */

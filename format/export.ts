@@ -11,8 +11,9 @@ import { ChunkStore, writeFileAtomic, fsyncDir } from './chunkstore.js';
 import { LoopshipError, FetchError } from './errors.js';
 import { LIMITS } from './limits.js';
 import { manifestChunks, MANIFEST_ENTRY, SIGNATURE_ENTRY } from './package.js';
-import { INDEX_FILE, ROOT_FILE, chunkPath, indexHistoryPath, manifestPath, rootHistoryPath, sigPath } from './paths.js';
-import { parseMetadata, type Chunk } from './schema.js';
+import { INDEX_FILE, ROOT_FILE, chunkPath, indexHistoryPath, manifestPath, packPath, rootHistoryPath, sigPath } from './paths.js';
+import { parseMetadata, type Chunk, type Manifest } from './schema.js';
+import { writePack } from './pack.js';
 import type { Fetcher } from './fetcher.js';
 
 /** Runs `fn` over items with at most `n` in flight. */
@@ -105,6 +106,8 @@ export interface MirrorResult {
   chunks: number;
   newChunks: number;
   newBytes: number;
+  /** pack files written (made locally from the verified chunks) */
+  packs: number;
   unchanged: boolean;
 }
 
@@ -142,10 +145,12 @@ export async function mirrorRepository(opts: MirrorOptions): Promise<MirrorResul
   const store = new ChunkStore(opts.to);
   const chunks = new Map<string, Chunk>();
   let manifests = 0;
+  const versions: { manifest: Manifest; sha256: string }[] = [];
   for (const [name, image] of Object.entries(up.index.images)) {
     for (const version of Object.keys(image.versions)) {
       const { manifest, bytes, signature, sha256 } = await client.manifest(name, version);
       manifests++;
+      versions.push({ manifest, sha256 });
       for (const c of manifestChunks(manifest)) chunks.set(c.sha256, c);
       if (!(await exists(manifestPath(sha256)))) {
         await write(manifestPath(sha256), bytes);
@@ -163,6 +168,13 @@ export async function mirrorRepository(opts: MirrorOptions): Promise<MirrorResul
     newBytes += compressed.length;
     opts.onProgress?.(++done, missing.length);
   });
+  // packs are made here from the chunks just verified, not downloaded: same bytes, no trust needed
+  let packs = 0;
+  for (const { manifest, sha256 } of versions) {
+    if (await exists(packPath(sha256))) continue;
+    if (await writePack(join(opts.to, packPath(sha256)), manifest, (s) => store.pathOf(s))) packs++;
+  }
+  if (packs) await fsyncDir(join(opts.to, 'packs'));
   await fsyncDir(opts.to);
   await write(indexHistoryPath(up.index.version), up.indexBytes);
   await write(sigPath(indexHistoryPath(up.index.version)), up.indexSignature);
@@ -172,7 +184,7 @@ export async function mirrorRepository(opts: MirrorOptions): Promise<MirrorResul
     await write(sigPath(ROOT_FILE), await opts.from.get(sigPath(rootHistoryPath(up.root.version)), LIMITS.signatureBytes));
     await write(ROOT_FILE, await opts.from.get(rootHistoryPath(up.root.version), LIMITS.rootBytes));
   }
-  return { rootVersion: up.root.version, indexVersion: up.index.version, manifests, chunks: chunks.size, newChunks: missing.length, newBytes, unchanged };
+  return { rootVersion: up.root.version, indexVersion: up.index.version, manifests, chunks: chunks.size, newChunks: missing.length, newBytes, packs, unchanged };
 }
 
 export { FetchError };

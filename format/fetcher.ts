@@ -4,13 +4,15 @@
 import http from 'node:http';
 import https from 'node:https';
 import { createReadStream } from 'node:fs';
-import { open, realpath } from 'node:fs/promises';
+import { open, realpath, stat } from 'node:fs/promises';
 import { join, resolve, sep } from 'node:path';
 import { Readable, Transform } from 'node:stream';
 import { FetchError } from './errors.js';
 
 export interface StreamOptions {
   start?: number;
+  /** end of the byte range, exclusive (an HTTP Range request; the answer must be exactly it) */
+  end?: number;
 }
 
 export interface Fetcher {
@@ -119,7 +121,8 @@ export class HttpFetcher implements Fetcher {
     const deadline = this.opts.baseTimeoutMs + (maxBytes / this.opts.minBytesPerSecond) * 1000;
     return new Promise((resolvePromise, reject) => {
       const headers: Record<string, string> = { 'user-agent': 'loopship', ...this.opts.headers };
-      if (opts.start) headers.range = `bytes=${opts.start}-`;
+      const ranged = Boolean(opts.start) || opts.end !== undefined;
+      if (ranged) headers.range = `bytes=${opts.start ?? 0}-${opts.end !== undefined ? opts.end - 1 : ''}`;
       const req = lib.get(url, { agent: this.agent, headers });
       // Why we cut a request off, so the reader reports that instead of "aborted".
       let reason: FetchError | undefined;
@@ -151,8 +154,16 @@ export class HttpFetcher implements Fetcher {
         // another host is exactly what a hijacked mirror would send.
         if (status >= 300 && status < 400) return fail(`HTTP ${status} redirect to ${res.headers.location ?? '?'} refused`);
         if (status === 404 || status === 410) return fail(`HTTP ${status}: not found`, 'NOT_FOUND');
-        const wantStatus = opts.start ? 206 : 200;
+        const wantStatus = ranged ? 206 : 200;
         if (status !== wantStatus) return fail(`HTTP ${status} (expected ${wantStatus})`);
+        if (ranged) {
+          // a server that answers another range than asked would shift every byte after it
+          const m = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(String(res.headers['content-range'] ?? ''));
+          const start = opts.start ?? 0;
+          if (!m || Number(m[1]) !== start || (opts.end !== undefined && Number(m[2]) !== opts.end - 1)) {
+            return fail(`Content-Range ${JSON.stringify(res.headers['content-range'] ?? null)} does not answer bytes=${start}-${opts.end !== undefined ? opts.end - 1 : ''}`);
+          }
+        }
         const declared = Number(res.headers['content-length'] ?? NaN);
         if (Number.isFinite(declared) && declared > maxBytes) return fail(`Content-Length ${declared} exceeds the ${maxBytes}-byte limit for this file`, 'TOO_LARGE');
         resolvePromise({ res, req, where, declared: Number.isFinite(declared) ? declared : undefined, finish: () => clearTimeout(timer), reason: () => reason });
@@ -200,7 +211,9 @@ export class DirFetcher implements Fetcher {
 
   async stream(path: string, maxBytes: number, opts: StreamOptions = {}): Promise<Readable> {
     const p = await this.resolvePath(path);
-    return createReadStream(p, { start: opts.start ?? 0 }).pipe(limitStream(maxBytes, p));
+    const end = opts.end !== undefined ? opts.end - 1 : undefined;
+    if (end !== undefined && end >= (await stat(p)).size) throw new FetchError(`range ends at ${end}, past the end of the file`, { where: p });
+    return createReadStream(p, { start: opts.start ?? 0, end, highWaterMark: 1024 * 1024 }).pipe(limitStream(maxBytes, p));
   }
 }
 

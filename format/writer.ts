@@ -13,7 +13,8 @@ import { decodeChunk, sha256Hex } from './codec.js';
 import { LoopshipError, VerificationError } from './errors.js';
 import { LIMITS } from './limits.js';
 import { manifestChunks, readPackage } from './package.js';
-import { INDEX_FILE, ROOT_FILE, chunkPath, indexHistoryPath, manifestPath, rootHistoryPath, sigPath } from './paths.js';
+import { INDEX_FILE, ROOT_FILE, chunkPath, indexHistoryPath, manifestPath, packPath, rootHistoryPath, sigPath } from './paths.js';
+import { writePack } from './pack.js';
 import { parseMetadata, serialize, SPEC_VERSION, channelName, type Index, type Manifest, type Root } from './schema.js';
 import { verifyManifestSignature, verifyRootTransition, verifyRole } from './trust.js';
 
@@ -26,6 +27,8 @@ export interface RepositoryWriterOptions {
   now?: () => Date;
   /** how long a freshly signed index stays valid */
   expiresDays?: number;
+  /** write packs/<manifest>.pack for each new version (default true) */
+  packs?: boolean;
 }
 
 export interface PublishResult {
@@ -38,6 +41,8 @@ export interface PublishResult {
   reusedChunks: number;
   /** true when exactly this manifest was already published */
   unchanged: boolean;
+  /** a pack file was written for this version */
+  pack?: boolean;
 }
 
 const inProcess = new Map<string, Promise<unknown>>();
@@ -207,6 +212,8 @@ export class RepositoryWriter {
       }
       if (!info.channel || image.channels[info.channel] === manifest.version) return { ...result, indexVersion: index.version, unchanged: true };
     }
+    // the pack before the manifest and the index: a reader never sees a version whose pack is half-written
+    const pack = this.opts.packs === false ? false : await this.ensurePack(manifest, sha);
     await this.writeFile(manifestPath(sha), manifestBytes);
     await this.writeFile(sigPath(manifestPath(sha)), signature);
     image.versions[manifest.version] = { manifest: sha, size: manifestBytes.length, arch: manifest.arch, published: existing?.published ?? this.now().toISOString() };
@@ -215,7 +222,39 @@ export class RepositoryWriter {
       image.channels[info.channel] = manifest.version;
     }
     const indexVersion = await this.writeIndex(this.bump(index, root), root);
-    return { ...result, indexVersion, unchanged: false };
+    return { ...result, indexVersion, unchanged: false, pack };
+  }
+
+  /** Writes the pack of a version whose chunks are all in the tree, unless it exists. */
+  private async ensurePack(manifest: Manifest, sha: string): Promise<boolean> {
+    const dest = join(this.repoDir, packPath(sha));
+    if (await stat(dest).then(() => true, () => false)) return true;
+    const store = new ChunkStore(this.repoDir);
+    const written = await writePack(dest, manifest, (c) => store.pathOf(c));
+    if (written) await fsyncDir(dirname(dest));
+    return written;
+  }
+
+  /**
+   * Writes the packs missing for published versions (repositories from before packs, or
+   * mirrors, which rebuild packs from the chunks they verified rather than download them).
+   */
+  async writeMissingPacks(): Promise<{ written: string[]; skipped: string[] }> {
+    return this.locked(async () => {
+      const index = await this.readIndex();
+      const written: string[] = [];
+      const skipped: string[] = [];
+      for (const [name, image] of Object.entries(index.images)) {
+        for (const [version, entry] of Object.entries(image.versions)) {
+          if (await stat(join(this.repoDir, packPath(entry.manifest))).then(() => true, () => false)) continue;
+          const where = join(this.repoDir, manifestPath(entry.manifest));
+          const manifest = parseMetadata('manifest', await this.readBounded(manifestPath(entry.manifest), LIMITS.manifestBytes), where);
+          if (await this.ensurePack(manifest, entry.manifest)) written.push(`${name} ${version}`);
+          else skipped.push(`${name} ${version}`);
+        }
+      }
+      return { written, skipped };
+    });
   }
 
   private bump(index: Index, root: Root): Index {

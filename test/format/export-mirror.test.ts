@@ -3,7 +3,7 @@ import { createReadStream } from 'node:fs';
 import { readFile, writeFile, cp } from 'node:fs/promises';
 import { join } from 'node:path';
 import { makeRepo, makePackage, publish, serveDir } from '../helpers/repo.js';
-import { exportPackage, mirrorRepository, readPackage, createFetcher, RepoClient, manifestChunks, RootChainError } from '../../format/index.js';
+import { exportPackage, mirrorRepository, readPackage, createFetcher, RepoClient, manifestChunks, RootChainError, packPath } from '../../format/index.js';
 import { publishRootFromKeystore } from '../../keys/cli.js';
 
 test('export with metadata: an offline receiver on an old root verifies the package and advances its trust', async (t) => {
@@ -62,6 +62,12 @@ test('mirror: copies and verifies, fetches only new chunks the second time, refu
   const second = await mirrorRepository({ from: createFetcher(server.url), to });
   t.is(second.indexVersion, 3);
   t.true(second.newChunks >= 1 && second.newChunks <= 2, `${second.newChunks} new chunks`);
+  // packs are rebuilt on the mirror from the verified chunks: identical to the source's
+  t.is(first.packs, 1);
+  t.is(second.packs, 1);
+  for (const v of Object.values((await fx.writer.readIndex()).images.tiny.versions)) {
+    t.true((await readFile(join(to, packPath(v.manifest)))).equals(await readFile(join(fx.repoDir, packPath(v.manifest)))));
+  }
 
   // The mirror itself is a valid repository for clients.
   const mf = createFetcher(to);
