@@ -2,7 +2,7 @@
 // state dir, the config file, a boot backend, exec, fetchers, clock and host name. The
 // CLI only parses options and prints; tests drive this class directly.
 import { createReadStream } from 'node:fs';
-import { mkdir, open, readFile, readdir, rm, stat } from 'node:fs/promises';
+import { mkdir, open, readFile, readdir, rm, rmdir, stat } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import YAML from 'yaml';
 import { join, resolve as resolvePath } from 'node:path';
@@ -346,6 +346,8 @@ export class Agent {
         return await this.activate(pkg.manifest, opts, result);
       } finally {
         await rm(spool, { recursive: true, force: true });
+        // and import/ itself once empty: a refused package leaves the state dir as it was
+        await rmdir(join(this.state.root, 'import')).catch(() => {});
       }
     });
   }
