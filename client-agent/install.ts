@@ -376,8 +376,9 @@ export async function installVersion(opts: InstallOptions): Promise<InstallResul
           // our own write failing (disk full) is fatal; a missing or bad pack is not: its
           // chunks are fetched one by one below, each verified as always
           if (writeFailed) throw err;
-          if (err instanceof FetchError && err.code === 'NOT_FOUND') {
-            if (!packGone) opts.onNotice?.(`no pack for ${label} on the repository; fetching chunks one by one`);
+          if (err instanceof FetchError) {
+            // no pack, no Range support, or the mirror failing: the other runs would fare no better
+            if (!packGone) opts.onNotice?.(err.code === 'NOT_FOUND' ? `no pack for ${label} on the repository; fetching chunks one by one` : `cannot use the pack of ${label} (${err.message}); fetching chunks one by one`);
             packGone = true;
           } else {
             result.packFallbacks++;

@@ -147,7 +147,10 @@ export class HttpFetcher implements Fetcher {
         const status = res.statusCode ?? 0;
         const fail = (msg: string, code?: 'NOT_FOUND' | 'TOO_LARGE') => {
           clearTimeout(timer);
-          res.resume();
+          // a wrong answer to a Range request may be the whole (big) file: drop the connection
+          // rather than drain it
+          if (ranged) res.destroy();
+          else res.resume();
           reject(new FetchError(msg, { where, status, code }));
         };
         // Redirects are not followed: a repository is a plain tree, and a redirect to

@@ -9,7 +9,8 @@ import { join } from 'node:path';
 import { installVersion } from '../../client-agent/install.js';
 import type { ChunkSource } from '../../client-agent/install.js';
 import { StateDir } from '../../client-agent/state.js';
-import { packPath, chunkPath, packLayout, manifestChunks, type PackRange, type RepoClient } from '../../format/index.js';
+import { packPath, chunkPath, packLayout, manifestChunks, RepoClient, createFetcher, type PackRange } from '../../format/index.js';
+import { serveDir } from '../helpers/repo.js';
 import { makeRepo, makePackage, publish, clientFor, sha256File, sha256Of } from './helpers.js';
 
 const shared = (async () => {
@@ -156,4 +157,22 @@ test.serial('our own write failing (disk full mid-range) stops the install: it i
   t.regex(`${(err as { code?: string }).code} ${err!.message}`, /IO|ENOSPC|no space/i);
   t.deepEqual(single, [], 'no per-chunk fallback for a local write error');
   t.false(existsSync(state.versionDir('tiny', '1.0.0')));
+});
+
+test.serial('a server without Range support (200 for a ranged GET): one notice, then chunk by chunk, image exact', async (t) => {
+  const { fx, v1 } = await shared;
+  const srv = await serveDir(fx.repoDir);
+  t.teardown(() => srv.close());
+  const fetcher = createFetcher(srv.url);
+  const client = new RepoClient({ fetchers: [fetcher], trustedRoot: await RepoClient.pin(fetcher, { keyArmored: fx.rootKeyArmored }) });
+  await client.update();
+  const state = await newState(fx.dir);
+  const notices: string[] = [];
+  const { source, ranges, single } = counting(client);
+  const verified = await client.manifest('tiny', '1.0.0');
+  await installVersion({ state, verified, source, concurrency: 1, packRangeBytes: 128 * 1024, onNotice: (m) => notices.push(m) });
+  t.is(await sha256File(join(state.versionDir('tiny', '1.0.0'), 'verified.img')), sha256Of(await readFile(v1.imagePath)));
+  t.is(ranges.length, 1, 'the first refused Range answer stops the pack path');
+  t.is(single.length, manifestChunks(verified.manifest).length);
+  t.deepEqual(notices.filter((n) => /cannot use the pack .*HTTP 200 \(expected 206\)/.test(n)).length, 1, notices.join('\n'));
 });
