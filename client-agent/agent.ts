@@ -244,6 +244,7 @@ export class Agent {
       source,
       concurrency: cfg?.fetch_concurrency ?? 8,
       onNotice: (msg) => this.log(msg),
+      bootDisk: true,
       onProgress: this.deps.onInstallProgress ? (p) => this.deps.onInstallProgress!(p, label) : undefined,
     });
     if (!r.alreadyInstalled) {

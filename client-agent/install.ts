@@ -202,6 +202,8 @@ export interface InstallOptions {
   source: ChunkSource;
   concurrency?: number;
   onProgress?: (p: InstallProgress) => void;
+  /** also write the boot disk (disk.img, the copy the guest boots) in the same pass */
+  bootDisk?: boolean;
   /** the longest pack range one request asks for */
   packRangeBytes?: number;
   /** things worth a line in the log (a missing pack, a fallback) */
@@ -260,7 +262,8 @@ export async function installVersion(opts: InstallOptions): Promise<InstallResul
     if (err instanceof LoopshipError) throw err;
   }
 
-  const handles = new Map<BlobName, FileHandle>();
+  const handles = new Map<BlobName | 'boot', FileHandle>();
+  let bootDisk: FileHandle | undefined;
   const seeds = await seedIndex(state, { name: m.name, version: m.version });
   const progress: InstallProgress = { doneBytes: 0, totalBytes: 0, fetchedBytes: 0, reusedBytes: 0 };
   for (const w of plan.values()) progress.totalBytes += w.chunk.length * w.targets.length;
@@ -288,6 +291,14 @@ export async function installVersion(opts: InstallOptions): Promise<InstallResul
       handles.set(blob, fh);
       await fh.truncate(b.size);
     }
+    // The boot disk in the same pass: no second read-copy-sync of the image afterwards.
+    // A staging dir resumed without one (journaled chunks it never got) leaves it to configure.
+    const bootPath = join(staging, BOOT_DISK);
+    if (opts.bootDisk && (!resuming || done.size === 0 || (await pathExists(bootPath)))) {
+      bootDisk = await open(bootPath, (await pathExists(bootPath)) ? 'r+' : 'w+', 0o600);
+      handles.set('boot', bootDisk);
+      await bootDisk.truncate(m.image.size);
+    }
     for (const [sha, w] of plan) {
       if (done.has(sha)) {
         result.resumedChunks++;
@@ -302,7 +313,10 @@ export async function installVersion(opts: InstallOptions): Promise<InstallResul
       if (data.length !== w.chunk.length) {
         throw new MetadataError('CHUNK_INVALID', `chunk source returned ${data.length} bytes, expected ${w.chunk.length}`, { where: w.where });
       }
-      for (const t of w.targets) await writeSparse(handles.get(t.file)!, data, t.offset);
+      for (const t of w.targets) {
+        await writeSparse(handles.get(t.file)!, data, t.offset);
+        if (t.file === 'image' && bootDisk) await writeSparse(bootDisk, data, t.offset);
+      }
       if (reused) {
         result.reusedChunks++;
         result.reusedBytes += data.length;

@@ -11,7 +11,7 @@ import type { ChunkSource } from '../../client-agent/install.js';
 import { StateDir } from '../../client-agent/state.js';
 import { packPath, chunkPath, packLayout, manifestChunks, RepoClient, createFetcher, type PackRange } from '../../format/index.js';
 import { serveDir } from '../helpers/repo.js';
-import { makeRepo, makePackage, publish, clientFor, sha256File, sha256Of } from './helpers.js';
+import { makeRepo, makePackage, publish, clientFor, sha256File, sha256Of, allocated } from './helpers.js';
 
 const shared = (async () => {
   const fx = await makeRepo();
@@ -54,8 +54,12 @@ test.serial('a fresh install is a few Range requests on the pack and no per-chun
   const client = await clientFor(fx);
   const verified = await client.manifest('tiny', '1.0.0');
   const { source, ranges, single } = counting(client);
-  const r = await installVersion({ state, verified, source, packRangeBytes: 512 * 1024 });
+  const r = await installVersion({ state, verified, source, packRangeBytes: 512 * 1024, bootDisk: true });
   t.is(await sha256File(join(state.versionDir('tiny', '1.0.0'), 'verified.img')), sha256Of(await readFile(v1.imagePath)));
+  // the boot disk is written in the same pass: same bytes, same holes
+  const disk = join(state.versionDir('tiny', '1.0.0'), 'disk.img');
+  t.is(await sha256File(disk), sha256Of(await readFile(v1.imagePath)));
+  t.is(await allocated(disk), await allocated(join(state.versionDir('tiny', '1.0.0'), 'verified.img')));
   t.deepEqual(single, []);
   const size = packLayout(verified.manifest).size;
   t.is(r.rangeRequests, ranges.length);
