@@ -1,9 +1,12 @@
 // Package tars: one image version in one file, for publishing and offline import.
 // Entry order is fixed so a reader can verify while streaming: manifest.json,
 // manifest.json.asc, then chunks/<aa>/<sha256> (zstd), each named by the manifest.
-import { createReadStream, createWriteStream } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { createReadStream, createWriteStream, statSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { Worker } from 'node:worker_threads';
 import { mkdtemp, rm, stat } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { Readable } from 'node:stream';
@@ -43,6 +46,8 @@ export interface CreatePackageOptions {
   zstdLevel?: number;
   chunking?: ChunkerOptions;
   onProgress?: (doneBytes: number, totalBytes: number) => void;
+  /** compression threads (default: the CPUs, at most 4); 0 or 1 compresses on the calling thread */
+  threads?: number;
 }
 
 export interface CreatedPackage {
@@ -52,45 +57,177 @@ export interface CreatedPackage {
   stats: PackageStats;
 }
 
+// Compression is the heaviest step of making a package: zstd runs on worker threads
+// (each with its own context), which also write the new chunk files, while the main
+// thread reads, chunks and hashes. The worker is a few lines of CommonJS evaluated in
+// place, so it loads the same way from the TypeScript sources and from dist/, without
+// the parent's loaders. It writes like ChunkStore.put (temporary name, then rename; no
+// fsync, as before) to the path the main thread's ChunkStore names.
+const WORKER_SOURCE = `
+const { parentPort, workerData } = require('node:worker_threads');
+const fs = require('node:fs');
+const path = require('node:path');
+const binding = require(workerData.binding);
+const cctx = new binding.CCtx();
+let scratch = Buffer.alloc(0);
+let seq = 0;
+parentPort.on('message', ({ id, data, level, file }) => {
+  try {
+    const bound = binding.compressBound(data.length);
+    if (scratch.length < bound) scratch = Buffer.allocUnsafeSlow(bound);
+    const n = cctx.compress(scratch, data, level);
+    let isNew = false;
+    if (!fs.statSync(file, { throwIfNoEntry: false })?.isFile()) {
+      fs.mkdirSync(path.dirname(file), { recursive: true });
+      const tmp = file + '.tmp-' + process.pid + '-' + workerData.index + '-' + seq++;
+      const fd = fs.openSync(tmp, 'wx', 0o644);
+      try {
+        try {
+          for (let off = 0; off < n; ) off += fs.writeSync(fd, scratch, off, n - off);
+        } finally {
+          fs.closeSync(fd);
+        }
+        fs.renameSync(tmp, file);
+      } catch (err) {
+        fs.rmSync(tmp, { force: true });
+        throw err;
+      }
+      isNew = true;
+    }
+    parentPort.postMessage({ id, csize: n, isNew });
+  } catch (err) {
+    parentPort.postMessage({ id, error: String((err && err.message) || err) });
+  }
+});
+`;
+
+/** What the pipeline knows about one distinct chunk once it is in the store. */
+type Stored = { csize: number; isNew: boolean };
+
+/** A fixed set of compress-and-store workers; jobs queue until a worker is free. */
+class StorePool {
+  private readonly workers: { worker: Worker; busy: number }[] = [];
+  private readonly waiting = new Map<number, { resolve: (r: Stored) => void; reject: (e: Error) => void }>();
+  private readonly queue: { id: number; data: Uint8Array; level: number; file: string }[] = [];
+  private nextId = 0;
+  private failure: Error | undefined;
+  private closing = false;
+
+  constructor(threads: number) {
+    const bindingPath = createRequire(import.meta.url).resolve('zstd-napi/binding.js');
+    for (let index = 0; index < threads; index++) {
+      const worker = new Worker(WORKER_SOURCE, { eval: true, workerData: { binding: bindingPath, index }, execArgv: [] });
+      const slot = { worker, busy: 0 };
+      worker.on('message', (m: { id: number; csize?: number; isNew?: boolean; error?: string }) => {
+        slot.busy--;
+        const w = this.waiting.get(m.id);
+        this.waiting.delete(m.id);
+        if (m.error === undefined) w?.resolve({ csize: m.csize!, isNew: m.isNew! });
+        else w?.reject(new LoopshipError('IO', `compressing and storing a chunk failed: ${m.error}`));
+        this.pump();
+      });
+      worker.on('error', (err) => this.fail(err));
+      worker.on('exit', (code) => {
+        if (!this.closing) this.fail(new Error(`compression worker exited with code ${code}`));
+      });
+      this.workers.push(slot);
+    }
+  }
+
+  /** Compresses `data` and writes it to `file` unless that exists. */
+  store(data: Uint8Array, level: number, file: string): Promise<Stored> {
+    if (this.failure) return Promise.reject(this.failure);
+    const id = this.nextId++;
+    const p = new Promise<Stored>((resolve, reject) => this.waiting.set(id, { resolve, reject }));
+    // an own copy: posting a view would copy its whole read buffer
+    this.queue.push({ id, data: new Uint8Array(data), level, file });
+    this.pump();
+    return p;
+  }
+
+  // two jobs per worker: one running, one ready, so no worker idles for a round trip
+  private pump(): void {
+    while (this.queue.length) {
+      const slot = this.workers.reduce((a, b) => (b.busy < a.busy ? b : a));
+      if (slot.busy >= 2) return;
+      const job = this.queue.shift()!;
+      slot.busy++;
+      slot.worker.postMessage(job, [job.data.buffer as ArrayBuffer]);
+    }
+  }
+
+  private fail(err: Error): void {
+    this.failure ??= err;
+    for (const w of this.waiting.values()) w.reject(err);
+    this.waiting.clear();
+    this.queue.length = 0;
+  }
+
+  async close(): Promise<void> {
+    this.closing = true;
+    await Promise.all(this.workers.map((w) => w.worker.terminate()));
+  }
+}
+
+// Chunks (at most this many) hashed but not yet stored: bounds memory while the workers catch up.
+const IN_FLIGHT = 64;
+
 async function chunkInto(
   path: string,
   opts: ChunkerOptions,
   store: ChunkStore,
-  level: number,
   stats: PackageStats,
-  seen: Set<string>,
+  stored: Map<string, Promise<Stored>>,
+  storeNew: (sha: string, raw: Uint8Array) => Promise<Stored>,
   progress: (n: number) => void,
 ): Promise<Blob> {
   const size = (await stat(path)).size;
   const chunks: Chunk[] = [];
-  const whole = opts.skipZeroBlocks ? undefined : await import('node:crypto').then((c) => c.createHash('sha256'));
+  const whole = opts.skipZeroBlocks ? undefined : createHash('sha256');
+  const pending = new Set<Promise<void>>();
+  let failed: unknown;
   let last = 0;
   for await (const raw of chunkFile(path, opts)) {
+    if (failed) break;
     const sha = sha256Hex(raw.data);
     whole?.update(raw.data);
-    // A chunk already in the store (an earlier build, or earlier in this image) is not
-    // compressed again: a warm rebuild only pays for what changed.
-    let csize: number;
-    let isNew = false;
-    const existing = seen.has(sha) || (await store.has(sha)) ? await stat(store.pathOf(sha)).catch(() => undefined) : undefined;
-    if (existing) csize = existing.size;
-    else {
-      const compressed = compressChunk(raw.data, level);
-      isNew = await store.put(sha, compressed, { fsync: false });
-      csize = compressed.length;
-    }
-    seen.add(sha);
-    chunks.push({ offset: raw.offset, length: raw.data.length, sha256: sha, csize });
+    const chunk: Chunk = { offset: raw.offset, length: raw.data.length, sha256: sha, csize: 0 };
+    chunks.push(chunk);
     stats.chunks++;
     stats.stored += raw.data.length;
-    stats.compressed += csize;
-    if (isNew) {
-      stats.newChunks++;
-      stats.newCompressed += csize;
+    // A chunk already in the store (an earlier build) is not compressed again: a warm
+    // rebuild only pays for what changed. One that repeats within this package shares
+    // the first one's work. (A synchronous stat: thousands of them cost milliseconds,
+    // the same through the thread pool cost seconds.)
+    let job = stored.get(sha);
+    const first = !job;
+    if (!job) {
+      const existing = statSync(store.pathOf(sha), { throwIfNoEntry: false });
+      job = existing?.isFile() ? Promise.resolve({ csize: existing.size, isNew: false }) : storeNew(sha, raw.data);
+      stored.set(sha, job);
     }
+    const done: Promise<void> = job
+      .then(
+        (r) => {
+          chunk.csize = r.csize;
+          stats.compressed += r.csize;
+          if (first && r.isNew) {
+            stats.newChunks++;
+            stats.newCompressed += r.csize;
+          }
+        },
+        (err) => {
+          failed ??= err;
+        },
+      )
+      .finally(() => pending.delete(done));
+    pending.add(done);
+    if (pending.size >= IN_FLIGHT) await Promise.race(pending);
     progress(raw.offset + raw.data.length - last);
     last = raw.offset + raw.data.length;
   }
+  await Promise.all(pending);
+  if (failed) throw failed;
   progress(size - last);
   stats.apparent += size;
   return whole ? { size, sha256: whole.digest('hex'), chunks } : { size, chunks };
@@ -102,6 +239,7 @@ export async function createPackage(opts: CreatePackageOptions): Promise<Created
   const stats: PackageStats = { chunks: 0, newChunks: 0, apparent: 0, stored: 0, compressed: 0, newCompressed: 0 };
   const staging = 'tarPath' in opts.out ? await mkdtemp(join(dirname(opts.out.tarPath), '.loopship-pkg-')) : undefined;
   const store = new ChunkStore(staging ?? (opts.out as { repoDir: string }).repoDir);
+  let pool: StorePool | undefined;
   try {
     const files = [opts.imagePath, opts.kernelPath, ...(opts.initrdPath ? [opts.initrdPath] : [])];
     const total = (await Promise.all(files.map((f) => stat(f)))).reduce((a, s) => a + s.size, 0);
@@ -110,10 +248,19 @@ export async function createPackage(opts: CreatePackageOptions): Promise<Created
       done += n;
       opts.onProgress?.(done, total);
     };
-    const seen = new Set<string>();
-    const image = await chunkInto(opts.imagePath, opts.chunking ?? IMAGE_CHUNKING, store, level, stats, seen, progress);
-    const kernel = await chunkInto(opts.kernelPath, FILE_CHUNKING, store, level, stats, seen, progress);
-    const initrd = opts.initrdPath ? await chunkInto(opts.initrdPath, FILE_CHUNKING, store, level, stats, seen, progress) : null;
+    const stored = new Map<string, Promise<Stored>>();
+    const threads = opts.threads ?? Math.min(4, availableParallelism());
+    const workers = threads > 1 ? new StorePool(threads) : undefined;
+    pool = workers;
+    const storeNew = workers
+      ? (sha: string, raw: Uint8Array) => workers.store(raw, level, store.pathOf(sha))
+      : async (sha: string, raw: Uint8Array) => {
+          const compressed = compressChunk(raw, level);
+          return { csize: compressed.length, isNew: await store.put(sha, compressed, { fsync: false }) };
+        };
+    const image = await chunkInto(opts.imagePath, opts.chunking ?? IMAGE_CHUNKING, store, stats, stored, storeNew, progress);
+    const kernel = await chunkInto(opts.kernelPath, FILE_CHUNKING, store, stats, stored, storeNew, progress);
+    const initrd = opts.initrdPath ? await chunkInto(opts.initrdPath, FILE_CHUNKING, store, stats, stored, storeNew, progress) : null;
     const candidate = { ...opts.manifest, image: { ...opts.manifest.image, ...image }, kernel, initrd };
     // Validate what we are about to sign: a builder bug must not produce a package no client accepts.
     const checked = ManifestSchema.safeParse(candidate);
@@ -126,6 +273,7 @@ export async function createPackage(opts: CreatePackageOptions): Promise<Created
     }
     return { manifest, manifestBytes, signature, stats };
   } finally {
+    await pool?.close();
     if (staging) await rm(staging, { recursive: true, force: true });
   }
 }
