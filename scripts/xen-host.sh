@@ -17,7 +17,8 @@
 # Environment: LOOPSHIP_XEN_CACHE (default /var/cache/loopship/xen), LOOPSHIP_MIRROR (Debian
 # mirror; default: this machine's apt sources), LOOPSHIP_AGENT_DEB (install this .deb
 # instead of the built tree), XEN_QEMU_MEM (MiB, default 2560), XEN_DOM0_MEM (default
-# 1024M), XEN_TIMEOUT (seconds for a run, default 3600), XEN_SMP (default 2).
+# 1024M), XEN_TIMEOUT (seconds for a run, default 3600), XEN_SMP (default 2), XEN_CPU
+# (QEMU -cpu, default below).
 # Needs root, debootstrap, qemu-system-x86, e2fsprogs, zstd, and `npm run build` done.
 set -euo pipefail
 
@@ -179,13 +180,21 @@ run_host() {
   local serial=(-serial stdio) stdin=/dev/null shell_arg=''
   if [ "$mode" = shell ]; then serial=(-serial mon:stdio); stdin=/dev/stdin; shell_arg=' loopship.shell'; fi
   local mem=${XEN_QEMU_MEM:-2560} dom0=${XEN_DOM0_MEM:-1024M}
-  # -cpu: SMAP crashes dom0 (#PF in create_bounce_frame) and RDTSCP kills PVH guests under
-  # QEMU 7.2 TCG. Xen is loaded by QEMU's multiboot loader: the dom0 kernel and initrd are
-  # its modules (comma-separated -initrd); no bootloader involved.
-  local qemu=(qemu-system-x86_64 -accel tcg -cpu max,-smap,-rdtscp -smp "${XEN_SMP:-2}" -m "$mem"
+  # -cpu: `max` because PVH needs SVM (TCG emulates AMD's, not VMX). Under QEMU 7.2 TCG, SMAP
+  # crashes dom0 (#PF in create_bounce_frame), RDTSCP kills PVH guests, and the AVX family
+  # (TCG's AVX support is new in 7.2) is left out so that glibc and V8 stay on SSE code paths
+  # and Xen's XSAVE area holds no YMM state. Xen is loaded by QEMU's multiboot loader: the
+  # dom0 kernel and initrd are its modules (comma-separated -initrd); no bootloader involved.
+  local cpu=${XEN_CPU:-max,-smap,-rdtscp,-avx,-avx2,-fma,-f16c,-vaes,-mpx}
+  # eager-fpu: on an AMD CPU Xen switches FPU state lazily (CR0.TS, restore on #NM), and
+  # under TCG that corrupts dom0's SSE registers once a domU uses the FPU: node computed
+  # wrong hashes and died with SIGSEGV in dom0 while a PVH guest booted. Eager switching
+  # restores the state on every context switch instead.
+  local xen_args=${XEN_ARGS:-spec-ctrl=eager-fpu}
+  local qemu=(qemu-system-x86_64 -accel tcg -cpu "$cpu" -smp "${XEN_SMP:-2}" -m "$mem"
     -display none -no-reboot -monitor none "${serial[@]}"
     -kernel "$img/xen.elf"
-    -append "console=com1 com1=115200,8n1 dom0_mem=$dom0,max:$dom0 loglvl=warning guest_loglvl=warning"
+    -append "console=com1 com1=115200,8n1 dom0_mem=$dom0,max:$dom0 loglvl=warning guest_loglvl=warning $xen_args"
     -initrd "$img/vmlinuz root=/dev/vda rw console=hvc0 quiet$shell_arg,$img/initrd.img"
     -drive "file=$run/dom0.qcow2,format=qcow2,if=virtio,cache=unsafe"
     -drive "file=$run/job.tar,format=raw,if=virtio,readonly=on"

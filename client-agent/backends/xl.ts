@@ -4,7 +4,7 @@
 import { mkdir, readFile, readdir, rm, symlink, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ConfigError, ExecError, LoopshipError } from '../../format/index.js';
-import { type Exec, run, defaultExec } from '../exec.js';
+import { type Exec, type ExecResult, run, defaultExec } from '../exec.js';
 import { writeFileAtomic, readLinkOrNull } from '../fsutil.js';
 import type { Backend, DomainSpec } from './types.js';
 
@@ -188,34 +188,50 @@ export class XlBackend implements Backend {
   }
 
   /**
-   * `xl create`, bounded: it occasionally never returns although the domain runs (seen about
-   * once in 20 under emulation). Whether the domain exists (`xl domid`) decides, not xl's exit.
+   * `xl create`, bounded: it occasionally never returns (seen about once in 20 under
+   * emulation), either after the domain runs (then carry on) or while building it (the
+   * domain stays paused with no vcpus: destroy it and try once more). Whether the domain
+   * exists and is not paused (`xl list NAME`) decides, not xl's exit.
    */
   private async create(name: string, cfg: string): Promise<void> {
     const limit = this.createTimeoutMs;
+    for (let attempt = 1; ; attempt++) {
+      const r = await this.createOnce(cfg, limit);
+      if (r !== 'timeout' && r.exitCode !== 0) {
+        const detail = (r.stderr || r.stdout).trim().split('\n').slice(-3).join(' / ');
+        throw new ExecError(`${this.xl} create ${cfg} failed with exit code ${r.exitCode}${detail ? `: ${detail}` : ''}`, { where: this.xl });
+      }
+      const state = await this.domainState(name);
+      if (state !== null && !state.includes('p')) {
+        if (r === 'timeout') this.log(`xl create ${name} did not return within ${Math.round(limit / 1000)} s, but the domain runs: carrying on`);
+        return;
+      }
+      if (r !== 'timeout') throw new ExecError(`${this.xl} create ${cfg} succeeded but domain ${name} ${state === null ? 'does not exist' : `is paused (${state})`}`, { where: this.xl });
+      const what = state === null ? `no domain ${name} exists` : `domain ${name} was left paused (${state})`;
+      if (state !== null) await this.exec(this.xl, ['destroy', name], { timeoutMs: 60_000 }).catch(() => undefined);
+      if (attempt >= 2) throw new ExecError(`${this.xl} create ${cfg} did not return within ${Math.round(limit / 1000)} s, twice; ${what}`, { where: this.xl });
+      this.log(`xl create ${name} did not return within ${Math.round(limit / 1000)} s and ${what}: trying once more`);
+    }
+  }
+
+  /** One `xl create` with two deadlines: the exec's kill, and ours for a killed xl whose pipes stay open. */
+  private async createOnce(cfg: string, limit: number): Promise<ExecResult | 'timeout'> {
     const t0 = this.now();
     let timer: NodeJS.Timeout | undefined;
-    // a second, outer deadline: a killed xl whose pipes stay open must not hold us either
     const deadline = new Promise<'timeout'>((res) => { timer = setTimeout(() => res('timeout'), limit + Math.min(limit, 15_000)); });
-    const r = await Promise.race([
+    return Promise.race([
       // the exec throws when it kills xl at the limit; any earlier throw is a real failure
       this.exec(this.xl, ['create', cfg], { timeoutMs: limit }).catch((err: Error) => (this.now() - t0 >= limit ? ('timeout' as const) : Promise.reject(err))),
       deadline,
     ]).finally(() => clearTimeout(timer));
-    if (r !== 'timeout' && r.exitCode !== 0) {
-      const detail = (r.stderr || r.stdout).trim().split('\n').slice(-3).join(' / ');
-      throw new ExecError(`${this.xl} create ${cfg} failed with exit code ${r.exitCode}${detail ? `: ${detail}` : ''}`, { where: this.xl });
-    }
-    if (await this.isRunning(name)) {
-      if (r === 'timeout') this.log(`xl create ${name} did not return within ${Math.round(limit / 1000)} s, but the domain exists: carrying on`);
-      return;
-    }
-    throw new ExecError(
-      r === 'timeout'
-        ? `${this.xl} create ${cfg} did not return within ${Math.round(limit / 1000)} s and no domain ${name} exists`
-        : `${this.xl} create ${cfg} succeeded but no domain ${name} exists (xl domid ${name})`,
-      { where: this.xl },
-    );
+  }
+
+  /** The domain's state flags from `xl list NAME` (e.g. "-b----", "--p---"), null if there is none. */
+  private async domainState(name: string): Promise<string | null> {
+    const r = await this.exec(this.xl, ['list', name], { timeoutMs: 60_000 }).catch(() => null);
+    if (!r || r.exitCode !== 0) return null;
+    const row = r.stdout.split('\n').map((l) => l.trim().split(/\s+/)).find((f) => f[0] === name);
+    return row?.[4] ?? null;
   }
 
   async stop(name: string, opts: { timeoutMs?: number } = {}): Promise<void> {

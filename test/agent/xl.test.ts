@@ -173,13 +173,18 @@ test.serial('xenconsoled that starts a moment after the toolstack answers is wai
   t.deepEqual((await calls()).filter((a) => a[0] === 'create').length, 1);
 });
 
-/** The fake xl, except that `xl create` does its work and then never returns (or fails to start). */
-function hangingCreate(opts: { makeDomain: boolean; settle?: 'killed' | 'never' }): { exec: Exec; createOpts: { timeoutMs?: number }[] } {
+/** The fake xl, except that `xl create` does its work (or not) and then never returns. */
+function hangingCreate(opts: { makeDomain: boolean | ((attempt: number) => boolean); settle?: 'killed' | 'never'; paused?: (attempt: number) => boolean }): { exec: Exec; createOpts: { timeoutMs?: number }[] } {
   const createOpts: { timeoutMs?: number }[] = [];
   const exec: Exec = async (file, args, o) => {
     if (args[0] !== 'create') return defaultExec(file, args, o);
     createOpts.push({ timeoutMs: o?.timeoutMs });
-    if (opts.makeDomain) await defaultExec(file, args); // the domain is made, then xl hangs
+    const attempt = createOpts.length;
+    const make = typeof opts.makeDomain === 'function' ? opts.makeDomain(attempt) : opts.makeDomain;
+    if (make) await defaultExec(file, args); // the domain is made, then xl hangs
+    const pausedFlag = join(process.env.FAKE_XL_STATE!, 'paused-sbc');
+    if (opts.paused?.(attempt)) await writeFile(pausedFlag, '');
+    else await rm(pausedFlag, { force: true });
     if (opts.settle === 'never') return new Promise(() => {});
     // what defaultExec does when it kills a program at its timeout
     await new Promise((r) => setTimeout(r, o?.timeoutMs ?? 0));
@@ -197,7 +202,7 @@ for (const settle of ['killed', 'never'] as const) {
     await backend.start(spec); // 'never': only the backend's own deadline gets it past this
     t.deepEqual(createOpts, [{ timeoutMs: 150 }]);
     t.true(await backend.isRunning('sbc'));
-    t.regex(notes.join('\n'), /xl create sbc did not return within 0 s, but the domain exists/);
+    t.regex(notes.join('\n'), /xl create sbc did not return within 0 s, but the domain runs: carrying on/);
   });
 }
 
@@ -206,8 +211,28 @@ test.serial('xl create that never returns and made no domain is an error saying 
   const { exec } = hangingCreate({ makeDomain: false, settle: 'never' });
   const backend = new XlBackend({ exec, etcXen: join(dir, 'etc-xen'), consoleDir, procDir, createTimeoutMs: 100, log: () => {} });
   const err = await t.throwsAsync(backend.start(spec));
-  t.regex(err!.message, /xl create .*sbc\.cfg did not return within 0 s and no domain sbc exists/);
+  t.regex(err!.message, /xl create .*sbc\.cfg did not return within 0 s, twice; no domain sbc exists/);
   t.is((err as { code?: string }).code, 'EXEC_FAILED');
+});
+
+test.serial('xl create that hangs while building leaves a paused domain: destroyed, created once more', async (t) => {
+  const { dir, spec, consoleDir, procDir, calls } = await setup(t);
+  const { exec, createOpts } = hangingCreate({ makeDomain: true, settle: 'killed', paused: (n) => n === 1 });
+  const notes: string[] = [];
+  const backend = new XlBackend({ exec, etcXen: join(dir, 'etc-xen'), consoleDir, procDir, createTimeoutMs: 100, log: (l) => notes.push(l) });
+  await backend.start(spec);
+  t.is(createOpts.length, 2);
+  t.truthy((await calls()).find((a) => a[0] === 'destroy' && a[1] === 'sbc'), 'the paused half-built domain was destroyed');
+  t.true(await backend.isRunning('sbc'));
+  t.regex(notes[0], /domain sbc was left paused \(--p---\): trying once more/);
+  t.regex(notes[1], /but the domain runs/);
+
+  // paused both times: an error, and nothing half-built left behind
+  await backend.stop('sbc');
+  const always = hangingCreate({ makeDomain: true, settle: 'killed', paused: () => true });
+  const b2 = new XlBackend({ exec: always.exec, etcXen: join(dir, 'etc-xen'), consoleDir, procDir, createTimeoutMs: 100, log: () => {} });
+  t.regex((await t.throwsAsync(b2.start(spec)))!.message, /did not return within 0 s, twice; domain sbc was left paused/);
+  t.false(await backend.isRunning('sbc'));
 });
 
 test.serial('xl create that fails, or succeeds without a domain, is an error', async (t) => {
@@ -217,5 +242,5 @@ test.serial('xl create that fails, or succeeds without a domain, is an error', a
   t.regex((await t.throwsAsync(backend.start(spec)))!.message, /create .* failed with exit code 3: libxl: error: cannot make domain/);
   const vanishing: Exec = async (file, args, o) => (args[0] === 'create' ? { exitCode: 0, stdout: '', stderr: '' } : defaultExec(file, args, o));
   backend = new XlBackend({ exec: vanishing, etcXen: join(dir, 'etc-xen'), consoleDir, procDir });
-  t.regex((await t.throwsAsync(backend.start(spec)))!.message, /succeeded but no domain sbc exists/);
+  t.regex((await t.throwsAsync(backend.start(spec)))!.message, /succeeded but domain sbc does not exist/);
 });
