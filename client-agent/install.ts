@@ -9,9 +9,11 @@
 import { createHash } from 'node:crypto';
 import { mkdir, open, readFile, rename, rm, rmdir, statfs, appendFile, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { join, dirname } from 'node:path';
-import type { Chunk, Manifest, PackRange } from '../format/index.js';
+import type { Chunk, Manifest, PackEntry, PackRange } from '../format/index.js';
 import { parseMetadata, packLayout, planPackRanges } from '../format/index.js';
-import { MetadataError, LoopshipError, FetchError } from '../format/index.js';
+import { MetadataError, LoopshipError, FetchError, VerificationError } from '../format/index.js';
+import { DecodePool } from './decode-pool.js';
+import { writeSparseSync } from './sparse.js';
 import { BLOCK_SIZE } from '../format/index.js';
 import type { StateDir } from './state.js';
 import { writeFileAtomic, fsyncDir, ioError, pathExists } from './fsutil.js';
@@ -26,6 +28,26 @@ export interface ChunkSource {
    * delivered before that stay delivered.
    */
   packChunks?(manifestSha256: string, range: PackRange, onChunk: (c: Chunk, raw: Buffer) => Promise<void>): Promise<void>;
+  /** packChunks without decoding (RepoClient has it): the engine decodes and verifies on worker threads */
+  packFrames?(manifestSha256: string, range: PackRange, onFrame: (e: PackEntry, frame: Buffer, where: string) => Promise<void>): Promise<void>;
+}
+
+/** A counting semaphore: bounds the frames waiting for a decode worker. */
+class Semaphore {
+  private waiters: (() => void)[] = [];
+  constructor(private free: number) {}
+  async acquire(): Promise<void> {
+    if (this.free > 0) {
+      this.free--;
+      return;
+    }
+    await new Promise<void>((r) => this.waiters.push(r));
+  }
+  release(): void {
+    const next = this.waiters.shift();
+    if (next) next();
+    else this.free++;
+  }
 }
 
 export interface VerifiedManifest {
@@ -111,31 +133,9 @@ export function planChunks(m: Manifest, label: string): Map<string, Work> {
   return work;
 }
 
-const ZERO_BLOCK = Buffer.alloc(BLOCK_SIZE);
-
 /** Writes `data` at `position`, skipping all-zero blocks (they stay holes). */
 export async function writeSparse(fh: FileHandle, data: Buffer, position: number): Promise<void> {
-  let runStart = -1;
-  const blocks = Math.ceil(data.length / BLOCK_SIZE);
-  // one step past the last block (a sentinel "zero" block) flushes the last run
-  for (let b = 0; b <= blocks; b++) {
-    const i = Math.min(b * BLOCK_SIZE, data.length);
-    const end = Math.min(i + BLOCK_SIZE, data.length);
-    const zero = b === blocks || ZERO_BLOCK.compare(data, i, end, 0, end - i) === 0;
-    if (!zero && runStart < 0) runStart = i;
-    if (zero && runStart >= 0) {
-      await writeAll(fh, data.subarray(runStart, i), position + runStart);
-      runStart = -1;
-    }
-  }
-}
-
-async function writeAll(fh: FileHandle, buf: Buffer, position: number): Promise<void> {
-  let done = 0;
-  while (done < buf.length) {
-    const { bytesWritten } = await fh.write(buf, done, buf.length - done, position + done);
-    done += bytesWritten;
-  }
+  writeSparseSync(fh.fd, data, position);
 }
 
 async function readExactly(path: string, offset: number, length: number): Promise<Buffer | null> {
@@ -204,6 +204,8 @@ export interface InstallOptions {
   onProgress?: (p: InstallProgress) => void;
   /** also write the boot disk (disk.img, the copy the guest boots) in the same pass */
   bootDisk?: boolean;
+  /** decode worker threads for pack frames (default: up to 4, one per core; 0: decode on the main thread) */
+  decodeWorkers?: number;
   /** the longest pack range one request asks for */
   packRangeBytes?: number;
   /** things worth a line in the log (a missing pack, a fallback) */
@@ -309,18 +311,16 @@ export async function installVersion(opts: InstallOptions): Promise<InstallResul
     let flushing: Promise<void> | null = null;
 
     /** Writes verified bytes to every place they go and journals them. */
-    const commit = async (sha: string, w: Work, data: Buffer, reused: boolean): Promise<void> => {
-      if (data.length !== w.chunk.length) {
-        throw new MetadataError('CHUNK_INVALID', `chunk source returned ${data.length} bytes, expected ${w.chunk.length}`, { where: w.where });
-      }
-      for (const t of w.targets) {
-        await writeSparse(handles.get(t.file)!, data, t.offset);
-        if (t.file === 'image' && bootDisk) await writeSparse(bootDisk, data, t.offset);
-      }
+    /** Every place a chunk's bytes go: (fd, offset), the boot disk included. */
+    const writesOf = (w: Work): { fd: number; offset: number }[] =>
+      w.targets.flatMap((t) => [{ fd: handles.get(t.file)!.fd, offset: t.offset }, ...(t.file === 'image' && bootDisk ? [{ fd: bootDisk.fd, offset: t.offset }] : [])]);
+
+    /** Counts a chunk whose bytes are written, and journals it. */
+    const account = (sha: string, w: Work, reused: boolean): void => {
       if (reused) {
         result.reusedChunks++;
-        result.reusedBytes += data.length;
-        progress.reusedBytes += data.length;
+        result.reusedBytes += w.chunk.length;
+        progress.reusedBytes += w.chunk.length;
       } else {
         result.fetchedChunks++;
         result.fetchedBytes += w.chunk.csize;
@@ -336,6 +336,15 @@ export async function installVersion(opts: InstallOptions): Promise<InstallResul
           .catch((err) => { failed ??= err; })
           .finally(() => { flushing = null; });
       }
+    };
+
+    /** Writes verified bytes to every place they go and journals them. */
+    const commit = async (sha: string, w: Work, data: Buffer, reused: boolean): Promise<void> => {
+      if (data.length !== w.chunk.length) {
+        throw new MetadataError('CHUNK_INVALID', `chunk source returned ${data.length} bytes, expected ${w.chunk.length}`, { where: w.where });
+      }
+      for (const { fd, offset } of writesOf(w)) writeSparseSync(fd, data, offset);
+      account(sha, w, reused);
     };
 
     /** Runs `fn` over `items` with `n` workers; the first failure stops them all. */
@@ -373,10 +382,12 @@ export async function installVersion(opts: InstallOptions): Promise<InstallResul
       const ranges = planPackRanges(packLayout(m), (sha) => want.has(sha), opts.packRangeBytes);
       let packGone = false;
       let writeFailed = false;
-      await pool(ranges, Math.min(concurrency, 4), async (range) => {
-        if (packGone) return;
-        try {
-          result.rangeRequests++;
+      // Decoding and hashing on worker threads when the source hands out raw frames: the
+      // main thread then only moves bytes. At most `inFlight` frames wait for a worker.
+      const decoders = source.packFrames && opts.decodeWorkers !== 0 ? new DecodePool(opts.decodeWorkers) : null;
+      const inFlight = new Semaphore(64);
+      const fetchRange = async (range: PackRange): Promise<void> => {
+        if (!decoders) {
           await source.packChunks!(verified.sha256, range, async (c, raw) => {
             try {
               await commit(c.sha256, plan.get(c.sha256)!, raw, false);
@@ -386,20 +397,64 @@ export async function installVersion(opts: InstallOptions): Promise<InstallResul
             }
             delivered.add(c.sha256);
           });
-        } catch (err) {
-          // our own write failing (disk full) is fatal; a missing or bad pack is not: its
-          // chunks are fetched one by one below, each verified as always
-          if (writeFailed) throw err;
-          if (err instanceof FetchError) {
-            // no pack, no Range support, or the mirror failing: the other runs would fare no better
-            if (!packGone) opts.onNotice?.(err.code === 'NOT_FOUND' ? `no pack for ${label} on the repository; fetching chunks one by one` : `cannot use the pack of ${label} (${err.message}); fetching chunks one by one`);
-            packGone = true;
-          } else {
-            result.packFallbacks++;
-            opts.onNotice?.(`pack range ${range.start}-${range.end - 1} of ${label} failed (${(err as Error).message}); fetching its remaining chunks one by one`);
-          }
+          return;
         }
-      });
+        const jobs: Promise<void>[] = [];
+        let badFrame: Error | undefined;
+        try {
+          await source.packFrames!(verified.sha256, range, async (e, frame, where) => {
+            if (failed) throw failed;
+            const w = plan.get(e.chunk.sha256)!;
+            await inFlight.acquire();
+            jobs.push(
+              decoders
+                .decode(frame, e.chunk, where, writesOf(w))
+                .then(
+                  () => {
+                    account(e.chunk.sha256, w, false);
+                    delivered.add(e.chunk.sha256);
+                  },
+                  (err) => {
+                    // a frame that does not verify falls back alone; a write error is fatal
+                    if (err instanceof VerificationError) badFrame ??= err;
+                    else {
+                      writeFailed = true;
+                      failed ??= ioError(err, staging, 'install failed');
+                    }
+                  },
+                )
+                .finally(() => inFlight.release()),
+            );
+          });
+        } finally {
+          await Promise.all(jobs);
+        }
+        if (failed) throw failed;
+        if (badFrame) throw badFrame;
+      };
+      try {
+        await pool(ranges, Math.min(concurrency, 4), async (range) => {
+          if (packGone) return;
+          try {
+            result.rangeRequests++;
+            await fetchRange(range);
+          } catch (err) {
+            // our own write failing (disk full) is fatal; a missing or bad pack is not: its
+            // chunks are fetched one by one below, each verified as always
+            if (writeFailed) throw err;
+            if (err instanceof FetchError) {
+              // no pack, no Range support, or the mirror failing: the other runs would fare no better
+              if (!packGone) opts.onNotice?.(err.code === 'NOT_FOUND' ? `no pack for ${label} on the repository; fetching chunks one by one` : `cannot use the pack of ${label} (${err.message}); fetching chunks one by one`);
+              packGone = true;
+            } else {
+              result.packFallbacks++;
+              opts.onNotice?.(`pack range ${range.start}-${range.end - 1} of ${label} failed (${(err as Error).message}); fetching its remaining chunks one by one`);
+            }
+          }
+        });
+      } finally {
+        await decoders?.close();
+      }
     }
 
     // 3. chunk by chunk: without a pack, or what a pack failed to deliver

@@ -4,7 +4,7 @@
 import { FetchError, ExpiredError, RollbackError, RootChainError, DigestError, VerificationError, LoopshipError, MetadataError } from './errors.js';
 import { LIMITS, zstdCompressBound } from './limits.js';
 import { INDEX_FILE, ROOT_FILE, indexHistoryPath, chunkPath, manifestPath, packPath, rootHistoryPath, sigPath } from './paths.js';
-import { readPackRange, type PackRange } from './pack.js';
+import { readPackRange, splitPackRange, frameWhere, type PackEntry, type PackRange } from './pack.js';
 import { parseMetadata, latestVersion, type Root, type Index, type Manifest, type Chunk, type IndexVersion } from './schema.js';
 import { verifyRole, verifyRootTransition, verifyManifestSignature } from './trust.js';
 import { decodeChunk, sha256Hex } from './codec.js';
@@ -285,6 +285,23 @@ export class RepoClient {
     const body = await fetcher.stream(path, range.end - range.start, { start: range.start, end: range.end });
     try {
       await readPackRange(body, range, `${fetcher.source}/${path}`, onChunk);
+    } finally {
+      body.destroy();
+    }
+  }
+
+  /**
+   * packChunks without the decoding: each frame with the place it names in error messages,
+   * NOT verified. For callers that decode elsewhere (the agent's worker threads); they must
+   * decodeChunk every frame before using a byte of it.
+   */
+  async packFrames(manifestSha256: string, range: PackRange, onFrame: (e: PackEntry, frame: Buffer, where: string) => Promise<void> | void): Promise<void> {
+    const fetcher = this.fetchers[0];
+    const path = packPath(manifestSha256);
+    const where = `${fetcher.source}/${path}`;
+    const body = await fetcher.stream(path, range.end - range.start, { start: range.start, end: range.end });
+    try {
+      await splitPackRange(body, range, where, (e, frame) => onFrame(e, frame, frameWhere(where, e)));
     } finally {
       body.destroy();
     }

@@ -11,7 +11,7 @@ export { sha256Hex, compressChunk, decodeChunk, DEFAULT_ZSTD_LEVEL } from './cod
 export { chunkFile, IMAGE_CHUNKING, FILE_CHUNKING, type ChunkerOptions, type RawChunk } from './chunker.js';
 export { ChunkStore, writeFileAtomic, fsyncDir } from './chunkstore.js';
 export { createPackage, readPackage, writePackageTar, manifestChunks, MANIFEST_ENTRY, SIGNATURE_ENTRY, type CreatePackageOptions, type CreatedPackage, type PackageStats, type ReadPackageResult } from './package.js';
-export { packLayout, planPackRanges, readPackRange, writePack, type PackEntry, type PackLayout, type PackRange } from './pack.js';
+export { packLayout, planPackRanges, readPackRange, splitPackRange, frameWhere, writePack, type PackEntry, type PackLayout, type PackRange } from './pack.js';
 export { RepositoryWriter, WRITER_DIR, type PublishResult, type RepositoryWriterOptions } from './writer.js';
 export { createFetcher, HttpFetcher, DirFetcher, type Fetcher, type HttpFetcherOptions } from './fetcher.js';
 export { RepoClient, verifyIndex, verifyManifest, checkNotExpired, type RootPin, type UpdateResult, type Resolved } from './client.js';

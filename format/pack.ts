@@ -71,12 +71,12 @@ export function planPackRanges(layout: PackLayout, wanted: (sha256: string) => b
 }
 
 /**
- * Splits a stream of the bytes of `range` into frames and hands each one, decoded and
- * verified, to `onChunk` (awaited: the stream is paused meanwhile, so memory stays at one
- * frame plus the socket's buffers). Throws at the first bad frame or a short stream; the
- * chunks delivered before that are good and stay delivered.
+ * Splits a stream of the bytes of `range` into its frames, NOT verified: `onFrame` must
+ * decode and check each one (decodeChunk) before using a byte of it. Awaited, so the
+ * stream is paused meanwhile and memory stays at a frame plus the socket's buffers.
+ * Throws on a short stream or bytes past the last frame.
  */
-export async function readPackRange(body: AsyncIterable<Buffer>, range: PackRange, where: string, onChunk: (c: Chunk, raw: Buffer) => Promise<void> | void): Promise<void> {
+export async function splitPackRange(body: AsyncIterable<Buffer>, range: PackRange, where: string, onFrame: (e: PackEntry, frame: Buffer) => Promise<void> | void): Promise<void> {
   let i = 0;
   let parts: Buffer[] = [];
   let have = 0;
@@ -84,20 +84,30 @@ export async function readPackRange(body: AsyncIterable<Buffer>, range: PackRang
     parts.push(part);
     have += part.length;
     while (i < range.entries.length && have >= range.entries[i].chunk.csize) {
-      const c = range.entries[i].chunk;
+      const e = range.entries[i];
       const joined = parts.length === 1 ? parts[0] : Buffer.concat(parts, have);
-      const raw = decodeChunk(joined.subarray(0, c.csize), c, `${where} (chunk ${c.sha256} at pack offset ${range.entries[i].offset})`);
-      const rest = joined.subarray(c.csize);
+      const rest = joined.subarray(e.chunk.csize);
       parts = rest.length ? [rest] : [];
       have = rest.length;
       i++;
-      await onChunk(c, raw);
+      await onFrame(e, joined.subarray(0, e.chunk.csize));
     }
   }
   if (i < range.entries.length || have > 0) {
     const what = i < range.entries.length ? `ended after ${i} of its ${range.entries.length} chunks` : `has ${have} bytes past its last chunk`;
     throw new DigestError('CHUNK_INVALID', `pack range ${range.start}-${range.end - 1} ${what}`, { where });
   }
+}
+
+/** Where a frame of a pack is, for error messages. */
+export const frameWhere = (where: string, e: PackEntry): string => `${where} (chunk ${e.chunk.sha256} at pack offset ${e.offset})`;
+
+/**
+ * splitPackRange, with each frame decoded and verified against the manifest before
+ * `onChunk` sees it. Throws at the first bad frame; the chunks delivered before stay good.
+ */
+export async function readPackRange(body: AsyncIterable<Buffer>, range: PackRange, where: string, onChunk: (c: Chunk, raw: Buffer) => Promise<void> | void): Promise<void> {
+  await splitPackRange(body, range, where, (e, frame) => onChunk(e.chunk, decodeChunk(frame, e.chunk, frameWhere(where, e))));
 }
 
 /**

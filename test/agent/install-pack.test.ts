@@ -24,21 +24,37 @@ const shared = (async () => {
 })();
 test.after.always(async () => (await shared).fx.cleanup());
 
-/** The real client, counting Range requests and per-chunk fetches. */
-function counting(client: RepoClient, hook?: { afterChunks?: number; then?: () => Promise<void> }) {
+/**
+ * The real client, counting Range requests and per-chunk fetches. By default it hands out
+ * raw frames (the engine decodes on worker threads, as the agent does); `mainThread` gives
+ * only decoded chunks (the engine's other path).
+ */
+function counting(client: RepoClient, hook?: { afterChunks?: number; then?: () => Promise<void>; mainThread?: boolean }) {
   const ranges: PackRange[] = [];
   const single: string[] = [];
   let delivered = 0;
+  const before = async () => {
+    if (hook?.afterChunks !== undefined && delivered++ === hook.afterChunks) await hook.then!();
+  };
   const source: ChunkSource = {
     chunk: (c) => (single.push(c.sha256), client.chunk(c)),
     packChunks: (sha, range, onChunk) => {
       ranges.push(range);
       return client.packChunks(sha, range, async (c, raw) => {
-        if (hook?.afterChunks !== undefined && delivered++ === hook.afterChunks) await hook.then!();
+        await before();
         await onChunk(c, raw);
       });
     },
   };
+  if (!hook?.mainThread) {
+    source.packFrames = (sha, range, onFrame) => {
+      ranges.push(range);
+      return client.packFrames(sha, range, async (e, frame, where) => {
+        await before();
+        await onFrame(e, frame, where);
+      });
+    };
+  }
   return { source, ranges, single };
 }
 
@@ -105,7 +121,7 @@ test.serial('no pack on the repository: one notice, then chunk by chunk', async 
   t.is(r.fetchedBytes, r.fullCompressedBytes);
 });
 
-test.serial('a tampered pack: the bad run falls back to chunk files, and the image is still exact', async (t) => {
+for (const mainThread of [false, true]) test.serial(`a tampered pack: the bad frame falls back to its chunk file, and the image is still exact (decoded ${mainThread ? 'on the main thread' : 'on workers'})`, async (t) => {
   const { fx, v1, p1 } = await shared;
   const file = join(fx.repoDir, packPath(p1.manifestSha256));
   const saved = await readFile(file);
@@ -117,13 +133,15 @@ test.serial('a tampered pack: the bad run falls back to chunk files, and the ima
   t.teardown(() => writeFile(file, saved));
   const state = await newState(fx.dir);
   const client = await clientFor(fx);
-  const { source, single } = counting(client);
+  const { source, single } = counting(client, { mainThread });
   const notices: string[] = [];
   const r = await installVersion({ state, verified: await client.manifest('tiny', '1.0.0'), source, onNotice: (m) => notices.push(m) });
   t.is(await sha256File(join(state.versionDir('tiny', '1.0.0'), 'verified.img')), sha256Of(await readFile(v1.imagePath)));
   t.true(single.includes(victim.chunk.sha256));
   t.is(r.packFallbacks, 1);
   t.regex(notices.join('\n'), new RegExp(`pack range .* failed .*${victim.chunk.sha256}`));
+  // on workers only the bad frame falls back; on the main thread, the rest of its run too
+  if (!mainThread) t.deepEqual(single, [victim.chunk.sha256]);
 });
 
 test.serial('pack and chunk file both tampered: the install fails on verification and nothing is put in place', async (t) => {
@@ -147,7 +165,7 @@ test.serial('pack and chunk file both tampered: the install fails on verificatio
   t.false(existsSync(state.versionDir('tiny', '1.0.0')));
 });
 
-test.serial('our own write failing (disk full mid-range) stops the install: it is not taken for a bad pack', async (t) => {
+for (const mainThread of [false, true]) test.serial(`our own write failing (disk full mid-range) stops the install: it is not taken for a bad pack (${mainThread ? 'main thread' : 'workers'})`, async (t) => {
   const { fx } = await shared;
   const mnt = await mkdtemp(join(fx.dir, 'small-'));
   await execa('mount', ['-t', 'tmpfs', '-o', 'size=24m', 'loopship-test', mnt]);
@@ -156,7 +174,7 @@ test.serial('our own write failing (disk full mid-range) stops the install: it i
   await state.init();
   const client = await clientFor(fx);
   // after a few chunks, something else fills the disk
-  const { source, single } = counting(client, { afterChunks: 3, then: () => execa('dd', ['if=/dev/zero', `of=${join(mnt, 'filler')}`, 'bs=1M', 'count=64'], { reject: false }).then(() => {}) });
+  const { source, single } = counting(client, { mainThread, afterChunks: 3, then: () => execa('dd', ['if=/dev/zero', `of=${join(mnt, 'filler')}`, 'bs=1M', 'count=64'], { reject: false }).then(() => {}) });
   const err = await t.throwsAsync(installVersion({ state, verified: await client.manifest('tiny', '1.0.0'), source, concurrency: 1 }));
   t.regex(`${(err as { code?: string }).code} ${err!.message}`, /IO|ENOSPC|no space/i);
   t.deepEqual(single, [], 'no per-chunk fallback for a local write error');
