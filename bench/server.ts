@@ -1,38 +1,59 @@
 // Benchmark (figures, not pass/fail): many concurrent clients downloading a chunked image
 // from `loopship serve` and from nginx serving the same tree on loopback.
 //
-//   node --import tsx bench/server.ts [--clients 100] [--size-mib 256] [--rounds 5] [--workers 1] [--chunk-kib N] [--keep]
+//   node --import tsx bench/server.ts [--clients 100] [--size-mib 256] [--rounds 5]
+//        [--mode pack,chunks] [--workers N] [--curls 2] [--chunk-kib N] [--keep]
 //
 // The tree is shaped like a real repository: content-addressed chunk files whose sizes
 // follow the chunker (4 KiB blocks, ~16 blocks on average, 4..256), stored "compressed"
-// (incompressible random bytes, about half the raw size). Clients are one curl process
-// running `--parallel --parallel-max N` (keep-alive connections, C event loop), so the
-// client side costs the same for both servers. Each round fetches every chunk once, in a
-// different order per round; rounds alternate between the two servers (both stay up), so
-// a busy machine slows both alike, and the median round of each is compared. Prints
-// throughput of each server, the ratio, and the peak RSS of the server processes (VmHWM,
-// summed over nginx's workers). Uses the compiled CLI (dist/, `npm run build`) when present:
-// that is what a deployment runs, and it spares the TypeScript loader's memory.
+// (incompressible random bytes, about half the raw size), and the version's pack
+// (packs/<sha256>.pack: those frames concatenated, FORMAT.md "Packs").
+//
+// Two modes, each a row:
+// - pack (the headline: what agents do now): every client downloads the whole image from
+//   the pack as Range requests planned by format's planPackRanges (runs of frames of at
+//   most 8 MiB), 4 in flight per client, like client-agent/install.ts. Every answer must
+//   be 206 with exactly the Content-Range and length asked for.
+// - chunks (older clients, mirrors): every chunk file fetched once per round with CLIENTS
+//   transfers in flight; every answer must be 200.
+// Clients are curl processes running `--parallel` (keep-alive connections, C event loop),
+// so the client side costs the same for both servers. Rounds alternate between the two
+// servers (both stay up), so a busy machine slows both alike, and the median round of
+// each is compared. Peak RSS (VmHWM, reset before each mode) is summed over each server's
+// processes (nginx's master + workers; loopship's cluster primary + workers).
+// loopship runs with `serve`'s default --workers unless --workers is given; nginx runs
+// `worker_processes auto` (one per CPU). Uses the compiled CLI (dist/, `npm run build`)
+// when present: that is what a deployment runs, and it spares the TypeScript loader's memory.
 import { execa, type ResultPromise } from 'execa';
 import { randomBytes, createHash } from 'node:crypto';
-import { access, chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { access, appendFile, chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { planPackRanges, type Chunk, type PackLayout } from '../format/index.js';
+import { report, type Row } from './report.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
-function arg(name: string, def: number): number {
+function arg(name: string): string | undefined {
   const i = process.argv.indexOf(`--${name}`);
-  return i > 0 ? Number(process.argv[i + 1]) : def;
+  return i > 0 ? process.argv[i + 1] : undefined;
 }
-const CLIENTS = arg('clients', 100);
-const SIZE = arg('size-mib', 256) * 2 ** 20;
-const ROUNDS = arg('rounds', 5);
-const WORKERS = arg('workers', 1);
+const num = (name: string, def: number) => Number(arg(name) ?? def);
+const CLIENTS = num('clients', 100);
+const SIZE = num('size-mib', 256) * 2 ** 20;
+const ROUNDS = num('rounds', 5);
+/** loopship's --workers; unset: serve's own default (what a deployment gets) */
+const WORKERS = arg('workers');
+/** client processes the transfers are spread over (one curl is single-threaded) */
+const CURLS = num('curls', 2);
+const MODES = (arg('mode') ?? 'pack,chunks').split(',') as ('pack' | 'chunks')[];
 /** fixed chunk-file size in KiB (0: sizes like the chunker's, ~30 KiB on average) */
-const CHUNK_KIB = arg('chunk-kib', 0);
+const CHUNK_KIB = num('chunk-kib', 0);
+/** like client-agent/install.ts */
+const PACK_RANGE_MAX = 8 * 2 ** 20;
+const PACK_PARALLEL = 4;
 const KEEP = process.argv.includes('--keep');
 
 async function freePort(): Promise<number> {
@@ -54,8 +75,19 @@ function chunkSize(): number {
   return Math.max(512, Math.round((blocks * 4096) / 2 + (Math.random() - 0.5) * 4096));
 }
 
-async function makeTree(dir: string): Promise<{ paths: string[]; bytes: number }> {
+interface Tree {
+  paths: string[];
+  bytes: number;
+  pack: string;
+  layout: PackLayout;
+}
+
+async function makeTree(dir: string): Promise<Tree> {
   const paths: string[] = [];
+  const layout: PackLayout = { entries: [], size: 0 };
+  const packSha = createHash('sha256').update(randomBytes(32)).digest('hex'); // stands for a manifest's sha256
+  const pack = `packs/${packSha}.pack`;
+  await mkdir(path.join(dir, 'packs'), { recursive: true });
   let bytes = 0;
   while (bytes < SIZE) {
     const data = randomBytes(Math.min(chunkSize(), SIZE - bytes || 512));
@@ -63,11 +95,14 @@ async function makeTree(dir: string): Promise<{ paths: string[]; bytes: number }
     const rel = `chunks/${sha.slice(0, 2)}/${sha}`;
     await mkdir(path.join(dir, 'chunks', sha.slice(0, 2)), { recursive: true });
     await writeFile(path.join(dir, rel), data);
+    await appendFile(path.join(dir, pack), data);
     paths.push(rel);
+    layout.entries.push({ chunk: { sha256: sha, csize: data.length, offset: 0, length: data.length * 2 } as Chunk, offset: bytes });
     bytes += data.length;
   }
+  layout.size = bytes;
   await writeFile(path.join(dir, 'index.json'), '{}\n');
-  return { paths, bytes };
+  return { paths, bytes, pack, layout };
 }
 
 async function waitUp(url: string, proc: ResultPromise): Promise<void> {
@@ -86,9 +121,8 @@ async function waitUp(url: string, proc: ResultPromise): Promise<void> {
   throw new Error(`server at ${url} did not come up`);
 }
 
-/** Peak resident memory (VmHWM) of a process and its children, in MiB. */
-async function peakRssMiB(pid: number): Promise<number> {
-  let total = 0;
+/** A process and its children (nginx's workers, a cluster's workers). */
+async function family(pid: number): Promise<number[]> {
   const pids = [pid];
   try {
     const children = (await readFile(`/proc/${pid}/task/${pid}/children`, 'utf8')).trim();
@@ -96,7 +130,13 @@ async function peakRssMiB(pid: number): Promise<number> {
   } catch {
     /* gone */
   }
-  for (const p of pids) {
+  return pids;
+}
+
+/** Peak resident memory (VmHWM) summed over a process and its children, in MiB. */
+async function peakRssMiB(pid: number): Promise<number> {
+  let total = 0;
+  for (const p of await family(pid)) {
     try {
       const m = /VmHWM:\s+(\d+) kB/.exec(await readFile(`/proc/${p}/status`, 'utf8'));
       if (m) total += Number(m[1]) / 1024;
@@ -105,6 +145,11 @@ async function peakRssMiB(pid: number): Promise<number> {
     }
   }
   return total;
+}
+
+/** Starts the peak over (clear_refs 5 resets VmHWM to the current RSS), so each mode has its own. */
+async function resetPeak(pid: number): Promise<void> {
+  for (const p of await family(pid)) await writeFile(`/proc/${p}/clear_refs`, '5').catch(() => {});
 }
 
 function shuffled<T>(a: T[]): T[] {
@@ -116,36 +161,95 @@ function shuffled<T>(a: T[]): T[] {
   return b;
 }
 
+interface Transfer {
+  url: string;
+  /** inclusive byte range, for pack requests */
+  range?: [number, number];
+}
+
+const WRITE_OUT = '%{http_code} %{size_download} %header{content-range}\\n';
+
 interface Round {
   seconds: number;
   requests: number;
 }
 
-/** One round: every chunk once, in a fresh order, CLIENTS transfers at a time. */
-async function round(name: string, url: string, paths: string[], work: string): Promise<Round> {
-  const list = path.join(work, `${name}.curl`);
-  const lines: string[] = [];
-  for (const p of shuffled(paths)) lines.push(`url = "${url}/${p}"`, 'output = "/dev/null"');
-  await writeFile(list, lines.join('\n') + '\n');
+/**
+ * One round: the transfers spread over CURLS curl processes, `inFlight` at a time in all.
+ * Every answer is checked: 200 and the whole file, or 206 with the Content-Range and
+ * length asked for.
+ */
+async function round(name: string, base: string, transfers: Transfer[], inFlight: number, work: string): Promise<Round> {
+  const lists: Transfer[][] = [];
+  for (let i = 0; i < CURLS; i++) lists.push([]);
+  transfers.forEach((t, i) => lists[i % CURLS].push(t)); // interleaved: each process gets every client's share
+  const files = await Promise.all(
+    lists.map(async (list, i) => {
+      const f = path.join(work, `${name}-${i}.curl`);
+      // one option group per transfer ("next"): a range would otherwise apply to every URL
+      const lines: string[] = [];
+      for (const t of list) {
+        if (lines.length) lines.push('next');
+        lines.push('silent', 'show-error', `write-out = "${WRITE_OUT}"`, `url = "${base}/${t.url}"`, 'output = "/dev/null"');
+        if (t.range) lines.push(`range = "${t.range[0]}-${t.range[1]}"`);
+      }
+      await writeFile(f, lines.join('\n') + '\n');
+      return f;
+    }),
+  );
+  const parallel = String(Math.max(1, Math.round(inFlight / CURLS)));
   const t0 = process.hrtime.bigint();
-  const r = await execa('curl', ['-sS', '--fail', '-Z', '--parallel-max', String(CLIENTS), '-w', '%{http_code}\\n', '-K', list], { reject: false, timeout: 1_800_000 });
+  const results = await Promise.all(
+    files.map((f) =>
+      execa('curl', ['-Z', '--parallel-immediate', '--parallel-max', parallel, '-K', f], {
+        reject: false,
+        timeout: 3_600_000,
+        maxBuffer: 256 * 2 ** 20,
+      }),
+    ),
+  );
   const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
-  const codes = r.stdout.split('\n').filter(Boolean);
-  const bad = codes.filter((c) => c !== '200').length;
-  if (r.exitCode !== 0 || bad > 0 || codes.length !== paths.length) throw new Error(`${name}: curl exit ${r.exitCode}, ${bad} non-200 answers of ${codes.length}: ${r.stderr.slice(0, 500)}`);
-  return { seconds, requests: codes.length };
+  // answers come in completion order: compare as multisets
+  const want = new Map<string, number>();
+  for (const t of transfers) {
+    const key = t.range ? `206 ${t.range[1] - t.range[0] + 1} bytes ${t.range[0]}-${t.range[1]}/` : '200';
+    want.set(key, (want.get(key) ?? 0) + 1);
+  }
+  let answers = 0;
+  const bad: string[] = [];
+  for (const r of results) {
+    if (r.exitCode !== 0) bad.push(`curl exit ${r.exitCode}: ${r.stderr.slice(0, 300)}`);
+    for (const line of r.stdout.split('\n')) {
+      if (!line) continue;
+      answers++;
+      const [code, size, ...rest] = line.split(' ');
+      const cr = rest.join(' ');
+      const key = code === '206' ? `206 ${size} ${cr.slice(0, cr.indexOf('/') + 1)}` : code;
+      const n = want.get(key);
+      if (n) want.set(key, n - 1);
+      else if (bad.length < 5) bad.push(`unexpected answer: ${line}`);
+    }
+  }
+  if (bad.length || answers !== transfers.length) throw new Error(`${name}: ${answers} answers of ${transfers.length}; ${bad.join('; ')}`);
+  return { seconds, requests: answers };
 }
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
-function show(name: string, rounds: Round[], bytes: number, rssMiB: number): { mibs: number } {
+interface Measured {
+  mibs: number;
+  reqs: number;
+  rss: number;
+  all: string;
+}
+
+function measured(rounds: Round[], bytes: number, rss: number): Measured {
   const secs = median(rounds.map((r) => r.seconds));
-  const mibs = bytes / 2 ** 20 / secs;
-  const all = rounds.map((r) => (bytes / 2 ** 20 / r.seconds).toFixed(0)).join(' ');
-  process.stdout.write(
-    `${name.padEnd(9)} ${mibs.toFixed(0).padStart(6)} MiB/s ${(rounds[0].requests / secs).toFixed(0).padStart(7)} req/s (median of ${rounds.length}; rounds: ${all} MiB/s)  peak RSS ${rssMiB.toFixed(0)} MiB\n`,
-  );
-  return { mibs };
+  return { mibs: bytes / 2 ** 20 / secs, reqs: rounds[0].requests / secs, rss, all: rounds.map((r) => (bytes / 2 ** 20 / r.seconds).toFixed(0)).join(' ') };
+}
+
+function show(name: string, m: Measured): void {
+  process.stdout.write(`  ${name.padEnd(9)} ${m.mibs.toFixed(0).padStart(6)} MiB/s ${m.reqs.toFixed(0).padStart(7)} req/s (median of ${ROUNDS}; rounds: ${m.all} MiB/s)  peak RSS ${m.rss.toFixed(0)} MiB\n`);
 }
 
 async function main(): Promise<void> {
@@ -155,9 +259,9 @@ async function main(): Promise<void> {
   await mkdir(tree);
   const procs: ResultPromise[] = [];
   try {
-    process.stderr.write(`making a ${(SIZE / 2 ** 20).toFixed(0)} MiB chunked tree in ${tree} ...\n`);
-    const { paths, bytes } = await makeTree(tree);
-    process.stderr.write(`${paths.length} chunk files, ${(bytes / paths.length / 1024).toFixed(1)} KiB average; ${CLIENTS} concurrent clients, ${ROUNDS} round(s) each way\n`);
+    process.stderr.write(`making a ${(SIZE / 2 ** 20).toFixed(0)} MiB chunked tree and its pack in ${tree} ...\n`);
+    const t = await makeTree(tree);
+    process.stderr.write(`${t.paths.length} chunk files, ${(t.bytes / t.paths.length / 1024).toFixed(1)} KiB average; ${CLIENTS} clients, ${ROUNDS} round(s) each way, ${CURLS} curl process(es)\n`);
 
     // loopship serve (request log at warn: nginx below logs no requests either)
     const compiled = path.join(ROOT, 'dist/bin/loopship.js');
@@ -165,7 +269,8 @@ async function main(): Promise<void> {
     const cli = useDist ? [compiled] : ['--import', 'tsx', path.join(ROOT, 'bin/loopship.ts')];
     await writeFile(path.join(work, 'none.yaml'), '{}\n');
     const lport = await freePort();
-    const loopship = execa('node', [...cli, 'serve', '--workers', String(WORKERS), '--repo', tree, '--port', String(lport), '--state-dir', path.join(work, 'state'), '--log-level', 'warn', '--log-format', 'json', '--config', path.join(work, 'none.yaml')], {
+    const workers = WORKERS === undefined ? [] : ['--workers', WORKERS];
+    const loopship = execa('node', [...cli, 'serve', ...workers, '--repo', tree, '--port', String(lport), '--state-dir', path.join(work, 'state'), '--log-level', 'warn', '--log-format', 'json', '--config', path.join(work, 'none.yaml')], {
       cwd: ROOT,
       reject: false,
     });
@@ -206,28 +311,72 @@ http {
     procs.push(nginx);
     const nurl = `http://127.0.0.1:${nport}`;
     await waitUp(nurl, nginx);
+    const lprocs = (await family(loopship.pid!)).length;
+    const nprocs = (await family(nginx.pid!)).length;
+    process.stderr.write(`loopship: ${useDist ? 'compiled (dist/)' : 'TypeScript via tsx (run npm run build for the deployed form)'}, ${lprocs} process(es); nginx: ${nprocs} process(es)\n`);
 
-    process.stderr.write(`loopship: ${useDist ? 'compiled (dist/)' : 'TypeScript via tsx (run npm run build for the deployed form)'}; warming up both ...\n`);
-    await round('loopship', lurl, paths, work);
-    await round('nginx', nurl, paths, work);
-    const ours: Round[] = [];
-    const theirs: Round[] = [];
-    for (let i = 0; i < ROUNDS; i++) {
-      ours.push(await round('loopship', lurl, paths, work));
-      theirs.push(await round('nginx', nurl, paths, work));
-      process.stderr.write(`round ${i + 1}/${ROUNDS} done\n`);
+    const loads: number[] = [os.loadavg()[0]];
+    const rows: Row[] = [];
+    const figures: Record<string, unknown> = {};
+    for (const mode of MODES) {
+      let transfers: Transfer[];
+      let inFlight: number;
+      let bytes: number;
+      let what: string;
+      if (mode === 'pack') {
+        // each client plans its own ranges, as the agent does; the list interleaves the
+        // clients so that the transfers in flight are about PACK_PARALLEL per client
+        const plan = planPackRanges(t.layout, () => true, PACK_RANGE_MAX);
+        transfers = [];
+        for (const r of plan) for (let c = 0; c < CLIENTS; c++) transfers.push({ url: t.pack, range: [r.start, r.end - 1] });
+        inFlight = CLIENTS * PACK_PARALLEL;
+        bytes = t.bytes * CLIENTS;
+        what = `pack: ${CLIENTS} clients x ${plan.length} Range requests (<= 8 MiB, ${PACK_PARALLEL} in flight each) over a ${(t.bytes / 2 ** 20).toFixed(0)} MiB pack`;
+      } else {
+        transfers = t.paths.map((p) => ({ url: p }));
+        inFlight = CLIENTS;
+        bytes = t.bytes;
+        what = `chunks: ${t.paths.length} chunk files (${(t.bytes / t.paths.length / 1024).toFixed(1)} KiB average), ${CLIENTS} in flight`;
+      }
+      process.stderr.write(`\n${what}\nwarming up both ...\n`);
+      const order = () => (mode === 'chunks' ? shuffled(transfers) : transfers);
+      await round('loopship', lurl, order(), inFlight, work);
+      await round('nginx', nurl, order(), inFlight, work);
+      await resetPeak(loopship.pid!);
+      await resetPeak(nginx.pid!);
+      const ours: Round[] = [];
+      const theirs: Round[] = [];
+      for (let i = 0; i < ROUNDS; i++) {
+        ours.push(await round('loopship', lurl, order(), inFlight, work));
+        theirs.push(await round('nginx', nurl, order(), inFlight, work));
+        loads.push(os.loadavg()[0]);
+        process.stderr.write(`round ${i + 1}/${ROUNDS} done (load ${os.loadavg()[0].toFixed(1)})\n`);
+      }
+      const a = measured(ours, bytes, await peakRssMiB(loopship.pid!));
+      const b = measured(theirs, bytes, await peakRssMiB(nginx.pid!));
+      process.stdout.write(`\n${what}\n`);
+      show('loopship', a);
+      show('nginx', b);
+      process.stdout.write(`  throughput ratio loopship/nginx: ${(a.mibs / b.mibs).toFixed(2)} (target >= 0.8); loopship peak RSS ${a.rss.toFixed(0)} MiB (target < 200)\n`);
+      rows.push({ mode, 'loopship MiB/s': a.mibs, 'loopship req/s': a.reqs, 'loopship RSS MiB': a.rss, 'nginx MiB/s': b.mibs, 'nginx req/s': b.reqs, 'nginx RSS MiB': b.rss, ratio: a.mibs / b.mibs });
+      figures[mode] = { what, loopshipRounds: ours, nginxRounds: theirs, bytesPerRound: bytes };
     }
-    const oursRss = await peakRssMiB(loopship.pid!);
-    const theirsRss = await peakRssMiB(nginx.pid!);
     loopship.kill('SIGTERM');
     nginx.kill('SIGQUIT');
     await Promise.all([loopship, nginx]);
 
-    process.stdout.write('\n');
-    const a = show('loopship', ours, bytes, oursRss);
-    const b = show('nginx', theirs, bytes, theirsRss);
-    process.stdout.write(`throughput ratio loopship/nginx: ${(a.mibs / b.mibs).toFixed(2)} (target >= 0.8); loopship peak RSS ${oursRss.toFixed(0)} MiB (target < 200)\n`);
-    process.stdout.write(`machine: ${os.cpus().length} CPU(s), ${os.cpus()[0]?.model ?? '?'}, load average ${os.loadavg()[0].toFixed(1)}; clients and servers share it\n`);
+    const load = `${Math.min(...loads).toFixed(1)}-${Math.max(...loads).toFixed(1)}`;
+    process.stdout.write(`\nmachine: ${os.cpus().length} CPU(s), ${os.cpus()[0]?.model ?? '?'}, load average ${load} during the run; clients and servers share it\n`);
+    await report('server', `Repository server vs nginx, ${CLIENTS} clients, loopship ${lprocs} process(es), nginx ${nprocs}`, rows, {
+      clients: CLIENTS,
+      imageMiB: t.bytes / 2 ** 20,
+      rounds: ROUNDS,
+      curls: CURLS,
+      loopshipProcesses: lprocs,
+      nginxProcesses: nprocs,
+      loadAverage: loads,
+      ...figures,
+    });
   } finally {
     // stop gracefully: a SIGKILLed nginx master leaves its workers behind (so would a cluster primary)
     await Promise.all(

@@ -1,5 +1,6 @@
 // Public API of the repository server.
 export { createApp, type AppOptions } from './app.js';
+export { BufferPool, type PoolStats } from './buffer-pool.js';
 export { startServer, type StartOptions, type RunningServer } from './server.js';
 export { parseServerConfig, loadServerConfig, DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR, type ServerConfig, type Principal } from './config.js';
 export { ReportSchema, ApplianceReportSchema, HEALTH_STATES, FileReportStore, type FleetReport, type ReportInput, type ApplianceReport, type StoredReport, type ReportStore } from './reports.js';
