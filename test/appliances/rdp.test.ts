@@ -72,6 +72,7 @@ const serial = slow ? test.serial : test.serial.skip;
 
 test.before(async (t) => {
   if (!slow) return;
+  t.timeout(40 * 60_000);
   const work = await mkdtemp('/var/tmp/loopship-appliances-');
   const t0 = Date.now();
   const sbcBuilt = await builtImage(join(ROOT, 'recipes/sbc-desktop'), work);
@@ -127,7 +128,9 @@ serial('sbc-desktop: xrdp answers on the host-set port; a wrong password stays a
 
   // inside: xrdp listens where the setting says, the users exist with the site's hash, nothing else has a password
   const inside = await until('SSH into the desktop server', 5 * 60_000, async () => {
-    const r = await ssh(`ss -Hltn 'sport = :${RDP_PORT_IN_GUEST}' | wc -l; id -nG alice; getent shadow alice | cut -d: -f2 | cut -c1-3; getent shadow root | cut -d: -f2`);
+    // listening sockets on the port (state 0A), from /proc: minbase has no ss or netstat
+    const hexPort = Number(RDP_PORT_IN_GUEST).toString(16).toUpperCase().padStart(4, '0');
+    const r = await ssh(`awk '$4 == "0A" {print $2}' /proc/net/tcp /proc/net/tcp6 | grep -c ':${hexPort}$'; id -nG alice; getent shadow alice | cut -d: -f2 | cut -c1-3; getent shadow root | cut -d: -f2`);
     return r.exitCode === 0 ? r.stdout.split('\n') : undefined;
   });
   t.is(Number(inside[0]) > 0, true, 'xrdp listens on the port from rdp.port');
@@ -172,8 +175,8 @@ serial('sbc-desktop: xrdp answers on the host-set port; a wrong password stays a
   });
   t.log(`desktop: ${await saveShot('sbc-desktop-session', desktop)} ${describe(desktop)}`);
   t.true(isXfceDesktop(desktop));
-  const granted = (await ssh("grep -h -i -E 'session started|created session|access granted' /var/log/xrdp-sesman.log | tail -1")).stdout.trim();
-  t.regex(granted, /./, 'sesman logged the session');
+  const granted = (await ssh("grep -h 'login successful for user alice' /var/log/xrdp.log | tail -1")).stdout.trim();
+  t.regex(granted, /login successful for user alice/);
   const withSession = await memUsed();
   t.log(`sbc-desktop memory used (MemTotal - MemAvailable): idle ${idle} MiB, with one session ${withSession} MiB`);
   t.true(withSession > idle);
