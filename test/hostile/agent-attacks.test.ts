@@ -398,20 +398,26 @@ const kindOf = (a: Attack) => a.name.split(':')[0];
 const firstOfKind = new Set([...new Set(attacks.map(kindOf))].map((k) => attacks.find((a) => kindOf(a) === k && !a.fetcher && !a.now)?.name));
 
 let seq = 0;
+/** A copy of the good repository changed by the attack, its server, and a copy of the template host configured for it. */
+async function scene(t: ExecutionContext, a: Pick<Attack, 'prepare' | 'http' | 'repos'>) {
+  const slug = `s${++seq}`;
+  const tree = join(W.dir, 'trees', slug);
+  await mkdir(join(W.dir, 'trees'), { recursive: true });
+  await execa('cp', ['-a', W.repoDir, tree]);
+  const ctx = context(W, tree);
+  await a.prepare?.(ctx);
+  const server = await hostileServer(tree, a.http?.(ctx));
+  t.teardown(server.close);
+  const host = await copyHost(W, slug);
+  await hostConfig(host.dir, a.repos ? a.repos(server.url, W) : [server.url]);
+  return { ctx, server, host };
+}
+
 for (const a of attacks) {
   (a.slow && process.env.LOOPSHIP_FAST ? test.skip : test)(a.name, async (t) => {
     W = await worldP;
     await (a.slow ? <T>(f: () => Promise<T>) => f() : gate)(async () => {
-      const slug = `a${++seq}`;
-      const tree = join(W.dir, 'trees', slug);
-      await mkdir(join(W.dir, 'trees'), { recursive: true });
-      await execa('cp', ['-a', W.repoDir, tree]);
-      const ctx = context(W, tree);
-      await a.prepare?.(ctx);
-      const server = await hostileServer(tree, a.http?.(ctx));
-      t.teardown(server.close);
-      const host = await copyHost(W, slug);
-      await hostConfig(host.dir, a.repos ? a.repos(server.url, W) : [server.url]);
+      const { ctx, host } = await scene(t, a);
       const v1 = join(host.stateDir, 'appliances', 'sbc', '1.0.0');
       const images = { disk: await fileSha(join(v1, 'disk.img')), verified: await fileSha(join(v1, 'verified.img')) };
       const before = await hashTree(host.dir, SKIP);
@@ -492,17 +498,8 @@ for (const a of recoveries) {
   test(`survived: ${a.name}`, async (t) => {
     W = await worldP;
     await gate(async () => {
-      const slug = `r${++seq}`;
-      const tree = join(W.dir, 'trees', slug);
-      await mkdir(join(W.dir, 'trees'), { recursive: true });
-      await execa('cp', ['-a', W.repoDir, tree]);
-      const ctx = context(W, tree);
-      if (a.name.startsWith('pack')) t.true(existsSync(join(tree, packRel(W))), 'the repository has packs');
-      await a.prepare?.(ctx);
-      const server = await hostileServer(tree, a.http?.(ctx));
-      t.teardown(server.close);
-      const host = await copyHost(W, slug);
-      await hostConfig(host.dir, a.repos ? a.repos(server.url, W) : [server.url]);
+      if (a.name.startsWith('pack')) t.true(existsSync(join(W.repoDir, packRel(W))), 'the repository has packs');
+      const { server, host } = await scene(t, a);
       const backend = runningBackend(W, host);
       const logs: string[] = [];
       const up = await agentFor(host, backend, { logs }).upgrade('sbc');

@@ -17,7 +17,7 @@ import { Agent } from '../../client-agent/agent.js';
 import type { DomainSpec } from '../../client-agent/backends/types.js';
 import {
   RepositoryWriter, createFetcher, exitCodeFor, serialize, manifestPath, chunkPath, packPath, sigPath,
-  LoopshipError, type Index, type Manifest, type HttpFetcherOptions,
+  type Index, type Manifest, type HttpFetcherOptions,
 } from '../../format/index.js';
 import { Keystore, buildRoot, signRoot, signDetached, generateKey, readPrivateKey, type PrivateKey } from '../../keys/index.js';
 import { startServer, type RunningServer } from '../../repo-server/server.js';
@@ -370,7 +370,7 @@ export async function runCli(host: Host, args: string[], timeoutMs = 120_000): P
 }
 
 export type { PrivateKey };
-export { exitCodeFor, LoopshipError, chunkPath, manifestPath, packPath, sigPath, serialize, signDetached, buildRoot, signRoot, Keystore };
+export { exitCodeFor, sigPath, signDetached, buildRoot, signRoot, Keystore };
 
 /** At most `n` at a time (loop mounts and node processes on a small shared machine). */
 export function limiter(n: number): <T>(f: () => Promise<T>) => Promise<T> {
