@@ -3,7 +3,7 @@
 // pipeline `curl | zstd -d | sha256sum` over the same compressed bytes (every chunk's
 // zstd frame, concatenated in image order, served by nginx). Target: <= 1.15x its time.
 //
-//   node --import tsx bench/install.ts [--size-mib 1024] [--content DIR ...] [--keep]
+//   node --import tsx bench/install.ts [--size-mib 1024] [--content DIR ...] [--rounds N] [--keep | --reuse DIR]
 import { execa } from 'execa';
 import { mkdir, mkdtemp, rm, writeFile, readFile, appendFile } from 'node:fs/promises';
 import { createReadStream } from 'node:fs';
@@ -12,11 +12,11 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { Keystore, buildRoot, signRoot } from '../keys/index.js';
-import { RepositoryWriter, createPackage, chunkPath } from '../format/index.js';
+import { RepositoryWriter, createPackage, chunkPath, parseMetadata } from '../format/index.js';
 import { report, BENCH_DIR } from './report.js';
 
 const ROOT = path.resolve(BENCH_DIR, '..');
-const { values: args } = parseArgs({ options: { 'size-mib': { type: 'string' }, content: { type: 'string', multiple: true }, keep: { type: 'boolean' }, rounds: { type: 'string' } } });
+const { values: args } = parseArgs({ options: { 'size-mib': { type: 'string' }, content: { type: 'string', multiple: true }, keep: { type: 'boolean' }, reuse: { type: 'string' }, rounds: { type: 'string' } } });
 const SIZE_MIB = Number(args['size-mib'] ?? 1024);
 const CONTENT = args.content ?? ['/usr/bin', '/usr/share/locale', '/usr/share/doc', '/usr/lib/python3', '/usr/share/perl'];
 const ROUNDS = Number(args.rounds ?? 2);
@@ -38,9 +38,11 @@ async function waitHttp(url: string): Promise<void> {
 }
 const dropCaches = () => writeFile('/proc/sys/vm/drop_caches', '3').catch(() => {});
 
-const work = await mkdtemp(path.join('/var/tmp', 'loopship-bench-install-'));
+const work = args.reuse ? path.resolve(args.reuse) : await mkdtemp(path.join('/var/tmp', 'loopship-bench-install-'));
 const children: { kill(): unknown }[] = [];
-try {
+const repo = path.join(work, 'repo');
+const peerDir = path.join(work, 'peer');
+async function prepare() {
   // 1. A real ext4 image of SIZE_MIB apparent size, filled from host directories.
   const img = path.join(work, 'disk.img');
   const content = path.join(work, 'content');
@@ -59,7 +61,6 @@ try {
 
   // 2. A signed repository holding it.
   const keys = await Keystore.init(path.join(work, 'keys'));
-  const repo = path.join(work, 'repo');
   await RepositoryWriter.init(repo, await signRoot(await buildRoot(keys, 1), await keys.signingKeys('root')), { indexKeys: await keys.signingKeys('index') });
   const writer = new RepositoryWriter(repo, { indexKeys: await keys.signingKeys('index') });
   const { manifest } = await createPackage({
@@ -74,15 +75,29 @@ try {
   });
   await writer.addPackage(createReadStream(path.join(work, 'bench.tar')), { channel: 'stable' });
   await rm(path.join(work, 'bench.tar'));
-  const compressed = manifest.image.chunks.reduce((a, c) => a + c.csize, 0);
-  const raw = manifest.image.chunks.reduce((a, c) => a + c.length, 0);
 
   // 3. The peer's input: the same zstd frames, concatenated in image order, one file.
-  const peerDir = path.join(work, 'peer');
   await mkdir(peerDir);
   const all = path.join(peerDir, 'image.zst');
   await writeFile(all, '');
   for (const c of manifest.image.chunks) await appendFile(all, await readFile(path.join(repo, chunkPath(c.sha256))));
+
+  return { keys, manifest };
+}
+
+async function reuse() {
+  const keys = await Keystore.open(path.join(work, 'keys'));
+  const index = JSON.parse(await readFile(path.join(work, 'repo', 'index.json'), 'utf8'));
+  const entry = index.images.bench.versions['1.0.0'];
+  const manifest = parseMetadata('manifest', await readFile(path.join(work, 'repo', 'manifests', `${entry.manifest}.json`)), 'bench manifest');
+  return { keys, manifest };
+}
+
+try {
+  // --reuse DIR: a work dir a --keep run left (image, repository and peer input are made once)
+  const { keys, manifest } = args.reuse ? await reuse() : await prepare();
+  const compressed = manifest.image.chunks.reduce((a, c) => a + c.csize, 0);
+  const raw = manifest.image.chunks.reduce((a, c) => a + c.length, 0);
 
   // 4. Servers: loopship for the agent, nginx for the pipeline.
   const lport = await freePort();
@@ -136,6 +151,6 @@ http { access_log off; sendfile on; tcp_nopush on; keepalive_requests 100000;
   });
 } finally {
   for (const c of children) c.kill();
-  if (!args.keep) await rm(work, { recursive: true, force: true });
-  else process.stderr.write(`kept ${work}\n`);
+  if (!args.keep && !args.reuse) await rm(work, { recursive: true, force: true });
+  else process.stderr.write(`${args.reuse ? "reused" : "kept"} ${work}\n`);
 }
