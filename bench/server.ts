@@ -20,7 +20,9 @@
 // so the client side costs the same for both servers. Rounds alternate between the two
 // servers (both stay up), so a busy machine slows both alike, and the median round of
 // each is compared. Peak RSS (VmHWM, reset before each mode) is summed over each server's
-// processes (nginx's master + workers; loopship's cluster primary + workers).
+// processes (nginx's master + workers; loopship's cluster primary + workers); beside it,
+// the peak (sampled each second) with the binary's file pages, shared by all of a server's
+// processes, counted once.
 // loopship runs with `serve`'s default --workers unless --workers is given; nginx runs
 // `worker_processes auto` (one per CPU). Uses the compiled CLI (dist/, `npm run build`)
 // when present: that is what a deployment runs, and it spares the TypeScript loader's memory.
@@ -147,6 +149,36 @@ async function peakRssMiB(pid: number): Promise<number> {
   return total;
 }
 
+/** Resident memory of a process and its children with their file-backed pages (the node or
+ * nginx binary and libraries, the same files in every process) counted once: the sum of
+ * anonymous and shared-memory RSS plus the largest file-backed RSS, in MiB. PSS would
+ * split those pages with every unrelated node process on the machine. */
+async function ownMiB(pid: number): Promise<number> {
+  let anon = 0;
+  let file = 0;
+  for (const p of await family(pid)) {
+    try {
+      const st = await readFile(`/proc/${p}/status`, 'utf8');
+      const kb = (k: string) => Number(new RegExp(`^${k}:\\s+(\\d+) kB`, 'm').exec(st)?.[1] ?? 0);
+      anon += kb('RssAnon') + kb('RssShmem');
+      file = Math.max(file, kb('RssFile'));
+    } catch {
+      /* gone */
+    }
+  }
+  return (anon + file) / 1024;
+}
+
+/** Samples ownMiB every second until stopped; returns the highest seen. */
+function sampleOwn(pid: number): () => number {
+  let peak = 0;
+  const t = setInterval(() => void ownMiB(pid).then((v) => (peak = Math.max(peak, v))), 1000);
+  return () => {
+    clearInterval(t);
+    return peak;
+  };
+}
+
 /** Starts the peak over (clear_refs 5 resets VmHWM to the current RSS), so each mode has its own. */
 async function resetPeak(pid: number): Promise<void> {
   for (const p of await family(pid)) await writeFile(`/proc/${p}/clear_refs`, '5').catch(() => {});
@@ -240,16 +272,17 @@ interface Measured {
   mibs: number;
   reqs: number;
   rss: number;
+  own: number;
   all: string;
 }
 
-function measured(rounds: Round[], bytes: number, rss: number): Measured {
+function measured(rounds: Round[], bytes: number, rss: number, own: number): Measured {
   const secs = median(rounds.map((r) => r.seconds));
-  return { mibs: bytes / 2 ** 20 / secs, reqs: rounds[0].requests / secs, rss, all: rounds.map((r) => (bytes / 2 ** 20 / r.seconds).toFixed(0)).join(' ') };
+  return { mibs: bytes / 2 ** 20 / secs, reqs: rounds[0].requests / secs, rss, own, all: rounds.map((r) => (bytes / 2 ** 20 / r.seconds).toFixed(0)).join(' ') };
 }
 
 function show(name: string, m: Measured): void {
-  process.stdout.write(`  ${name.padEnd(9)} ${m.mibs.toFixed(0).padStart(6)} MiB/s ${m.reqs.toFixed(0).padStart(7)} req/s (median of ${ROUNDS}; rounds: ${m.all} MiB/s)  peak RSS ${m.rss.toFixed(0)} MiB\n`);
+  process.stdout.write(`  ${name.padEnd(9)} ${m.mibs.toFixed(0).padStart(6)} MiB/s ${m.reqs.toFixed(0).padStart(7)} req/s (median of ${ROUNDS}; rounds: ${m.all} MiB/s)  peak RSS ${m.rss.toFixed(0)} MiB (shared pages once: ${m.own.toFixed(0)})\n`);
 }
 
 async function main(): Promise<void> {
@@ -346,19 +379,21 @@ http {
       await resetPeak(nginx.pid!);
       const ours: Round[] = [];
       const theirs: Round[] = [];
+      const ourOwn = sampleOwn(loopship.pid!);
+      const theirOwn = sampleOwn(nginx.pid!);
       for (let i = 0; i < ROUNDS; i++) {
         ours.push(await round('loopship', lurl, order(), inFlight, work));
         theirs.push(await round('nginx', nurl, order(), inFlight, work));
         loads.push(os.loadavg()[0]);
         process.stderr.write(`round ${i + 1}/${ROUNDS} done (load ${os.loadavg()[0].toFixed(1)})\n`);
       }
-      const a = measured(ours, bytes, await peakRssMiB(loopship.pid!));
-      const b = measured(theirs, bytes, await peakRssMiB(nginx.pid!));
+      const a = measured(ours, bytes, await peakRssMiB(loopship.pid!), ourOwn());
+      const b = measured(theirs, bytes, await peakRssMiB(nginx.pid!), theirOwn());
       process.stdout.write(`\n${what}\n`);
       show('loopship', a);
       show('nginx', b);
       process.stdout.write(`  throughput ratio loopship/nginx: ${(a.mibs / b.mibs).toFixed(2)} (target >= 0.8); loopship peak RSS ${a.rss.toFixed(0)} MiB (target < 200)\n`);
-      rows.push({ mode, 'loopship MiB/s': a.mibs, 'loopship req/s': a.reqs, 'loopship RSS MiB': a.rss, 'nginx MiB/s': b.mibs, 'nginx req/s': b.reqs, 'nginx RSS MiB': b.rss, ratio: a.mibs / b.mibs });
+      rows.push({ mode, 'loopship MiB/s': a.mibs, 'loopship req/s': a.reqs, 'loopship RSS MiB': a.rss, 'loopship RSS-shared-once MiB': a.own, 'nginx MiB/s': b.mibs, 'nginx req/s': b.reqs, 'nginx RSS MiB': b.rss, 'nginx RSS-shared-once MiB': b.own, ratio: a.mibs / b.mibs });
       figures[mode] = { what, loopshipRounds: ours, nginxRounds: theirs, bytesPerRound: bytes };
     }
     loopship.kill('SIGTERM');
