@@ -12,7 +12,7 @@ import { defaultExec, type Exec } from './exec.js';
 import { guardDirectory, mountsUnder, unmountAll } from './chroot.js';
 import { resolveMirror } from './apt-sources.js';
 import { loadRecipe, kernelCmdline, type LoadedRecipe } from './recipe.js';
-import { bootstrapRoot, customizeRoot, cleanRoot, clampAndMeasure, installedPackages, archiveDate } from './rootfs.js';
+import { baseRoot, customizeRoot, cleanRoot, clampAndMeasure, installedPackages, archiveDate } from './rootfs.js';
 import { makeImage, extractBootFiles, imageUuid } from './image.js';
 
 export type StageName = 'recipe' | 'bootstrap' | 'customize' | 'cleanup' | 'image' | 'package' | 'publish';
@@ -155,7 +155,11 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
   let keepWork = !!opts.keepWork || opts.output.kind === 'image';
   const unguard = guardDirectory(work, exec);
   try {
-    const from = await stage('bootstrap', () => bootstrapRoot({ root, key, cache, exec, useCache: !opts.noCache, onLine: (l) => rep.stageStep?.('bootstrap', l) }), (f) => (f === 'cache' ? 'from cache' : 'debootstrap'));
+    const from = await stage(
+      'bootstrap',
+      () => baseRoot({ root, key, recipe, cache, exec, useCache: !opts.noCache, debCache: cache?.debDir(key), onLine: (l) => rep.stageStep?.('bootstrap', l) }),
+      (f) => (f === 'cache' ? 'from cache' : 'debootstrap'),
+    );
     const epoch = chooseEpoch(env, loaded, await archiveDate(root));
 
     await stage('customize', () =>

@@ -15,6 +15,8 @@ export interface BootstrapKey {
   components: string[];
   snapshot: string | null;
   arch: string;
+  /** packages installed on top of the bootstrap (see rootfs.ts baseRoot); absent for the plain bootstrap */
+  layer?: { packages: string[]; recommends: boolean };
 }
 
 /** Bumped when the way we bootstrap changes, so old entries stop matching. */
@@ -29,6 +31,8 @@ export function cacheKey(k: BootstrapKey): string {
     components: [...k.components].sort(),
     snapshot: k.snapshot,
     arch: k.arch,
+    // only when present, so plain bootstrap entries keep their keys
+    ...(k.layer ? { layer: { packages: [...k.layer.packages].sort(), recommends: k.layer.recommends } } : {}),
   });
   return createHash('sha256').update(canonical).digest('hex');
 }
@@ -42,7 +46,7 @@ export class BootstrapCache {
   ) {}
 
   entryPath(key: BootstrapKey): string {
-    return join(this.dir, 'debootstrap', `${key.suite}-${key.arch}-${key.variant}-${cacheKey(key).slice(0, 16)}.tar.zst`);
+    return join(this.dir, 'debootstrap', `${key.suite}-${key.arch}-${key.variant}${key.layer ? '-layer' : ''}-${cacheKey(key).slice(0, 16)}.tar.zst`);
   }
 
   /** Downloaded packages, shared by builds of one suite and arch (apt verifies each .deb against the index). */

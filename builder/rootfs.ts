@@ -6,7 +6,7 @@ import { cp, lstat, mkdir, readdir, readFile, rm, writeFile, chmod } from 'node:
 import { join } from 'node:path';
 import type { Exec } from './exec.js';
 import type { BootstrapCache, BootstrapKey } from './cache.js';
-import { withChroot, exists } from './chroot.js';
+import { withChroot, exists, type Chroot } from './chroot.js';
 import { guestFiles } from './guest-files.js';
 import type { Recipe } from './recipe.js';
 
@@ -45,6 +45,77 @@ export async function bootstrapRoot(opts: {
   return 'debootstrap';
 }
 
+/**
+ * The bootstrap plus the recipe's kernel package (and what it pulls in: udev, kmod,
+ * initramfs-tools), cached as one entry keyed by the bootstrap key, the kernel package and
+ * the recommends setting. The package list is what changes between versions; the kernel
+ * rarely does, and unpacking it and building udev's hardware database are the slowest part
+ * of the package install. Every build installs in these two steps, from the cache or not,
+ * so a cached and an uncached build make the same tree. Returns whether debootstrap ran.
+ */
+export async function baseRoot(opts: {
+  root: string;
+  key: BootstrapKey;
+  recipe: Recipe;
+  cache: BootstrapCache | null;
+  exec: Exec;
+  useCache: boolean;
+  debCache?: string | null;
+  onLine?: (l: string) => void;
+}): Promise<'cache' | 'debootstrap'> {
+  const { root, recipe, cache, exec } = opts;
+  const layerKey = kernelLayerKey(opts.key, recipe);
+  if (cache && opts.useCache && (await cache.has(layerKey))) {
+    try {
+      await mkdir(root, { recursive: true });
+      await cache.restore(layerKey, root);
+      return 'cache';
+    } catch (err) {
+      opts.onLine?.(`cache entry unusable, rebuilding it: ${(err as Error).message.split('\n')[0]}`);
+      await cache.drop(layerKey);
+      await rm(root, { recursive: true, force: true });
+    }
+  }
+  const from = await bootstrapRoot({ root, key: opts.key, cache, exec, useCache: opts.useCache, onLine: opts.onLine });
+  // the bootstrap's own archive date: the same whichever recipe builds the layer
+  const env = { SOURCE_DATE_EPOCH: String((await archiveDate(root)) ?? 0), INITRD: 'No' };
+  await withChroot(root, exec, env, (c) => aptInstall(c, { root, exec, debCache: opts.debCache, packages: [recipe.boot.kernel], recommends: recipe.install_recommends, step: opts.onLine }));
+  if (cache) await cache.store(layerKey, root);
+  return from;
+}
+
+export function kernelLayerKey(key: BootstrapKey, recipe: Pick<Recipe, 'boot' | 'install_recommends'>): BootstrapKey {
+  return { ...key, layer: { packages: [recipe.boot.kernel], recommends: recipe.install_recommends } };
+}
+
+/** apt-get update + install in an open chroot, with the shared .deb cache bound over apt's archive while it runs. */
+async function aptInstall(c: Chroot, o: { root: string; exec: Exec; debCache?: string | null; packages: string[]; recommends: boolean; step?: (what: string) => void }): Promise<void> {
+  const { root, exec } = o;
+  const step = o.step ?? (() => undefined);
+  const archives = join(root, 'var/cache/apt/archives');
+  if (o.debCache) {
+    await mkdir(join(o.debCache, 'partial'), { recursive: true });
+    await exec('mount', ['--bind', o.debCache, archives], { stage: 'packages' });
+  }
+  step('apt-get update');
+  await c.run('apt-get', ['-q', ...APT_OPTIONS, 'update'], { stage: 'packages' });
+  const pkgs = [...new Set(o.packages)].sort();
+  step(`apt-get install (${pkgs.length} packages)`);
+  // --force-unsafe-io: no fsync per unpacked file; the tree is scratch until the image exists
+  const aptArgs = ['-q', '-y', ...APT_OPTIONS, '-o', 'Dpkg::Options::=--force-confold', '-o', 'Dpkg::Options::=--force-unsafe-io', '-o', 'Dpkg::Use-Pty=0', o.recommends ? '--install-recommends' : '--no-install-recommends', 'install', ...pkgs];
+  if (o.debCache) {
+    // apt fails at once when another build holds the shared archive's lock: wait our turn
+    await exec('flock', ['--timeout', '3600', join(o.debCache, '.loopship.lock'), 'chroot', root, 'apt-get', ...aptArgs], {
+      stage: 'packages',
+      env: c.env,
+    });
+  } else {
+    await c.run('apt-get', aptArgs, { stage: 'packages' });
+  }
+  // Unmount now: later steps and the cleanup must never touch the shared cache.
+  if (o.debCache) await exec('umount', [archives], { stage: 'packages' });
+}
+
 export interface CustomizeOptions {
   root: string;
   recipe: Recipe;
@@ -71,28 +142,7 @@ export async function customizeRoot(o: CustomizeOptions): Promise<void> {
   // final configuration (each generation costs many seconds).
   const env = { SOURCE_DATE_EPOCH: String(o.sourceDateEpoch), INITRD: 'No' };
   await withChroot(root, exec, env, async (c) => {
-    const archives = join(root, 'var/cache/apt/archives');
-    if (o.debCache) {
-      await mkdir(join(o.debCache, 'partial'), { recursive: true });
-      await exec('mount', ['--bind', o.debCache, archives], { stage: 'packages' });
-    }
-    step('apt-get update');
-    await c.run('apt-get', ['-q', ...APT_OPTIONS, 'update'], { stage: 'packages' });
-    const pkgs = [...new Set([recipe.boot.kernel, ...recipe.packages])].sort();
-    step(`apt-get install (${pkgs.length} packages)`);
-    // --force-unsafe-io: no fsync per unpacked file; the tree is scratch until the image exists
-    const aptArgs = ['-q', '-y', ...APT_OPTIONS, '-o', 'Dpkg::Options::=--force-confold', '-o', 'Dpkg::Options::=--force-unsafe-io', '-o', 'Dpkg::Use-Pty=0', recipe.install_recommends ? '--install-recommends' : '--no-install-recommends', 'install', ...pkgs];
-    if (o.debCache) {
-      // apt fails at once when another build holds the shared archive's lock: wait our turn
-      await exec('flock', ['--timeout', '3600', join(o.debCache, '.loopship.lock'), 'chroot', root, 'apt-get', ...aptArgs], {
-        stage: 'packages',
-        env: c.env,
-      });
-    } else {
-      await c.run('apt-get', aptArgs, { stage: 'packages' });
-    }
-    // Unmount now: later steps and the cleanup must never touch the shared cache.
-    if (o.debCache) await exec('umount', [archives], { stage: 'packages' });
+    await aptInstall(c, { root, exec, debCache: o.debCache, packages: [recipe.boot.kernel, ...recipe.packages], recommends: recipe.install_recommends, step });
 
     if (o.overlayDir) {
       step('overlay');

@@ -3,7 +3,7 @@ import { mkdtemp, mkdir, writeFile, rm, readdir, readFile } from 'node:fs/promis
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BootstrapCache, cacheKey, type BootstrapKey, type Exec } from '../../builder/index.js';
-import { bootstrapRoot } from '../../builder/rootfs.js';
+import { bootstrapRoot, baseRoot, kernelLayerKey } from '../../builder/rootfs.js';
 import { defaultExec } from '../../builder/exec.js';
 import { ExecError } from '../../format/index.js';
 
@@ -134,4 +134,67 @@ test('a damaged cache entry is dropped and replaced by a fresh bootstrap', async
   t.regex(lines.join('\n'), /cache entry unusable, bootstrapping afresh: stage bootstrap \(cache restore\): tar: Unexpected EOF/);
   t.deepEqual((await readdir(join(dir, 'r2'))).sort(), ['etc'], 'nothing of the half-extracted entry left');
   t.true(await cacheBad.has(KEY), 'a good entry stored again');
+});
+
+/** fakeExec plus a fake chroot: mounts, apt and flock are recorded, never run. */
+function fakeChrootExec(opts: { failInstall?: boolean } = {}) {
+  const base = fakeExec();
+  const calls: string[] = [];
+  const exec: Exec = async (file, args, o) => {
+    if (file === 'debootstrap' || (file === 'tar' && args.includes('-x'))) {
+      const root = file === 'tar' ? args[args.indexOf('-C') + 1] : args.at(-2)!;
+      await mkdir(join(root, 'usr/sbin'), { recursive: true });
+      await mkdir(join(root, 'var/cache/apt/archives'), { recursive: true });
+      await mkdir(join(root, 'etc'), { recursive: true });
+    }
+    if (file === 'mount' || file === 'umount') return { stdout: '' };
+    if (file === 'chroot' || file === 'flock') {
+      const apt = args.slice(args.indexOf('apt-get'));
+      calls.push(`${file === 'flock' ? 'flock ' : ''}apt-get ${apt.includes('update') ? 'update' : `install ${apt.filter((a) => /^linux-|^[a-z]+$/.test(a) && a !== 'install' && a !== 'apt-get').join(' ')}`}`);
+      if (opts.failInstall && apt.includes('install')) throw new ExecError('apt-get: E: Unable to locate package linux-image-nosuch', { where: `stage ${o?.stage}` });
+      return { stdout: '' };
+    }
+    calls.push(file);
+    return base.exec(file, args, o);
+  };
+  return { exec, calls };
+}
+
+test('the kernel layer: installed on the bootstrap and cached under its own key; the next build restores it without apt', async (t) => {
+  const dir = await tmp(t);
+  const { exec, calls } = fakeChrootExec();
+  const cache = new BootstrapCache(join(dir, 'cache'), exec);
+  const recipe = { boot: { kernel: 'linux-image-cloud-amd64' }, install_recommends: false } as Parameters<typeof kernelLayerKey>[1];
+  const debCache = join(dir, 'debs');
+  const r1 = join(dir, 'r1');
+  t.is(await baseRoot({ root: r1, key: KEY, recipe: recipe as never, cache, exec, useCache: true, debCache }), 'debootstrap');
+  t.deepEqual(calls, ['debootstrap', 'tar', 'apt-get update', 'flock apt-get install linux-image-cloud-amd64', 'tar'], 'bootstrap stored, kernel installed, layer stored');
+  t.true(await cache.has(KEY));
+  t.true(await cache.has(kernelLayerKey(KEY, recipe)));
+  t.regex(cache.entryPath(kernelLayerKey(KEY, recipe)), /bookworm-amd64-minbase-layer-[0-9a-f]{16}\.tar\.zst$/);
+  t.deepEqual(await readdir(join(r1, 'usr/sbin')), [], 'policy-rc.d removed after the chroot');
+
+  calls.length = 0;
+  t.is(await baseRoot({ root: join(dir, 'r2'), key: KEY, recipe: recipe as never, cache, exec, useCache: true, debCache }), 'cache');
+  t.deepEqual(calls, ['tar'], 'one restore, no apt');
+
+  // another kernel (or recommends) is another layer on the same cached bootstrap
+  calls.length = 0;
+  const other = { ...recipe, boot: { kernel: 'linux-image-amd64' } } as typeof recipe;
+  t.not(cacheKey(kernelLayerKey(KEY, other)), cacheKey(kernelLayerKey(KEY, recipe)));
+  t.not(cacheKey(kernelLayerKey(KEY, { ...recipe, install_recommends: true })), cacheKey(kernelLayerKey(KEY, recipe)));
+  t.is(cacheKey(KEY), cacheKey({ ...KEY, layer: undefined }), 'plain bootstrap keys are unchanged');
+  t.is(await baseRoot({ root: join(dir, 'r3'), key: KEY, recipe: other as never, cache, exec, useCache: true, debCache }), 'cache');
+  t.deepEqual(calls, ['tar', 'apt-get update', 'flock apt-get install linux-image-amd64', 'tar']);
+});
+
+test('a failed kernel install stores no layer (the bootstrap entry stays good)', async (t) => {
+  const dir = await tmp(t);
+  const { exec } = fakeChrootExec({ failInstall: true });
+  const cache = new BootstrapCache(join(dir, 'cache'), exec);
+  const recipe = { boot: { kernel: 'linux-image-nosuch' }, install_recommends: false } as Parameters<typeof kernelLayerKey>[1];
+  const err = await t.throwsAsync(baseRoot({ root: join(dir, 'r1'), key: KEY, recipe: recipe as never, cache, exec, useCache: true }), { instanceOf: ExecError });
+  t.regex(err!.message, /stage packages.*Unable to locate package linux-image-nosuch/s);
+  t.false(await cache.has(kernelLayerKey(KEY, recipe)));
+  t.true(await cache.has(KEY));
 });
