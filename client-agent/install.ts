@@ -310,7 +310,6 @@ export async function installVersion(opts: InstallOptions): Promise<InstallResul
     let failed: unknown = null;
     let flushing: Promise<void> | null = null;
 
-    /** Writes verified bytes to every place they go and journals them. */
     /** Every place a chunk's bytes go: (fd, offset), the boot disk included. */
     const writesOf = (w: Work): { fd: number; offset: number }[] =>
       w.targets.flatMap((t) => [{ fd: handles.get(t.file)!.fd, offset: t.offset }, ...(t.file === 'image' && bootDisk ? [{ fd: bootDisk.fd, offset: t.offset }] : [])]);
