@@ -127,8 +127,13 @@ export class HttpFetcher implements Fetcher {
       // Why we cut a request off, so the reader reports that instead of "aborted".
       let reason: FetchError | undefined;
       const kill = (err: FetchError) => req.destroy((reason ??= err));
-      const timer = setTimeout(() => kill(new FetchError(`took longer than ${Math.round(deadline / 1000)} s`, { where })), deadline);
-      timer.unref();
+      const t0 = Date.now();
+      const deadlineAt = (ms: number) => {
+        const t = setTimeout(() => kill(new FetchError(`took longer than ${Math.round(ms / 1000)} s`, { where })), Math.max(0, t0 + ms - Date.now()));
+        t.unref();
+        return t;
+      };
+      let timer = deadlineAt(deadline);
       req.setTimeout(this.opts.idleTimeoutMs, () => kill(new FetchError(`no data for ${this.opts.idleTimeoutMs / 1000} s`, { where })));
       let answered = false;
       req.on('error', (err) => {
@@ -169,6 +174,12 @@ export class HttpFetcher implements Fetcher {
         }
         const declared = Number(res.headers['content-length'] ?? NaN);
         if (Number.isFinite(declared) && declared > maxBytes) return fail(`Content-Length ${declared} exceeds the ${maxBytes}-byte limit for this file`, 'TOO_LARGE');
+        if (Number.isFinite(declared) && declared < maxBytes) {
+          // the deadline follows what is coming, not the limit: a 2 KiB index.json dripped at
+          // a byte a second is cut off after ~60 s, not after the time 16 MiB would take
+          clearTimeout(timer);
+          timer = deadlineAt(this.opts.baseTimeoutMs + (declared / this.opts.minBytesPerSecond) * 1000);
+        }
         resolvePromise({ res, req, where, declared: Number.isFinite(declared) ? declared : undefined, finish: () => clearTimeout(timer), reason: () => reason });
       });
     });

@@ -54,6 +54,23 @@ test('limits: Content-Length over the limit, endless bodies, slow drips, redirec
   f.close();
 });
 
+test('a slow drip with a small Content-Length is cut off by a deadline for that length, not for the size limit', async (t) => {
+  const server = await serveDir('/nonexistent', async (_req, res) => {
+    res.writeHead(200, { 'content-length': '100' });
+    const timer = setInterval(() => (res.destroyed ? clearInterval(timer) : res.write('x')), 200);
+    res.on('close', () => clearInterval(timer));
+    return true;
+  });
+  t.teardown(server.close);
+  // limit 16 MiB at 1000 B/s would allow ~4.7 hours; 100 bytes at 1000 B/s: base + 0.1 s
+  const f = new HttpFetcher(server.url, { baseTimeoutMs: 1000, idleTimeoutMs: 10_000, minBytesPerSecond: 1000 });
+  const t0 = Date.now();
+  const err = await t.throwsAsync(f.get('index.json', 16 * 1024 * 1024));
+  t.regex(err!.message, /took longer than 1 s/);
+  t.true(Date.now() - t0 < 5000, `${Date.now() - t0} ms`);
+  f.close();
+});
+
 test('mirror failover: a dead mirror and a stale mirror are skipped for a good one', async (t) => {
   const fx = await makeRepo();
   t.teardown(fx.cleanup);
