@@ -100,7 +100,8 @@ export class RepositoryWriter {
     const root = await this.readRoot();
     const repoStore = new ChunkStore(this.repoDir);
     await mkdir(join(this.repoDir, WRITER_DIR), { recursive: true });
-    const stagingDir = await mkdtemp(join(this.repoDir, WRITER_DIR, 'staging-'));
+    // the pid in the name lets a later writer tell a dead upload's leftovers from a live one's
+    const stagingDir = await mkdtemp(join(this.repoDir, WRITER_DIR, `staging-${process.pid}-`));
     const staging = new ChunkStore(stagingDir);
     let reused = 0;
     try {
@@ -294,6 +295,23 @@ export class RepositoryWriter {
     return readFile(p);
   }
 
+  /**
+   * Removes what a writer killed mid-publish left (called holding the lock): temp files of
+   * metadata and packs (written only under the lock, so any found now are dead) and upload
+   * staging dirs of processes no longer running on this host. Chunk dirs are not scanned
+   * (a stray chunk temp file is never served and costs only its size).
+   */
+  private async sweepLeftovers(): Promise<void> {
+    for (const dir of ['', 'index', 'root', 'manifests', 'packs']) {
+      const names = await readdir(join(this.repoDir, dir)).catch(() => [] as string[]);
+      for (const n of names) if (/\.tmp-\d+-[0-9a-f]+$/.test(n)) await rm(join(this.repoDir, dir, n), { force: true });
+    }
+    for (const n of await readdir(join(this.repoDir, WRITER_DIR)).catch(() => [] as string[])) {
+      const m = /^staging-(\d+)-/.exec(n);
+      if (m && !isAlive(Number(m[1]))) await rm(join(this.repoDir, WRITER_DIR, n), { recursive: true, force: true });
+    }
+  }
+
   /** Runs fn holding the repository lock (cross-process) and the in-process queue. */
   private async locked<T>(fn: () => Promise<T>): Promise<T> {
     const key = this.repoDir;
@@ -311,6 +329,7 @@ export class RepositoryWriter {
         throw new LoopshipError('LOCKED', 'repository is locked by another writer', { where: this.repoDir, cause });
       }
       try {
+        await this.sweepLeftovers();
         return await fn();
       } finally {
         await release();
@@ -322,6 +341,15 @@ export class RepositoryWriter {
     } finally {
       if (inProcess.get(key) === run) inProcess.delete(key);
     }
+  }
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
 

@@ -164,6 +164,9 @@ for (const step of steps) {
     t.is(final.images.desktop.versions['2.0.0']?.manifest, second.manifestSha256);
     t.is(final.images.desktop.channels.stable, '2.0.0');
     t.false(existsSync(path.join(repo.dir, '.loopship', 'lock')) && !(await isLockFresh(repo.dir)), 'no stale lock after the re-publish');
+    // the next writer swept what the killed one left (temp files outside chunks/, its upload staging)
+    const swept = (await leftovers(repo.dir)).filter((f) => (f.startsWith('.loopship/staging-') || /\.tmp-\d+-[0-9a-f]{8}$/.test(f)) && !f.startsWith('chunks/'));
+    t.deepEqual(swept, [], 'leftovers of the killed writer after the re-publish');
     t.log(`the writer's work dir after the re-publish: ${(await readdir(path.join(repo.dir, '.loopship'))).join(', ') || 'empty'}; temp files in the tree: ${(await leftovers(repo.dir)).filter((f) => !f.startsWith('.loopship')).join(', ') || 'none'}`);
     // over HTTP too: the restarted server serves what the index names
     const idx = JSON.parse(await (await fetch(`${server.url}/index.json`)).text()) as Index;
