@@ -6,11 +6,10 @@
 // A client fetches runs of the chunks it lacks with one HTTP Range request per run (a fresh
 // install is a handful of big requests instead of one per chunk), and falls back to the
 // per-chunk files when a pack is missing or does not verify.
-import { createReadStream } from 'node:fs';
-import { open, stat, unlink, rename, mkdir } from 'node:fs/promises';
+import { open, readFile, stat, unlink, rename, mkdir } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { DigestError } from './errors.js';
+import { DigestError, LoopshipError } from './errors.js';
 import { decodeChunk } from './codec.js';
 import { manifestChunks } from './package.js';
 import type { Chunk, Manifest } from './schema.js';
@@ -127,12 +126,13 @@ export async function writePack(dest: string, m: Manifest, pathOf: (sha256: stri
   try {
     let pos = 0;
     for (const e of entries) {
-      for await (const part of createReadStream(pathOf(e.chunk.sha256), { highWaterMark: 1024 * 1024 })) {
-        const buf = part as Buffer;
-        let done = 0;
-        while (done < buf.length) done += (await out.write(buf, done, buf.length - done, pos + done)).bytesWritten;
-        pos += buf.length;
-      }
+      // a frame is at most zstd's bound of 8 MiB: read whole (a stream per ~30 KiB frame
+      // allocated a 1 MiB buffer each, gigabytes per version)
+      const buf = await readFile(pathOf(e.chunk.sha256));
+      if (buf.length !== e.chunk.csize) throw new LoopshipError('IO', `chunk file changed size while the pack was written (${buf.length}, manifest says ${e.chunk.csize})`, { where: pathOf(e.chunk.sha256) });
+      let done = 0;
+      while (done < buf.length) done += (await out.write(buf, done, buf.length - done, pos + done)).bytesWritten;
+      pos += buf.length;
     }
     await out.sync();
   } catch (err) {

@@ -4,7 +4,7 @@
 // Verification happens on a staging copy outside the served tree, so a rejected
 // package leaves the repository exactly as it was. One lock serialises writers
 // across processes, a promise chain within one.
-import { mkdir, readFile, rename, rm, readdir, stat, mkdtemp } from 'node:fs/promises';
+import { mkdir, open, readFile, rename, rm, readdir, stat, mkdtemp } from 'node:fs/promises';
 import { join, dirname } from 'node:path';
 import lockfile from 'proper-lockfile';
 import { signDetached, type PrivateKey } from '../keys/pgp.js';
@@ -140,14 +140,23 @@ export class RepositoryWriter {
     const store = new ChunkStore(this.repoDir);
     for (const c of manifestChunks(manifest)) {
       const where = join(this.repoDir, chunkPath(c.sha256));
-      let compressed: Buffer;
+      let fh;
       try {
-        compressed = await readFile(store.pathOf(c.sha256));
+        fh = await open(store.pathOf(c.sha256), 'r');
       } catch (cause) {
         throw new VerificationError('PACKAGE_INVALID', 'chunk named by the manifest is missing', { where, cause });
       }
-      decodeChunk(compressed, c, where);
+      try {
+        decodeChunk(await fh.readFile(), c, where);
+        // the builder writes chunks without syncing each; they must be durable before an
+        // index names them (a clean file's datasync is cheap)
+        await fh.datasync();
+      } finally {
+        await fh.close();
+      }
     }
+    // and their names: the chunk directories (at most 256)
+    await Promise.all([...new Set(manifestChunks(manifest).map((c) => dirname(store.pathOf(c.sha256))))].map(fsyncDir));
     return this.locked(() => this.commitManifest(manifest, manifestBytes, signature, root, { newChunks: 0, reused: 0, channel: opts.channel }));
   }
 
