@@ -29,7 +29,7 @@ agent() {
     say "$step: loopship-agent $* (attempt $attempt)"
     rc=0
     timeout --kill-after=20 "$CMD_TIMEOUT" loopship-agent --json "$@" >"$d/stdout" 2>"$d/stderr" || rc=$?
-    [ "$rc" != 0 ] && [ $attempt -lt 3 ] && grep -q 'request failed\|download failed\|connection closed' "$d/stderr" || break
+    [ "$rc" != 0 ] && [ $attempt -lt 5 ] && grep -q 'request failed\|download failed\|connection closed\|no data for' "$d/stderr" || break
     say "$step: network failure, retrying: $(tail -n 1 "$d/stderr")"
     cp "$d/stderr" "$d/stderr.$attempt"; attempt=$((attempt + 1))
   done
