@@ -99,7 +99,7 @@ export interface Guest {
   qmpSocket: string;
   startedAt: number;
   console(): Promise<string>;
-  /** resolves with the first console line matching `re` */
+  /** resolves with the first console line matching `re`, from the match on */
   waitConsole(re: RegExp, timeoutMs: number): Promise<string>;
   qmp(execute: string, args?: Record<string, unknown>): Promise<unknown>;
   screenshot(): Promise<Rgb>;
@@ -140,21 +140,22 @@ export async function startGuest(o: GuestOptions): Promise<Guest> {
     }
   };
   const qmp = (execute: string, args?: Record<string, unknown>) => qmpExecute(files.qmpSocket, execute, args, 30_000);
-  const console = () => readFile(files.consoleLog, 'utf8').catch(() => '');
+  const readConsole = () => readFile(files.consoleLog, 'utf8').catch(() => '');
   const guest: Guest = {
     name: o.name,
     pid,
     startedAt,
     consoleLog: files.consoleLog,
     qmpSocket: files.qmpSocket,
-    console,
+    console: readConsole,
     async waitConsole(re, timeoutMs) {
       const end = Date.now() + timeoutMs;
       for (;;) {
-        const line = (await console()).split('\n').find((l) => re.test(l));
-        if (line !== undefined) return line.trim();
-        if (!alive()) throw new Error(`${o.name}: qemu exited while waiting for ${re}; console tail:\n${(await console()).slice(-3000)}`);
-        if (Date.now() > end) throw new Error(`${o.name}: no console line matching ${re} within ${timeoutMs / 1000} s; tail:\n${(await console()).slice(-3000)}`);
+        const line = (await readConsole()).split('\n').find((l) => re.test(l));
+        // from the match on: a getty prompt without a newline may share the line
+        if (line !== undefined) return line.slice(line.search(re)).trim();
+        if (!alive()) throw new Error(`${o.name}: qemu exited while waiting for ${re}; console tail:\n${(await readConsole()).slice(-3000)}`);
+        if (Date.now() > end) throw new Error(`${o.name}: no console line matching ${re} within ${timeoutMs / 1000} s; tail:\n${(await readConsole()).slice(-3000)}`);
         await new Promise((r) => setTimeout(r, 1000));
       }
     },
