@@ -147,7 +147,8 @@ if [ -f "$conf" ] && [ "$conf" != /dev/null ]; then
       printf '%s\\n' "$ukeys" > "$home/.ssh/authorized_keys"; chown "$name:" "$home/.ssh/authorized_keys"; chmod 600 "$home/.ssh/authorized_keys"
     fi
     pw=$(printf '%s' "$u" | jq -r '.password_hash // empty')
-    [ -n "$pw" ] && usermod -p "$pw" "$name"
+    # an if, not "[ ] && ...": a user without a hash must not end the loop with a failure (set -e)
+    if [ -n "$pw" ]; then usermod -p "$pw" "$name"; fi
   done
 fi
 exit 0
