@@ -112,13 +112,17 @@ async function countingServer(root: string): Promise<{ server: Server; port: num
   return { server, port: typeof addr === 'object' && addr ? addr.port : 0, sent };
 }
 
-/** Packages installed in an ext4 image, read with debugfs (no mount). */
+/** Packages fully installed in an ext4 image (dpkg's status file alone lags: it has journal updates). */
 async function packagesInImage(img: string): Promise<string[]> {
-  const { stdout } = await execa('debugfs', ['-R', 'cat /var/lib/dpkg/status', img], { stderr: 'ignore' });
-  return stdout
-    .split('\n\n')
-    .filter((p) => /^Status: install ok installed$/m.test(p))
-    .map((p) => /^Package: (.*)$/m.exec(p)?.[1] ?? '?');
+  const mnt = await mkdtemp(join(tmpdir(), 'loopship-peers-mnt-'));
+  await execa('mount', ['-o', 'loop,ro', img, mnt]);
+  try {
+    const { stdout } = await execa('dpkg-query', [`--admindir=${join(mnt, 'var/lib/dpkg')}`, '-W', '-f', '${db:Status-Abbrev} ${Package}\n']);
+    return stdout.split('\n').filter((l) => l.startsWith('ii ')).map((l) => l.split(/\s+/)[1]);
+  } finally {
+    await execa('umount', [mnt]);
+    await rm(mnt, { recursive: true });
+  }
 }
 
 // ---- 1. loopship builds -------------------------------------------------------------------
@@ -220,6 +224,7 @@ try {
   figures.loopship_delta = { full_bytes: lsFull, new_bytes: lsNew, new_chunks: plus.r.stats!.newChunks, chunks: plus.r.stats!.chunks };
 
   // ---- 3. build: loopship vs xen-create-image -------------------------------------------
+  say(`-- zstd -19 of loopship's image (load ${load()})`);
   const lsZstd = await timed(() => zstd19(img1));
   const lsPackages = cold.r.packages.length;
   for (const [label, t] of [['cold', cold], ['warm', warm]] as const) {
@@ -243,10 +248,12 @@ try {
   const roleDir = join(dir, 'xen-roles');
   await mkdir(roleDir);
   // recipes/tiny's package list and kernel, installed the way xen-tools' own roles do. For the
-  // same package set: xen-tools' bookworm entry forces pygrub, whose hook installs
-  // linux-image-amd64 (the generic kernel, ~4x the cloud one): purge it, clean apt's cache
-  // (xen-tools' own 99-clean-image hook runs before roles do), and fstrim the loop-mounted
-  // image so the freed blocks read as zeros like the rest of its sparse file.
+  // same package set: xen-tools' bookworm entry forces pygrub, whose hooks install the generic
+  // kernel (linux-image-amd64, ~4x the cloud one) and grub-legacy (whose kernel hook fails in
+  // a chroot, so no other kernel installs after it): purge both first (grub-legacy alone, so
+  // its hook is gone before a kernel is removed), install the recipe's packages and kernel,
+  // clean apt's cache (xen-tools' own 99-clean-image hook runs before roles), and fstrim the
+  // loop-mounted image so the freed blocks read as zeros like the rest of its sparse file.
   const wanted = [...recipe.packages, recipe.boot.kernel];
   await writeFile(
     join(roleDir, 'loopship-tiny'),
@@ -254,9 +261,11 @@ try {
       '#!/bin/sh',
       'prefix=$1',
       '. /usr/share/xen-tools/common.sh',
+      'export DEBIAN_FRONTEND=noninteractive',
+      'chroot ${prefix} apt-get -y purge grub-legacy',
+      `generic=$(chroot \${prefix} dpkg-query -W -f '\${db:Status-Abbrev} \${Package}\\n' 'linux-image-*' | awk '$1 == "ii" && !/cloud/ { print $2 }')`,
+      'chroot ${prefix} apt-get -y purge --autoremove $generic',
       `installDebianPackage \${prefix} ${wanted.join(' ')}`,
-      `generic=$(chroot \${prefix} dpkg-query -W -f '\${Package}\\n' 'linux-image-*' | grep -v cloud)`,
-      'DEBIAN_FRONTEND=noninteractive chroot ${prefix} apt-get -y purge --autoremove $generic',
       'chroot ${prefix} apt-get clean',
       'fstrim ${prefix}',
       '',
@@ -303,6 +312,7 @@ try {
     xcold = await xen('cold');
     xwarm = await xen('warm');
     const img = xwarm.img;
+    say(`-- zstd -19 of xen-create-image's image (load ${load()})`);
     xZstd = await timed(() => zstd19(img));
   } catch (err) {
     // keep the figures measured so far
