@@ -29,7 +29,8 @@ agent() {
     say "$step: loopship-agent $* (attempt $attempt)"
     rc=0
     timeout --kill-after=20 "$CMD_TIMEOUT" loopship-agent --json "$@" >"$d/stdout" 2>"$d/stderr" || rc=$?
-    [ "$rc" != 0 ] && [ $attempt -lt 5 ] && grep -q 'request failed\|download failed\|connection closed\|no data for' "$d/stderr" || break
+    # only the final error counts: a notice such as "cannot use the pack (...no data for 30 s)" does not
+    [ "$rc" != 0 ] && [ $attempt -lt 5 ] && grep 'loopship-agent: error:' "$d/stderr" | tail -n 1 | grep -q 'request failed\|download failed\|connection closed\|no data for' || break
     say "$step: network failure, retrying: $(tail -n 1 "$d/stderr")"
     cp "$d/stderr" "$d/stderr.$attempt"; attempt=$((attempt + 1))
   done
