@@ -104,7 +104,7 @@ export class Agent {
     const cfg = await this.config().catch(() => undefined);
     const kind = cfg?.backend ?? defaultBackend();
     this.backendCache =
-      kind === 'xl' ? new XlBackend({ exec: this.exec }) : new QemuBackend({ exec: this.exec, runDir: this.state.runDir, logDir: this.state.logDir });
+      kind === 'xl' ? new XlBackend({ exec: this.exec, log: (l) => this.log(l) }) : new QemuBackend({ exec: this.exec, runDir: this.state.runDir, logDir: this.state.logDir });
     return this.backendCache;
   }
 
