@@ -172,8 +172,8 @@ export class QemuBackend implements Backend {
   }
 }
 
-/** Sends one QMP command (after the capabilities handshake) and resolves on its reply. */
-export function qmpCommand(socketPath: string, command: string, timeoutMs: number): Promise<unknown> {
+/** Sends one QMP command (after the capabilities handshake) and resolves on its reply; events are skipped. */
+export function qmpCommand(socketPath: string, command: string, timeoutMs: number, args?: Record<string, unknown>): Promise<unknown> {
   return new Promise((resolve, reject) => {
     const sock = connect(socketPath);
     let buf = '';
@@ -189,6 +189,8 @@ export function qmpCommand(socketPath: string, command: string, timeoutMs: numbe
       else resolve(v);
     };
     sock.on('error', (e) => done(e));
+    // qemu gone before it answered (after an answer this is a no-op)
+    sock.on('close', () => done(new Error(`QMP ${command}: connection closed`)));
     sock.on('data', (d) => {
       buf += d.toString();
       let nl;
@@ -207,7 +209,7 @@ export function qmpCommand(socketPath: string, command: string, timeoutMs: numbe
           sock.write(JSON.stringify({ execute: 'qmp_capabilities' }) + '\n');
         } else if (stage === 1 && 'return' in msg) {
           stage = 2;
-          sock.write(JSON.stringify({ execute: command }) + '\n');
+          sock.write(JSON.stringify({ execute: command, ...(args ? { arguments: args } : {}) }) + '\n');
         } else if (stage === 2 && ('return' in msg || 'error' in msg)) {
           if (msg.error) done(new Error(`QMP ${command}: ${JSON.stringify(msg.error)}`));
           else done(null, msg.return);

@@ -6,7 +6,9 @@ import test from 'ava';
 import { execa } from 'execa';
 import { mkdtemp, readFile, rm, writeFile, copyFile, access } from 'node:fs/promises';
 import { join } from 'node:path';
-import { QemuBackend, qemuArgs, qemuCmdline } from '../../client-agent/backends/qemu.js';
+import { QemuBackend, qemuArgs, qemuCmdline, qmpCommand } from '../../client-agent/backends/qemu.js';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
 import { stableMac, type DomainSpec } from '../../client-agent/backends/types.js';
 import { waitReady } from '../../client-agent/health.js';
 import { withMountedImage } from '../../client-agent/mount.js';
@@ -80,4 +82,29 @@ async function tinyBuild(work: string): Promise<{ image: string; kernel: string;
   t.false(await backend.isRunning('tiny'));
   await t.throwsAsync(access(`/proc/${pid}`), undefined, 'qemu is gone');
   await t.throwsAsync(access(join(state.runDir, 'tiny.pid')));
+});
+
+test('qmpCommand: handshake, arguments passed, events skipped; qemu gone before answering is an error', async (t) => {
+  const sockPath = (await mkdtemp(`${tmpdir()}/qmp-`)) + '/qmp.sock';
+  const seen: unknown[] = [];
+  const server = net.createServer((c) => {
+    c.write('{"QMP": {"version": {}}}\n');
+    let buf = '';
+    c.on('data', (d) => {
+      buf += d.toString();
+      for (let nl; (nl = buf.indexOf('\n')) >= 0; ) {
+        const msg = JSON.parse(buf.slice(0, nl));
+        buf = buf.slice(nl + 1);
+        seen.push(msg);
+        if (msg.execute === 'qmp_capabilities') c.write('{"return": {}}\n');
+        else if (msg.execute === 'die') c.destroy();
+        else c.write('{"event": "SOMETHING", "data": {}}\n{"return": {"ok": true}}\n');
+      }
+    });
+  });
+  await new Promise<void>((r) => server.listen(sockPath, r));
+  t.teardown(() => server.close());
+  t.deepEqual(await qmpCommand(sockPath, 'screendump', 5000, { filename: '/tmp/x.ppm' }), { ok: true });
+  t.deepEqual(seen.at(-1), { execute: 'screendump', arguments: { filename: '/tmp/x.ppm' } });
+  await t.throwsAsync(qmpCommand(sockPath, 'die', 5000), { message: /QMP die: connection closed/ });
 });

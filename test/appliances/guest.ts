@@ -6,9 +6,8 @@
 // and key presses.
 import { execa } from 'execa';
 import { access, copyFile, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
-import { connect } from 'node:net';
 import { join } from 'node:path';
-import { qemuArgs } from '../../client-agent/backends/qemu.js';
+import { qemuArgs, qmpCommand } from '../../client-agent/backends/qemu.js';
 import { stableMac, type DomainSpec } from '../../client-agent/backends/types.js';
 import { withMountedImage } from '../../client-agent/mount.js';
 import { writeHostSettings } from '../../client-agent/configure.js';
@@ -139,7 +138,7 @@ export async function startGuest(o: GuestOptions): Promise<Guest> {
       return false;
     }
   };
-  const qmp = (execute: string, args?: Record<string, unknown>) => qmpExecute(files.qmpSocket, execute, args, 30_000);
+  const qmp = (execute: string, args?: Record<string, unknown>) => qmpCommand(files.qmpSocket, execute, 30_000, args);
   const readConsole = () => readFile(files.consoleLog, 'utf8').catch(() => '');
   const guest: Guest = {
     name: o.name,
@@ -194,45 +193,6 @@ export function keysFor(ch: string): string[] {
   const k = named[ch];
   if (!k) throw new Error(`no key for ${JSON.stringify(ch)}`);
   return k;
-}
-
-/** One QMP command with arguments, after the capabilities handshake. */
-export function qmpExecute(socketPath: string, execute: string, args: Record<string, unknown> | undefined, timeoutMs: number): Promise<unknown> {
-  return new Promise((resolve, reject) => {
-    const sock = connect(socketPath);
-    let buf = '';
-    let stage = 0;
-    const timer = setTimeout(() => finish(new Error(`QMP ${execute}: no answer within ${timeoutMs} ms`)), timeoutMs);
-    function finish(err: Error | null, v?: unknown) {
-      clearTimeout(timer);
-      sock.destroy();
-      if (err) reject(err);
-      else resolve(v);
-    }
-    sock.on('error', (e) => finish(e));
-    sock.on('close', () => finish(new Error(`QMP ${execute}: connection closed`)));
-    sock.on('data', (d) => {
-      buf += d.toString();
-      let nl;
-      while ((nl = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, nl).trim();
-        buf = buf.slice(nl + 1);
-        if (!line) continue;
-        const msg = JSON.parse(line) as Record<string, unknown>;
-        if ('event' in msg) continue;
-        if (stage === 0 && msg.QMP) {
-          stage = 1;
-          sock.write(JSON.stringify({ execute: 'qmp_capabilities' }) + '\n');
-        } else if (stage === 1 && 'return' in msg) {
-          stage = 2;
-          sock.write(JSON.stringify({ execute, ...(args ? { arguments: args } : {}) }) + '\n');
-        } else if (stage === 2) {
-          if (msg.error) finish(new Error(`QMP ${execute}: ${JSON.stringify(msg.error)}`));
-          else finish(null, msg.return);
-        }
-      }
-    });
-  });
 }
 
 /** A command in the guest over SSH as root (the key went in through ssh.authorized_keys). */
