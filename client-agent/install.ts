@@ -14,7 +14,6 @@ import { parseMetadata, packLayout, planPackRanges } from '../format/index.js';
 import { MetadataError, LoopshipError, FetchError, VerificationError } from '../format/index.js';
 import { DecodePool } from './decode-pool.js';
 import { writeSparseSync } from './sparse.js';
-import { BLOCK_SIZE } from '../format/index.js';
 import type { StateDir } from './state.js';
 import { writeFileAtomic, fsyncDir, ioError, pathExists } from './fsutil.js';
 
