@@ -24,6 +24,7 @@ import { QemuBackend } from './backends/qemu.js';
 import { waitReady, fileSize, type WaitReadyResult } from './health.js';
 import { verifyVersionDir, type VersionCheck } from './verify.js';
 import { writeFileAtomic } from './fsutil.js';
+import { pauseAt } from './pause.js';
 
 export const AGENT_VERSION = '0.1.0';
 
@@ -300,19 +301,21 @@ export class Agent {
       this.log(`${m.name} ${current} stays current; run \`upgrade ${m.name}\` to switch to ${m.version}`);
       return { install: result, current, started: false, health: null as WaitReadyResult | null };
     }
-    if (current === m.version && (await (await this.backend()).isRunning(m.name))) {
+    const running = current === m.version && (await (await this.backend()).isRunning(m.name));
+    if (running) {
       // never mount a filesystem a running guest has mounted: settings apply at the next configure
       this.log(`${m.name} ${m.version} is installed and running; not reconfigured (stop it and run configure to apply new settings)`);
-      return { install: result, current, started: true, health: null as WaitReadyResult | null };
+    } else {
+      await this.configureVersion(m.name, m.version);
+      await this.state.setCurrent(m.name, m.version);
     }
-    await this.configureVersion(m.name, m.version);
-    await this.state.setCurrent(m.name, m.version);
     let health: WaitReadyResult | null = null;
     if (opts.start !== false) {
+      // also when it runs already: a run killed while it booted left its health at 'starting'
       health = await this.bootAndCheck(m.name, m.version);
       if (!health.ready) throw new LoopshipError('INTERNAL', `${m.name} ${m.version} did not become ready (${health.reason} after ${Math.round(health.ms / 1000)} s); last console lines:\n${health.tail}`, { where: m.name });
     }
-    return { install: result, current: m.version, started: opts.start !== false, health };
+    return { install: result, current: m.version, started: running || opts.start !== false, health };
   }
 
   /** import FILE.tar: the same verification and install, from an offline package. */
@@ -423,24 +426,28 @@ export class Agent {
     const backend = await this.backend();
     const m = await this.versionManifest(name, version);
     const log = backend.consoleLog(name);
+    const record = (health: WaitReadyResult) => this.state.updateAppliance(name, (a) => {
+      a.health = health.ready ? 'healthy' : 'unhealthy';
+      a.health_checked_at = this.now().toISOString();
+    });
     if (await backend.isRunning(name)) {
       // already up: its health is what we last saw, or what its console shows since it booted
       const known = (await this.state.readState()).appliances[name]?.health;
       this.log(`${name} is already running`);
       if (known === 'healthy') return { ready: true, reason: 'marker', ms: 0, tail: '' };
-      return waitReady({ logPath: log, marker: m.boot.ready_marker, fromOffset: 0, timeoutMs: await this.healthTimeoutMs(), isAlive: () => backend.isRunning(name) });
+      const health = await waitReady({ logPath: log, marker: m.boot.ready_marker, fromOffset: 0, timeoutMs: await this.healthTimeoutMs(), isAlive: () => backend.isRunning(name) });
+      await record(health);
+      return health;
     }
     const offset = backend.kind === 'qemu' ? 0 : await fileSize(log);
     await this.state.updateAppliance(name, (a) => { a.health = 'starting'; });
     this.log(`starting ${name} ${version} (${backend.kind})`);
     await backend.start(await this.domainSpec(name, version));
+    await pauseAt('boot');
     const autostart = this.applianceConfig(await this.config().catch(() => undefined), name)?.autostart ?? true;
     await backend.setAutostart(name, autostart);
     const health = await waitReady({ logPath: log, marker: m.boot.ready_marker, fromOffset: offset, timeoutMs: await this.healthTimeoutMs(), isAlive: () => backend.isRunning(name) });
-    await this.state.updateAppliance(name, (a) => {
-      a.health = health.ready ? 'healthy' : 'unhealthy';
-      a.health_checked_at = this.now().toISOString();
-    });
+    await record(health);
     this.log(health.ready ? `${name} ${version} is ready after ${(health.ms / 1000).toFixed(1)} s${health.line ? `: ${health.line}` : ''}` : `${name} ${version} did not become ready: ${health.reason}`);
     return health;
   }

@@ -7,6 +7,7 @@ import { LoopshipError } from '../format/index.js';
 import type { Manifest } from '../format/index.js';
 import type { Settings } from './settings.js';
 import { tmpName } from './fsutil.js';
+import { pauseAt } from './pause.js';
 
 export interface PlannedFile {
   path: string; // absolute inside the image
@@ -148,7 +149,10 @@ export async function imageFacts(root: string): Promise<ImageFacts> {
 /** Plans and writes the host files into an image mounted at `root`. Returns the paths written. */
 export async function writeHostSettings(root: string, manifest: Manifest, settings: Settings, meta: { host: string; configuredAt: string }): Promise<string[]> {
   const files = planHostFiles(manifest, settings, await imageFacts(root), meta);
-  for (const f of files) await writeIntoImage(root, f);
+  for (const f of files) {
+    await writeIntoImage(root, f);
+    if (f === files[0]) await pauseAt('configure');
+  }
   // one sync of the filesystem so nothing is lost if the host dies before umount
   const fh = await open(root, 'r');
   await fh.sync().finally(() => fh.close());

@@ -16,6 +16,7 @@ import { DecodePool } from './decode-pool.js';
 import { writeSparseSync } from './sparse.js';
 import type { StateDir } from './state.js';
 import { writeFileAtomic, fsyncDir, ioError, pathExists } from './fsutil.js';
+import { pauseAt } from './pause.js';
 
 /** What the install engine needs from the verifier (the lead's RepoClient has this shape). */
 export interface ChunkSource {
@@ -230,7 +231,12 @@ export async function installVersion(opts: InstallOptions): Promise<InstallResul
   const finalDir = state.versionDir(m.name, m.version);
   if (await pathExists(finalDir)) {
     const have = await readFile(join(finalDir, 'manifest.json')).catch(() => null);
-    if (have && sha256(have) === verified.sha256) return { ...result, alreadyInstalled: true };
+    if (have && sha256(have) === verified.sha256) {
+      // what a run killed right after the move left: the journal, the empty staging parent
+      await unlink(join(finalDir, JOURNAL)).catch(() => {});
+      await rmdir(dirname(state.stagingDir(m.name, m.version))).catch(() => {});
+      return { ...result, alreadyInstalled: true };
+    }
     throw new LoopshipError('IO', `a different build of ${m.name} ${m.version} is already installed; remove it first`, { where: finalDir });
   }
 
@@ -473,7 +479,9 @@ export async function installVersion(opts: InstallOptions): Promise<InstallResul
   for (const fh of handles.values()) await fh.close();
   await fsyncDir(staging);
   await mkdir(state.applianceDir(m.name), { recursive: true });
+  await pauseAt('verify');
   await rename(staging, finalDir);
+  await pauseAt('move');
   await rmdir(dirname(staging)).catch(() => {}); // .staging/, when no other install is under way
   await fsyncDir(state.applianceDir(m.name));
   await unlink(join(finalDir, JOURNAL)).catch(() => {});

@@ -11,6 +11,7 @@ import type { StateDir } from './state.js';
 import { processAlive } from './state.js';
 import { type Exec, run } from './exec.js';
 import { writeFileAtomic } from './fsutil.js';
+import { pauseAt } from './pause.js';
 
 const recordSchema = z.object({ pid: z.number().int(), image: z.string(), mountPoint: z.string(), device: z.string().nullable() });
 type MountRecord = z.infer<typeof recordSchema>;
@@ -67,6 +68,7 @@ async function detachLoops(deps: MountDeps, rec: MountRecord): Promise<void> {
 
 async function releaseRecord(deps: MountDeps, recPath: string, rec: MountRecord): Promise<void> {
   await umountIfMounted(deps, rec.mountPoint);
+  await pauseAt('unmount');
   await detachLoops(deps, rec);
   await rmdir(rec.mountPoint).catch(() => {});
   await rm(recPath, { force: true });
@@ -130,6 +132,7 @@ export async function withMountedImage<T>(deps: MountDeps, image: string, label:
     rec.device = (await run(deps.exec, 'losetup', ['--find', '--show', rec.image])).trim();
     await writeFileAtomic(recPath, JSON.stringify(rec));
     await run(deps.exec, 'mount', ['-t', 'ext4', '-o', 'nodev,nosuid', rec.device, rec.mountPoint]);
+    await pauseAt('mount');
     result = await f(rec.mountPoint);
   } catch (err) {
     await releaseRecord(deps, recPath, rec).catch(() => {}); // the first error is the one to report

@@ -15,6 +15,7 @@ import { z } from 'zod';
 import { LoopshipError } from '../format/index.js';
 import { imageName, imageVersion, compareVersions } from '../format/index.js';
 import { writeFileAtomic, symlinkAtomic, readLinkOrNull, fsyncDir } from './fsutil.js';
+import { pauseAt } from './pause.js';
 
 const applianceState = z.object({
   previous: z.string().nullable().default(null),
@@ -152,6 +153,7 @@ export class StateDir {
     await stat(join(this.versionDir(name, version), 'manifest.json')).catch((cause) => {
       throw new LoopshipError('IO', `version ${version} is not installed`, { where: this.versionDir(name, version), cause });
     });
+    await pauseAt('switch');
     await symlinkAtomic(version, this.currentLink(name));
   }
 

@@ -3,18 +3,16 @@
 // mounted or attached.
 import test from 'ava';
 import { execa } from 'execa';
+import { killAt } from './kill.js';
 import { readFile, writeFile, mkdtemp } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
-import { join, dirname, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join, resolve } from 'node:path';
 import { Agent } from '../../client-agent/agent.js';
 import { listMounts } from '../../client-agent/mount.js';
 import { makeRepo } from '../helpers/repo.js';
 import { FakeBackend } from './fakes.js';
 import { publishExt4 } from './ext4.js';
 import { sha256File, sha256Of } from './helpers.js';
-
-const here = dirname(fileURLToPath(import.meta.url));
 
 async function setup(t: import('ava').ExecutionContext) {
   const fx = await makeRepo();
@@ -27,32 +25,6 @@ async function setup(t: import('ava').ExecutionContext) {
   const stateDir = join(dir, 'state');
   const logDir = join(dir, 'console');
   return { fx, dir, configPath, stateDir, logDir };
-}
-
-/** Runs the child until a stdout line matches `when`, then kill -9. */
-async function killAt(args: object, when: RegExp): Promise<string[]> {
-  const child = execa('node', ['--import', 'tsx', join(here, 'fixtures', 'agent-child.ts'), JSON.stringify(args)], { reject: false, buffer: false });
-  const lines: string[] = [];
-  await new Promise<void>((res, rej) => {
-    let buf = '';
-    child.stdout!.on('data', (d: Buffer) => {
-      buf += d.toString();
-      let nl;
-      while ((nl = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, nl);
-        buf = buf.slice(nl + 1);
-        lines.push(line);
-        if (when.test(line)) {
-          child.kill('SIGKILL');
-          res();
-        }
-      }
-    });
-    child.on('exit', () => rej(new Error(`child exited before ${when}: ${lines.join('\n')}`)));
-  });
-  const r = await child;
-  if (r.signal !== 'SIGKILL') throw new Error(`child was not killed: ${r.signal}`);
-  return lines;
 }
 
 test('kill -9 during download: the next install resumes, fetching only what was missing', async (t) => {
@@ -80,7 +52,7 @@ test('kill -9 while an upgrade waits for the new guest: the next run is back on 
   await agent.install('sbc');
   await publishExt4(fx, 'sbc', '2.0.0', { channel: 'stable', motd: 'two' });
   // 2.0.0 never becomes ready in the child: kill it while it waits
-  const lines = await killAt({ configPath, stateDir, logDir, op: 'upgrade', arg: 'sbc', bad: ['2.0.0'] }, /^LOG starting sbc 2\.0\.0/);
+  const { lines } = await killAt({ configPath, stateDir, logDir, op: 'upgrade', arg: 'sbc', bad: ['2.0.0'] }, /^LOG starting sbc 2\.0\.0/);
   t.true(lines.some((l) => l.startsWith('LOG configured sbc 2.0.0')));
   const state = JSON.parse(await readFile(join(stateDir, 'state.json'), 'utf8'));
   t.is(state.appliances.sbc.pending_upgrade.to, '2.0.0', 'the interrupted upgrade is on record');
