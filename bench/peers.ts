@@ -7,7 +7,8 @@
 //    not /var/cache/loopship), warm (same recipe, new version), and warm + htop (a one-package
 //    change), into one scratch repository, keeping the two ext4 images (tiny, tiny + htop).
 // 2. Delta: what an update from tiny to tiny + htop costs. loopship: the compressed chunk
-//    bytes the +htop build added to the repository (what an agent fetches). casync: `casync
+//    bytes the +htop build added to the repository and the new manifest (what an agent
+//    fetches). casync: `casync
 //    make` of the first image into a store, of the second into another; the second's chunks
 //    missing from the first store are what a casync client fetches (plus the .caibx index).
 //    Confirmed by `casync extract --seed=<first image>` of the second index over HTTP from
@@ -159,12 +160,16 @@ try {
   const img1 = cold.r.image.path!;
   const img2 = plus.r.image.path!;
   const lsFull = plus.r.stats!.compressed;
-  const lsNew = plus.r.stats!.newCompressed;
+  // what a host fetches for the update: the new chunks and the new version's manifest (as
+  // casync's row counts its index), plus its signature
+  const manifestFile = join(repoDir, 'manifests', `${plus.r.manifestSha256}.json`);
+  const lsManifest = (await stat(manifestFile)).size + (await stat(`${manifestFile}.asc`)).size;
+  const lsNew = plus.r.stats!.newCompressed + lsManifest;
 
   // ---- 2. delta: loopship vs casync on the same two images --------------------------------
   rows.push({
     what: 'delta tiny -> tiny+htop',
-    tool: 'loopship (zstd per chunk)',
+    tool: 'loopship (zstd per chunk, + manifest)',
     full_MiB: mib(lsFull),
     new_MiB: mib(lsNew),
     new_pct: (100 * lsNew) / lsFull,
@@ -221,7 +226,7 @@ try {
     await rm(s2, { recursive: true, force: true });
   }
   figures.casync = casyncRows;
-  figures.loopship_delta = { full_bytes: lsFull, new_bytes: lsNew, new_chunks: plus.r.stats!.newChunks, chunks: plus.r.stats!.chunks };
+  figures.loopship_delta = { full_bytes: lsFull, new_bytes: lsNew, new_chunk_bytes: plus.r.stats!.newCompressed, manifest_bytes: lsManifest, new_chunks: plus.r.stats!.newChunks, chunks: plus.r.stats!.chunks };
 
   // ---- 3. build: loopship vs xen-create-image -------------------------------------------
   say(`-- zstd -19 of loopship's image (load ${load()})`);

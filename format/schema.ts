@@ -189,9 +189,23 @@ export function parseMetadata<K extends MetadataKind>(kind: K, bytes: Uint8Array
   return result.data as Parsed[K];
 }
 
-/** The canonical bytes we write for a metadata object (stable key order as built, 2-space JSON). */
+/**
+ * The bytes we write for a metadata object: 2-space JSON (stable key order as built), except
+ * that an object or array holding only scalars goes on one line. A manifest is mostly such
+ * objects (one per chunk): a line each keeps it readable and diffable at about half the
+ * bytes of fully indented JSON, and every host downloads it on each update.
+ */
 export function serialize(value: Root | Index | Manifest): Buffer {
-  return Buffer.from(JSON.stringify(value, null, 2) + '\n', 'utf8');
+  return Buffer.from(layout(JSON.parse(JSON.stringify(value)), '') + '\n', 'utf8');
+}
+
+function layout(v: unknown, indent: string): string {
+  if (v === null || typeof v !== 'object') return JSON.stringify(v);
+  const entries: [string | null, unknown][] = Array.isArray(v) ? v.map((x) => [null, x]) : Object.entries(v);
+  if (entries.every(([, x]) => x === null || typeof x !== 'object')) return JSON.stringify(v);
+  const inner = indent + '  ';
+  const lines = entries.map(([k, x]) => inner + (k === null ? '' : JSON.stringify(k) + ': ') + layout(x, inner));
+  return (Array.isArray(v) ? '[' : '{') + '\n' + lines.join(',\n') + '\n' + indent + (Array.isArray(v) ? ']' : '}');
 }
 
 /** Natural ordering of versions: numeric runs compare as numbers ("1.10" > "1.9"). */
