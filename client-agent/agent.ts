@@ -370,7 +370,7 @@ export class Agent {
     // the first configure of a version starts from the verified image
     if (!(await stat(disk).catch(() => null))) await makeBootDisk(this.state.versionDir(name, version), m);
     const files = await withMountedImage({ exec: this.exec, state: this.state }, disk, name, (mp) =>
-      writeHostSettings(mp, m, settings, { host: this.host, configuredAt: this.now().toISOString() }),
+      writeHostSettings(mp, m, settings, { host: this.host, configuredAt: this.now().toISOString(), image: disk }),
     );
     this.log(`configured ${name} ${version}: ${files.join(', ')}`);
     return files;

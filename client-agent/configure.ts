@@ -1,7 +1,7 @@
 // Writes host settings into a mounted image. Pure planning (settings -> files) is kept
 // apart from writing, which never follows a symlink out of the image: the image is
 // signed, but a path like /etc -> /host/etc must still never reach the host's files.
-import { lstat, mkdir, open, readFile, rename, rm, chown } from 'node:fs/promises';
+import { lstat, mkdir, open, readFile, rename, rm, chown, statfs } from 'node:fs/promises';
 import { join } from 'node:path';
 import { LoopshipError } from '../format/index.js';
 import type { Manifest } from '../format/index.js';
@@ -109,8 +109,23 @@ async function safeParent(root: string, rel: string, dirMode: number): Promise<s
   return cur;
 }
 
-/** Writes one file into the mounted image: tmp + fsync + rename, owned by root. */
-export async function writeIntoImage(root: string, f: PlannedFile): Promise<void> {
+/**
+ * A write error inside the image, said plainly. ENOSPC while the image still has room means
+ * the disk under the (sparse) image file is full: the loop device could not allocate there.
+ */
+async function imageWriteError(root: string, what: string, err: unknown, where: string): Promise<LoopshipError> {
+  const e = err as NodeJS.ErrnoException;
+  let hint = '';
+  if (e.code === 'ENOSPC') {
+    const fs = await statfs(root).catch(() => null);
+    const free = fs ? fs.bavail * fs.bsize : 0;
+    hint = free >= 1024 * 1024 ? ` (the image has ${(free / 1048576).toFixed(1)} MiB free: the disk holding the image file is full)` : ' (image full)';
+  }
+  return new LoopshipError('IO', `${what}: ${e.code ?? e.message}${hint}`, { where, cause: err });
+}
+
+/** Writes one file into the mounted image: tmp + fsync + rename, owned by root. `image` (the image file) is for messages. */
+export async function writeIntoImage(root: string, f: PlannedFile, image?: string): Promise<void> {
   const parent = await safeParent(root, f.path, f.dirMode ?? 0o755);
   const target = join(parent, f.path.split('/').pop()!);
   const st = await lstat(target).catch(() => null);
@@ -131,8 +146,7 @@ export async function writeIntoImage(root: string, f: PlannedFile): Promise<void
   } catch (err) {
     await rm(tmp, { force: true }).catch(() => {});
     if (err instanceof LoopshipError) throw err;
-    const e = err as NodeJS.ErrnoException;
-    throw new LoopshipError('IO', `cannot write ${f.path} into the image: ${e.code ?? e.message}${e.code === 'ENOSPC' ? ' (image full)' : ''}`, { where: f.path, cause: err });
+    throw await imageWriteError(root, `cannot write ${f.path} into the image`, err, image ?? f.path);
   }
 }
 
@@ -146,15 +160,21 @@ export async function imageFacts(root: string): Promise<ImageFacts> {
   return { hosts, hasIfupdown: Boolean(ifu?.isFile()) };
 }
 
-/** Plans and writes the host files into an image mounted at `root`. Returns the paths written. */
-export async function writeHostSettings(root: string, manifest: Manifest, settings: Settings, meta: { host: string; configuredAt: string }): Promise<string[]> {
+/** Plans and writes the host files into an image mounted at `root`. Returns the paths written. `meta.image` (the image file) is for messages. */
+export async function writeHostSettings(root: string, manifest: Manifest, settings: Settings, meta: { host: string; configuredAt: string; image?: string }): Promise<string[]> {
   const files = planHostFiles(manifest, settings, await imageFacts(root), meta);
   for (const f of files) {
-    await writeIntoImage(root, f);
+    await writeIntoImage(root, f, meta.image);
     if (f === files[0]) await pauseAt('configure');
   }
   // one sync of the filesystem so nothing is lost if the host dies before umount
   const fh = await open(root, 'r');
-  await fh.sync().finally(() => fh.close());
+  try {
+    await fh.sync();
+  } catch (err) {
+    throw await imageWriteError(root, 'cannot sync the image', err, meta.image ?? root);
+  } finally {
+    await fh.close();
+  }
   return files.map((f) => f.path);
 }
