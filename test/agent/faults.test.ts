@@ -31,7 +31,7 @@ test('kill -9 during download: the next install resumes, fetching only what was 
   const { fx, configPath, stateDir, logDir } = await setup(t);
   const pkg = await publishExt4(fx, 'sbc', '1.0.0', { channel: 'stable', bulkFiles: 120 });
   // killed once most chunks are in (completed chunks are journaled at least every second)
-  const mostlyDone = { test: (l: string) => { const m = /^PROGRESS (\d+) (\d+)$/.exec(l); return !!m && Number(m[1]) > 0.7 * Number(m[2]); } } as RegExp;
+  const mostlyDone = { test: (l: string) => { const m = /^PROGRESS (\d+) (\d+) /.exec(l); return !!m && Number(m[1]) > 0.7 * Number(m[2]); } } as RegExp;
   await killAt({ configPath, stateDir, logDir, op: 'install', arg: 'sbc', chunkDelayMs: 150 }, mostlyDone);
   t.false(existsSync(join(stateDir, 'appliances', 'sbc', '1.0.0')), 'no half version in place');
   t.true(existsSync(join(stateDir, 'appliances', 'sbc', '.staging', '1.0.0', 'manifest.json')));

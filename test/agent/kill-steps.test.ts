@@ -1,6 +1,7 @@
-// kill -9 of the agent at every step of an install and of an upgrade (the download and the
-// wait for a new guest are in faults.test.ts). The agent runs in a child process that stops
-// at the step (LOOPSHIP_TEST_PAUSE_AT, client-agent/pause.ts) and is killed there. Then:
+// kill -9 of the agent at every step of an install and of an upgrade (a resumed download
+// and the wait for a new guest are in faults.test.ts). The agent runs in a child process
+// that stops at the step (LOOPSHIP_TEST_PAUSE_AT, client-agent/pause.ts) and is killed
+// there, or, for the download, is killed once some bytes of the new version came in. Then:
 //  - right after the kill: what the step leaves is there (a loop device, a mount), the state
 //    file parses, and the previous version is the bootable one (current, or the recorded way
 //    back of an interrupted upgrade) and still verifies against its signed manifest;
@@ -49,7 +50,8 @@ const worldP: Promise<World> = (async () => {
   const backend = new FakeBackend(join(template, 'console'));
   const agent = new Agent({ configPath: join(template, 'agent.yaml'), stateDir: join(template, 'state'), backend, host: 'dom0-test' });
   if (!(await agent.install('sbc')).health?.ready) throw new Error('template install did not become ready');
-  const v2 = await publishExt4(fx, 'sbc', '2.0.0', { channel: 'stable', motd: 'two' });
+  // 40 files more than 1.0.0: something to download
+  const v2 = await publishExt4(fx, 'sbc', '2.0.0', { channel: 'stable', motd: 'two', bulkFiles: 80 });
   return { fx, template, running: backend.running.get('sbc')!, images: { '1.0.0': sha256Of(await readFile(v1.image)), '2.0.0': sha256Of(await readFile(v2.image)) } };
 })();
 
@@ -88,23 +90,37 @@ async function tmpFiles(dir: string): Promise<string[]> {
   return entries.filter((e) => /\.tmp-\d+-[0-9a-f]+$/.test(e) && !e.startsWith('mnt/'));
 }
 
-interface Case {
+interface Step {
+  /** where the child stops to be killed, or the line of its output the kill follows */
+  pauseAt?: PauseStep;
+  when?: { test(line: string): boolean };
+  /** slows its pack and chunk downloads (ms per 32 KiB) */
+  chunkDelayMs?: number;
+  /** what the kill leaves for the next run: a loop device, a mount, a staging dir */
+  leaves: { loop: boolean; mount: boolean; staging: boolean };
+}
+interface Case extends Step {
   op: 'install' | 'upgrade';
-  step: PauseStep;
-  /** what the kill leaves for the next run to clean: a loop device, a mount */
-  leaves: { loop: boolean; mount: boolean };
+  step: string;
 }
 
-const LEAVES: Record<PauseStep, Case['leaves']> = {
-  verify: { loop: false, mount: false },
-  move: { loop: false, mount: false },
-  mount: { loop: true, mount: true },
-  configure: { loop: true, mount: true },
-  unmount: { loop: true, mount: false },
-  switch: { loop: false, mount: false },
-  boot: { loop: false, mount: false },
+const paused = (step: PauseStep, leaves: Partial<Step['leaves']> = {}): Step => ({ pauseAt: step, leaves: { loop: false, mount: false, staging: false, ...leaves } });
+const STEPS: Record<string, Step> = {
+  // some bytes of the new version fetched, more to come
+  download: {
+    when: { test: (l) => { const m = /^PROGRESS (\d+) (\d+) (\d+)$/.exec(l); return !!m && Number(m[3]) > 0 && Number(m[1]) < Number(m[2]); } },
+    chunkDelayMs: 150,
+    leaves: { loop: false, mount: false, staging: true },
+  },
+  verify: paused('verify', { staging: true }),
+  move: paused('move'),
+  mount: paused('mount', { loop: true, mount: true }),
+  configure: paused('configure', { loop: true, mount: true }),
+  unmount: paused('unmount', { loop: true }),
+  switch: paused('switch'),
+  boot: paused('boot'),
 };
-const CASES: Case[] = (['install', 'upgrade'] as const).flatMap((op) => (Object.keys(LEAVES) as PauseStep[]).map((step) => ({ op, step, leaves: LEAVES[step] })));
+const CASES: Case[] = (['install', 'upgrade'] as const).flatMap((op) => Object.entries(STEPS).map(([step, s]) => ({ op, step, ...s })));
 
 /** At most 3 cases at a time: loop mounts and node processes on a small shared machine. */
 const slots = { free: 3, waiting: [] as (() => void)[] };
@@ -159,14 +175,16 @@ for (const c of CASES) {
       const host = await hostFor(world, c);
       const target = c.op === 'install' ? '1.0.0' : '2.0.0';
       const killed = await killAt(
-        { configPath: host.configPath, stateDir: host.stateDir, logDir: host.logDir, op: c.op, arg: c.op === 'install' ? 'sbc@1.0.0' : 'sbc', start: true, running: host.running },
-        new RegExp(`^pause-at ${c.step}$`),
-        { pauseAt: c.step },
+        { configPath: host.configPath, stateDir: host.stateDir, logDir: host.logDir, op: c.op, arg: c.op === 'install' ? 'sbc@1.0.0' : 'sbc', start: true, running: host.running, chunkDelayMs: c.chunkDelayMs },
+        c.when ?? new RegExp(`^pause-at ${c.pauseAt}$`),
+        { pauseAt: c.pauseAt },
       );
 
       // right after the kill: the step was reached, and it left what it holds
       t.is((await loopsUnder(host.dir)).length > 0, c.leaves.loop, `a loop device attached: ${JSON.stringify(await loopsUnder(host.dir))}`);
       t.is((await mountsUnder(host.stateDir)).length > 0, c.leaves.mount, 'a mount under the state dir');
+      t.is(existsSync(join(host.stateDir, 'appliances', 'sbc', '.staging', target, 'manifest.json')), c.leaves.staging, 'a staging dir');
+      t.is(existsSync(join(host.stateDir, 'appliances', 'sbc', target)), !c.leaves.staging, 'the version in place');
       const probe = new Agent({ configPath: host.configPath, stateDir: host.stateDir, backend: new FakeBackend(host.logDir), host: 'dom0-test' });
       const current = await assertConsistent(t, probe, host.stateDir, world);
       const pending = (await probe.state.readState()).appliances.sbc?.pending_upgrade ?? null;
