@@ -8,7 +8,9 @@ import { LoopshipError } from '../format/index.js';
 export function ioError(err: unknown, where: string, what: string): LoopshipError {
   const e = err as NodeJS.ErrnoException;
   const hint = e.code === 'ENOSPC' ? ' (disk full)' : '';
-  return new LoopshipError('IO', `${what}: ${e.code ?? ''} ${e.message ?? String(err)}${hint}`.replace(/\s+/g, ' '), { where, cause: err });
+  // Node's own messages start with the code already ("ENOSPC: no space left on device, write")
+  const detail = e.code && !String(e.message).startsWith(e.code) ? `${e.code} ${e.message}` : (e.message ?? String(err));
+  return new LoopshipError('IO', `${what}: ${detail}${hint}`.replace(/\s+/g, ' '), { where, cause: err });
 }
 
 // One directory fsync for the whole project: format/ has it.

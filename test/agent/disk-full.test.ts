@@ -62,7 +62,7 @@ const CASES: Case[] = [
         return { source: f.source, get: async (p, max) => (await once(p), f.get(p, max)), stream: async (p, max, o) => (await once(p), f.stream(p, max, o)) };
       },
     }),
-    message: /install failed: .*ENOSPC.*\(disk full\)/,
+    message: /install failed: ENOSPC: no space left on device, write \(disk full\)/,
   },
   {
     when: 'configure',
