@@ -224,6 +224,10 @@ export async function cleanRoot(root: string, recipe: Recipe): Promise<void> {
   await emptyDir('var/log/journal');
   await emptyDir('tmp');
   await emptyDir('var/tmp');
+  // /run is a tmpfs on the booted system: what the build left there is never seen, only
+  // noise (blkid run by initramfs hooks wrote the build host's device cache here: one
+  // file more or less renumbers every inode after it and changed ~600 chunks of a rebuild)
+  await emptyDir('run');
   await del('root/.bash_history');
   await del('var/lib/systemd/random-seed');
   await del('var/lib/systemd/catalog/database');

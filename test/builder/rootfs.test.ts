@@ -38,6 +38,8 @@ test('cleanup removes identity and noise, keeps what services and licences need'
     'usr/share/man/man1/x.1.gz': 'x',
     'usr/sbin/policy-rc.d': 'exit 101',
     'var/cache/ldconfig/aux-cache': 'x',
+    'run/blkid/blkid.tab': '<device DEVNO="0x0700">/dev/loop0</device>',
+    'run/systemd/netif/links/.keep': '',
   });
   await chmod(join(root, 'var/log/xrdp.log'), 0o640);
   await cleanRoot(root, RECIPE);
@@ -56,6 +58,7 @@ test('cleanup removes identity and noise, keeps what services and licences need'
   t.deepEqual(await readdir(join(root, 'usr/share/man')), []);
   t.false((await readdir(join(root, 'usr/sbin'))).includes('policy-rc.d'));
   t.false((await readdir(join(root, 'var/lib/dbus'))).includes('machine-id'));
+  t.deepEqual(await readdir(join(root, 'run')), [], "/run emptied: a tmpfs at boot, and the build host's blkid cache landed there");
 });
 
 test('times are clamped to the epoch, older ones kept, symlinks not followed; the tree is measured in blocks', async (t) => {
@@ -108,3 +111,4 @@ test('package facts: installed only, sorted, native arch qualifier dropped', asy
     { name: 'zlib1g', version: '1:1.2.13' },
   ]);
 });
+
