@@ -21,7 +21,7 @@ export interface Killed {
  */
 export async function killAt(args: ChildArgs, when: RegExp | { test(line: string): boolean }, opts: { pauseAt?: string } = {}): Promise<Killed> {
   const env = opts.pauseAt ? { LOOPSHIP_TEST_PAUSE_AT: opts.pauseAt } : {};
-  const child = execa('node', ['--import', 'tsx', join(here, 'fixtures', 'agent-child.ts'), JSON.stringify(args)], { reject: false, buffer: false, env });
+  const child = execa('node', ['--import', 'tsx', join(here, 'fixtures', 'agent-child.ts'), JSON.stringify(args)], { reject: false, buffer: false, env, timeout: 180_000 });
   const lines: string[] = [];
   const running = new Map<string, DomainSpec>();
   for (const s of args.running ?? []) running.set(s.name, s);
@@ -51,6 +51,7 @@ export async function killAt(args: ChildArgs, when: RegExp | { test(line: string
     };
     child.stdout!.on('data', onData());
     child.stderr!.on('data', onData());
+    // (also when it never gets there: the timeout ends it)
     child.on('exit', () => rej(new Error(`child exited before ${when}: ${lines.join('\n')}`)));
   });
   const r = await child;
