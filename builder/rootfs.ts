@@ -103,17 +103,52 @@ async function aptInstall(c: Chroot, o: { root: string; exec: Exec; debCache?: s
   step(`apt-get install (${pkgs.length} packages)`);
   // --force-unsafe-io: no fsync per unpacked file; the tree is scratch until the image exists
   const aptArgs = ['-q', '-y', ...APT_OPTIONS, '-o', 'Dpkg::Options::=--force-confold', '-o', 'Dpkg::Options::=--force-unsafe-io', '-o', 'Dpkg::Use-Pty=0', o.recommends ? '--install-recommends' : '--no-install-recommends', 'install', ...pkgs];
-  if (o.debCache) {
-    // apt fails at once when another build holds the shared archive's lock: wait our turn
-    await exec('flock', ['--timeout', '3600', join(o.debCache, '.loopship.lock'), 'chroot', root, 'apt-get', ...aptArgs], {
-      stage: 'packages',
-      env: c.env,
-    });
-  } else {
-    await c.run('apt-get', aptArgs, { stage: 'packages' });
+  const placeholders = await placeHostKeys(root);
+  try {
+    if (o.debCache) {
+      // apt fails at once when another build holds the shared archive's lock: wait our turn
+      await exec('flock', ['--timeout', '3600', join(o.debCache, '.loopship.lock'), 'chroot', root, 'apt-get', ...aptArgs], {
+        stage: 'packages',
+        env: c.env,
+      });
+    } else {
+      await c.run('apt-get', aptArgs, { stage: 'packages' });
+    }
+  } finally {
+    await placeholders.remove();
   }
   // Unmount now: later steps and the cleanup must never touch the shared cache.
   if (o.debCache) await exec('umount', [archives], { stage: 'packages' });
+}
+
+// SSH host keys: openssh-server's postinst makes any that are missing (RSA 3072 alone took
+// ~3 s CPU per build), and the cleanup deletes them again: images never ship host keys,
+// hosts make their own at first boot. Empty files under those names make the postinst skip
+// the generation; they go again right after the install.
+const HOST_KEY_TYPES = ['rsa', 'dsa', 'ecdsa', 'ed25519'];
+
+/** Puts empty placeholders where missing SSH host keys would be generated; `remove` undoes exactly that. */
+export async function placeHostKeys(root: string): Promise<{ remove(): Promise<void> }> {
+  const dir = join(root, 'etc/ssh');
+  const madeDir = !(await exists(dir));
+  if (madeDir) await mkdir(dir, { recursive: true, mode: 0o755 });
+  const made: string[] = [];
+  for (const t of HOST_KEY_TYPES) {
+    const p = join(dir, `ssh_host_${t}_key`);
+    if (await exists(p)) continue;
+    await writeFile(p, '', { mode: 0o600, flag: 'wx' });
+    made.push(p);
+  }
+  return {
+    async remove() {
+      for (const p of made) {
+        // only a placeholder still empty is ours (a package may have written a real key over it)
+        const st = await lstat(p).catch(() => null);
+        if (st?.isFile() && st.size === 0) await rm(p, { force: true });
+      }
+      if (madeDir && (await readdir(dir).catch(() => ['?'])).length === 0) await rm(dir, { recursive: true, force: true });
+    },
+  };
 }
 
 export interface CustomizeOptions {
@@ -184,7 +219,16 @@ export async function customizeRoot(o: CustomizeOptions): Promise<void> {
     // SOURCE_DATE_EPOCH set, initramfs-tools makes it reproducible.
     if (await exists(join(root, 'usr/sbin/update-initramfs'))) {
       step('initramfs');
-      await c.sh('rm -f /boot/initrd.img-*; update-initramfs -c -k all', { stage: 'initramfs', env: { INITRD: 'Yes' } });
+      // update-initramfs ends with `sync -f` on the new file: a syncfs of the build host's
+      // whole filesystem (the scratch tree's), ~1 s on this shared disk and unbounded on a
+      // busy one. The tree is scratch until the image is made (whose chunks publishing
+      // syncs), so a no-op `sync` comes first in PATH for this one command (/tmp is emptied
+      // by the cleanup).
+      await mkdir(join(root, 'tmp/loopship-nosync'), { recursive: true });
+      await writeFile(join(root, 'tmp/loopship-nosync/sync'), '#!/bin/sh\nexit 0\n', { mode: 0o755 });
+      // (PATH set inside the chroot's shell: the one we pass also finds `chroot` on the host)
+      await c.sh('rm -f /boot/initrd.img-*; PATH=/tmp/loopship-nosync:$PATH update-initramfs -c -k all', { stage: 'initramfs', env: { INITRD: 'Yes' } });
+      await rm(join(root, 'tmp/loopship-nosync'), { recursive: true, force: true });
     }
   });
 }

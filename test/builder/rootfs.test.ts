@@ -2,7 +2,7 @@ import test from 'ava';
 import { mkdtemp, mkdir, writeFile, rm, readFile, readdir, stat, lstat, symlink, utimes, chmod } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { cleanRoot, clampAndMeasure, archiveDate, installedPackages } from '../../builder/rootfs.js';
+import { cleanRoot, clampAndMeasure, archiveDate, installedPackages, placeHostKeys } from '../../builder/rootfs.js';
 import { chooseEpoch, snapshotMirror, parseRecipe, type LoadedRecipe } from '../../builder/index.js';
 import type { Exec } from '../../builder/index.js';
 
@@ -112,3 +112,21 @@ test('package facts: installed only, sorted, native arch qualifier dropped', asy
   ]);
 });
 
+test('SSH host key placeholders: empty files stop the package from generating keys, and only they go again', async (t) => {
+  // a root without /etc/ssh (no openssh installed): the directory goes too
+  const bare = await tree(t, { 'etc/hostname': 'x\n' });
+  const p1 = await placeHostKeys(bare);
+  t.deepEqual((await readdir(join(bare, 'etc/ssh'))).sort(), ['ssh_host_dsa_key', 'ssh_host_ecdsa_key', 'ssh_host_ed25519_key', 'ssh_host_rsa_key']);
+  t.is((await stat(join(bare, 'etc/ssh/ssh_host_rsa_key'))).size, 0);
+  await p1.remove();
+  t.deepEqual(await readdir(join(bare, 'etc')), ['hostname']);
+
+  // an existing key is never touched; a placeholder something wrote a key into stays
+  const root = await tree(t, { 'etc/ssh/sshd_config': 'Port 22\n', 'etc/ssh/ssh_host_ed25519_key': 'real key' });
+  const p2 = await placeHostKeys(root);
+  await writeFile(join(root, 'etc/ssh/ssh_host_ecdsa_key'), 'written by a package');
+  await writeFile(join(root, 'etc/ssh/ssh_config'), 'installed meanwhile');
+  await p2.remove();
+  t.deepEqual((await readdir(join(root, 'etc/ssh'))).sort(), ['ssh_config', 'ssh_host_ecdsa_key', 'ssh_host_ed25519_key', 'sshd_config']);
+  t.is(await readFile(join(root, 'etc/ssh/ssh_host_ed25519_key'), 'utf8'), 'real key');
+});
