@@ -54,7 +54,15 @@ async function run(label: string, recipe: string, version?: string): Promise<Bui
   process.stderr.write(`-- ${label}\n`);
   const cpu: Record<string, number> = {};
   let cpuAt = 0;
+  let stepAt = 0;
+  let stepName = '';
   const load = loadavg()[0];
+  // a stage's steps (apt-get update, install, initramfs...) with the time each took (the
+  // slower ones: debootstrap's output lines are steps too)
+  const endStep = () => {
+    if (stepName && performance.now() - stepAt >= 300) process.stderr.write(`      ${stepName.slice(0, 60).padEnd(60)} ${((performance.now() - stepAt) / 1000).toFixed(1).padStart(6)} s\n`);
+    stepName = '';
+  };
   const r = await build({
     recipe: path,
     output: { kind: 'repo', repoDir, publisherKey, indexKeys },
@@ -65,7 +73,13 @@ async function run(label: string, recipe: string, version?: string): Promise<Bui
       stageStart: () => {
         cpuAt = cpuSeconds();
       },
+      stageStep: (_s, detail) => {
+        endStep();
+        stepName = detail;
+        stepAt = performance.now();
+      },
       stageEnd: (s, sec, note) => {
+        endStep();
         cpu[s] = cpuSeconds() - cpuAt;
         process.stderr.write(`   ${s.padEnd(10)} ${sec.toFixed(1).padStart(6)} s  ${cpu[s].toFixed(1).padStart(6)} s CPU  ${note ?? ''}\n`);
       },
