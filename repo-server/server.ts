@@ -8,6 +8,7 @@ import { createRequestListener, type AppOptions } from './app.js';
 import { loadServerConfig, DEFAULT_STATE_DIR, type ServerConfig } from './config.js';
 import { FileReportStore, type ReportStore } from './reports.js';
 import type { PackageWriter } from './api.js';
+import { loadSendfile } from './sendfile.js';
 
 export interface StartOptions {
   repoDir: string;
@@ -61,7 +62,9 @@ export async function startServer(opts: StartOptions): Promise<RunningServer> {
   });
   const port = (server.address() as AddressInfo).port;
   const url = `http://${host.includes(':') ? `[${host}]` : host}:${port}`;
-  log.info({ url, repoDir: opts.repoDir, publishing: Boolean(writer), reports: Boolean(store) }, `serving ${opts.repoDir} at ${url}`);
+  // which way file bodies leave (the sendfile addon is optional): said once, at start
+  const bodies = opts.static?.sendfile === null ? 'JS copy (configured)' : opts.static?.sendfile ? 'sendfile (given)' : loadSendfile().why;
+  log.info({ url, repoDir: opts.repoDir, publishing: Boolean(writer), reports: Boolean(store), bodies }, `serving ${opts.repoDir} at ${url}; file bodies: ${bodies}`);
 
   let closing: Promise<void> | undefined;
   const close = (graceMs = 10_000) =>

@@ -24,6 +24,7 @@ import path from 'node:path';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { isRepositoryPath, isImmutablePath } from '../format/index.js';
 import { BufferPool } from './buffer-pool.js';
+import { loadSendfile, sendFileBody, type SendfileAddon } from './sendfile.js';
 
 export const CACHE_IMMUTABLE = 'public, max-age=31536000, immutable';
 /** Metadata that changes in place: caches must revalidate every time (cheap with ETag / 304). */
@@ -38,6 +39,13 @@ export interface StaticOptions {
   readBuffers?: number;
   /** the read buffers (default: a pool of readBuffers x readBytes); shared by tests to watch it */
   pool?: BufferPool;
+  /**
+   * the zero-copy path for bodies (default: the native addon when it loads, see
+   * sendfile.ts); null: always copy in JS
+   */
+  sendfile?: SendfileAddon | null;
+  /** bodies of at least this many bytes go through sendfile when it is there */
+  sendfileMinBytes?: number;
   /** how long a directory's realpath is trusted */
   dirCacheMs?: number;
   /** told about every 5xx answer (the request log may be off) */
@@ -178,6 +186,8 @@ export function createRepositoryHandler(repoDir: string, opts: StaticOptions = {
   // client's pending write holds; 64 of them (8 MiB) are more than one loop keeps busy
   const pool = opts.pool ?? new BufferPool(opts.readBytes ?? 128 * 1024, opts.readBuffers ?? 64);
   const dirCacheMs = opts.dirCacheMs ?? 1000;
+  const sendfile = opts.sendfile !== undefined ? opts.sendfile : loadSendfile().addon;
+  const sendfileMin = opts.sendfileMinBytes ?? Number(process.env.LOOPSHIP_SENDFILE_MIN ?? smallFile + 1);
   let root: string | undefined;
   const dirs = new Map<string, { real: string | null; at: number }>();
 
@@ -291,7 +301,8 @@ export function createRepositoryHandler(repoDir: string, opts: StaticOptions = {
       res.end();
       return;
     }
-    if (length <= smallFile) {
+    const zeroCopy = sendfile !== null && length >= sendfileMin;
+    if (length <= smallFile && !zeroCopy) {
       // Small files (nearly every chunk) are read in one synchronous call: from the page
       // cache that is a memcpy, far cheaper than a thread-pool round trip; on a cache
       // miss it holds the loop for one disk read, as nginx's workers do.
@@ -314,7 +325,16 @@ export function createRepositoryHandler(repoDir: string, opts: StaticOptions = {
       return;
     }
     res.writeHead(status, headers);
-    stream(res, fd, start, end);
+    if (!zeroCopy) return stream(res, fd, start, end);
+    let open = true;
+    sendFileBody(res, sendfile, fd, start, length, {
+      closeFd: () => {
+        if (open) fs.closeSync(fd);
+        open = false;
+      },
+      fallback: () => stream(res, fd, start, end),
+      onError: (err) => opts.onError?.(err, res.req?.url),
+    });
   }
 
   /**

@@ -9,6 +9,7 @@ DEBIAN_PACKAGES=(
   qemu-system-x86                                     # the agent's qemu backend, boot tests
   chromium                                            # dashboard test in a real browser
   curl nginx-light                                    # benchmarks: the plain pipeline and nginx as peers
+  build-essential python3                             # node-gyp: loopship serve's optional sendfile addon
   freerdp2-x11 xvfb ovmf openssh-client openssl       # appliance tests: RDP client in a virtual display, UEFI for the kiosk's framebuffer
 )
 missing=()

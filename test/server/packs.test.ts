@@ -1,7 +1,9 @@
 // Serving packs (packs/<manifest-sha256>.pack) the way agents fetch them: Range requests of
 // up to 8 MiB, several at once per client, through the server's bounded pool of read
 // buffers. A tiny pool here makes nearly every response wait for a buffer, so lost or
-// leaked buffers, short or mixed-up bodies and left-open files would all show.
+// leaked buffers, short or mixed-up bodies and left-open files would all show. This is the
+// JS path (sendfile: null), used when the sendfile addon is absent; sendfile.test.ts runs
+// the same kinds of downloads through the addon.
 import test from 'ava';
 import { readdirSync, readlinkSync } from 'node:fs';
 import { mkdir, rm, truncate, writeFile } from 'node:fs/promises';
@@ -25,7 +27,7 @@ test.before(async () => {
   await mkdir(path.join(dir, 'packs'));
   data = randomBytes(SIZE);
   await writeFile(path.join(dir, PACK), data);
-  srv = await startServer({ repoDir: dir, config: parseServerConfig({}), stateDir: null, static: { pool } });
+  srv = await startServer({ repoDir: dir, config: parseServerConfig({}), stateDir: null, static: { pool, sendfile: null } });
 });
 
 test.after.always(async () => {
@@ -181,7 +183,7 @@ test.serial('a pack cut short while it is sent: the body ends early (never padde
 
 test.serial('a client that stops reading does not hold up the others: its pending write is lent out of the pool', async (t) => {
   const one = new BufferPool(64 * 1024, 1);
-  const s2 = await startServer({ repoDir: dir, config: parseServerConfig({}), stateDir: null, static: { pool: one } });
+  const s2 = await startServer({ repoDir: dir, config: parseServerConfig({}), stateDir: null, static: { pool: one, sendfile: null } });
   const rel = `packs/${'9'.repeat(64)}.pack`;
   await writeFile(path.join(dir, rel), randomBytes(32 * 1024 * 1024)); // more than the socket buffers hold
   try {
