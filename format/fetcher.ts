@@ -95,7 +95,7 @@ export class HttpFetcher implements Fetcher {
       return parts.length === 1 ? parts[0] : Buffer.concat(parts, n);
     } catch (err) {
       if (err instanceof FetchError) throw err;
-      throw reason() ?? new FetchError(`download failed (${(err as Error).message})`, { where, cause: err });
+      throw reason() ?? new FetchError(`download failed (${networkReason(err as Error)})`, { where, cause: err });
     } finally {
       finish();
     }
@@ -104,7 +104,7 @@ export class HttpFetcher implements Fetcher {
   async stream(path: string, maxBytes: number, opts: StreamOptions = {}): Promise<Readable> {
     const { res, req, where, finish } = await this.open(path, maxBytes, opts);
     const limiter = limitStream(maxBytes, where);
-    res.on('error', (err) => limiter.destroy(err instanceof FetchError ? err : new FetchError(`download failed (${err.message})`, { where, cause: err })));
+    res.on('error', (err) => limiter.destroy(err instanceof FetchError ? err : new FetchError(`download failed (${networkReason(err)})`, { where, cause: err })));
     res.on('aborted', () => limiter.destroy(new FetchError('connection closed before the end of the file', { where })));
     req.on('error', (err) => limiter.destroy(err));
     limiter.on('close', finish);
@@ -145,7 +145,7 @@ export class HttpFetcher implements Fetcher {
           resolvePromise(this.open(path, maxBytes, opts, 1));
           return;
         }
-        reject(err instanceof FetchError ? err : new FetchError(`request failed (${err.message})`, { where, cause: err }));
+        reject(err instanceof FetchError ? err : new FetchError(`request failed (${networkReason(err)})`, { where, cause: err }));
       });
       req.on('response', (res) => {
         answered = true;
@@ -238,3 +238,13 @@ export function createFetcher(source: string, opts: HttpFetcherOptions = {}): Fe
 }
 
 export { Readable };
+
+/**
+ * One readable line for a socket or TLS failure. OpenSSL's messages carry its source path
+ * and a line break ("…:error:0A00010B:SSL routines:ssl_get_record:wrong version number:../deps/openssl/…\n");
+ * keep the reason and Node's error code, which is what a sysadmin can look up.
+ */
+export function networkReason(err: Error & { code?: string }): string {
+  const text = err.message.split('\n')[0].replace(/:\.\.\/deps\/openssl\/\S*/g, '').replace(/\b[0-9A-F]{8,}:error:[0-9A-F]+:/, '');
+  return err.code && !text.includes(err.code) ? `${text}, ${err.code}` : text;
+}
