@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 
 DEBIAN_PACKAGES=(
   debootstrap e2fsprogs zstd util-linux mount gnupg   # build, image, sign, loop-mount
+  eatmydata                                           # builder: apt in the scratch chroot without fsyncs (optional, faster)
   qemu-system-x86                                     # the agent's qemu backend, boot tests
   chromium                                            # dashboard test in a real browser
   curl nginx-light                                    # benchmarks: the plain pipeline and nginx as peers

@@ -2,7 +2,7 @@ import test from 'ava';
 import { mkdtemp, mkdir, writeFile, rm, readFile, readdir, stat, lstat, symlink, utimes, chmod } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { cleanRoot, clampAndMeasure, archiveDate, installedPackages, placeHostKeys } from '../../builder/rootfs.js';
+import { cleanRoot, clampAndMeasure, archiveDate, installedPackages, placeHostKeys, eatmydata } from '../../builder/rootfs.js';
 import { chooseEpoch, snapshotMirror, parseRecipe, type LoadedRecipe } from '../../builder/index.js';
 import type { Exec } from '../../builder/index.js';
 
@@ -129,4 +129,40 @@ test('SSH host key placeholders: empty files stop the package from generating ke
   await p2.remove();
   t.deepEqual((await readdir(join(root, 'etc/ssh'))).sort(), ['ssh_config', 'ssh_host_ecdsa_key', 'ssh_host_ed25519_key', 'sshd_config']);
   t.is(await readFile(join(root, 'etc/ssh/ssh_host_ed25519_key'), 'utf8'), 'real key');
+});
+
+test('eatmydata: the host library is preloaded through env(1) inside the chroot only when it loads there', async (t) => {
+  const root = await tree(t, { 'etc/hostname': 'x\n' });
+  // as on Debian: libeatmydata.so.1 is a symlink to the versioned file
+  const lib = join(root, '..', `${root.split('/').pop()}-libeatmydata.so.1`);
+  await writeFile(`${lib}.3.0`, 'ELF...');
+  await symlink(`${lib}.3.0`, lib);
+  t.teardown(() => Promise.all([rm(lib, { force: true }), rm(`${lib}.3.0`, { force: true })]));
+  const calls: string[][] = [];
+  const loads: Exec = async (file, args) => {
+    calls.push([file, ...args]);
+    return { stdout: '' };
+  };
+  const eat = await eatmydata(root, 'amd64', loads, {}, lib);
+  t.deepEqual(eat.prefix, ['/usr/bin/env', 'LD_PRELOAD=/tmp/loopship-eatmydata/libeatmydata.so']);
+  t.deepEqual(calls, [['chroot', root, '/usr/bin/env', 'LD_PRELOAD=/tmp/loopship-eatmydata/libeatmydata.so', '/bin/true']], 'probed inside the chroot');
+  t.is(await readFile(join(root, 'tmp/loopship-eatmydata/libeatmydata.so'), 'utf8'), 'ELF...');
+  t.true((await lstat(join(root, 'tmp/loopship-eatmydata/libeatmydata.so'))).isFile(), 'a copy: a link to a host path would not resolve in the chroot');
+  await eat.remove();
+  t.deepEqual(await readdir(join(root, 'tmp')), []);
+
+  // ld.so cannot preload it in this chroot (it only warns): apt runs without it, nothing left behind
+  const warns: Exec = async (_file, _args, opts) => {
+    opts?.onLine?.("ERROR: ld.so: object '/tmp/loopship-eatmydata/libeatmydata.so' from LD_PRELOAD cannot be preloaded: ignored.");
+    return { stdout: '' };
+  };
+  const none = await eatmydata(root, 'amd64', warns, {}, lib);
+  t.deepEqual(none.prefix, []);
+  t.deepEqual(await readdir(join(root, 'tmp')), []);
+  // no library on the host, or the probe fails: the same
+  t.deepEqual((await eatmydata(root, 'amd64', loads, {}, join(root, 'missing.so'))).prefix, []);
+  const fails: Exec = async () => {
+    throw new Error('exit 127');
+  };
+  t.deepEqual((await eatmydata(root, 'amd64', fails, {}, lib)).prefix, []);
 });
