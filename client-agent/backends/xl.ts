@@ -26,6 +26,11 @@ export interface XlOptions {
   now?: () => number;
 }
 
+/** The last `n` non-empty lines of a program's output, on one line. */
+function lastLines(text: string, n: number): string {
+  return text.split('\n').map((l) => l.trim()).filter(Boolean).slice(-n).join(' / ');
+}
+
 /** Quotes a string for xl.cfg (double quotes; backslash and quote escaped). */
 export function xlString(s: string): string {
   if (/[\n\r\0]/.test(s)) throw new LoopshipError('CONFIG_INVALID', `value for xl config contains a line break: ${JSON.stringify(s)}`);
@@ -198,7 +203,17 @@ export class XlBackend implements Backend {
     for (let attempt = 1; ; attempt++) {
       const r = await this.createOnce(cfg, limit);
       if (r !== 'timeout' && r.exitCode !== 0) {
-        const detail = (r.stderr || r.stdout).trim().split('\n').slice(-3).join(' / ');
+        const out = `${r.stderr}\n${r.stdout}`;
+        // libxl gives a device's hotplug script a fixed 40 s (LIBXL_HOTPLUG_TIMEOUT): on a
+        // loaded host the stock block script (dozens of forks) overran it and libxl tore the
+        // domain down ("killing execution of /etc/xen/scripts/block add because of timeout").
+        // A slow moment, not a bad config: once more.
+        if (attempt < 2 && /because of timeout|timed out|\/scripts\/(block|vif)/i.test(out)) {
+          if ((await this.domainState(name)) !== null) await this.exec(this.xl, ['destroy', name], { timeoutMs: 60_000 }).catch(() => undefined);
+          this.log(`xl create ${name} failed on a libxl timeout (${lastLines(out, 3)}): trying once more`);
+          continue;
+        }
+        const detail = lastLines(out, 3);
         throw new ExecError(`${this.xl} create ${cfg} failed with exit code ${r.exitCode}${detail ? `: ${detail}` : ''}`, { where: this.xl });
       }
       const state = await this.domainState(name);

@@ -235,6 +235,31 @@ test.serial('xl create that hangs while building leaves a paused domain: destroy
   t.false(await backend.isRunning('sbc'));
 });
 
+test.serial('xl create that fails on a hotplug script timeout is tried once more, then the failure stands', async (t) => {
+  const { dir, spec, consoleDir, procDir } = await setup(t);
+  const timedOut = 'libxl: error: libxl_aoutils.c:539:async_exec_timeout: killing execution of /etc/xen/scripts/block add because of timeout\nlibxl: error: libxl_create.c:1871:domcreate_attach_devices: Domain 1:unable to add disk devices';
+  let creates = 0;
+  const flaky: Exec = async (file, args, o) => {
+    if (args[0] !== 'create') return defaultExec(file, args, o);
+    if (++creates === 1) return { exitCode: 3, stdout: '', stderr: timedOut };
+    return defaultExec(file, args, o);
+  };
+  const notes: string[] = [];
+  const backend = new XlBackend({ exec: flaky, etcXen: join(dir, 'etc-xen'), consoleDir, procDir, log: (l) => notes.push(l) });
+  await backend.start(spec);
+  t.is(creates, 2);
+  t.true(await backend.isRunning('sbc'));
+  t.regex(notes[0], /xl create sbc failed on a libxl timeout .*because of timeout.*: trying once more/);
+  await backend.stop('sbc');
+
+  // every time: the second failure is the error, no third try
+  creates = 0;
+  const always: Exec = async (file, args, o) => (args[0] === 'create' ? (creates++, { exitCode: 3, stdout: '', stderr: timedOut }) : defaultExec(file, args, o));
+  const b2 = new XlBackend({ exec: always, etcXen: join(dir, 'etc-xen'), consoleDir, procDir, log: () => {} });
+  t.regex((await t.throwsAsync(b2.start(spec)))!.message, /failed with exit code 3: .*unable to add disk devices/);
+  t.is(creates, 2);
+});
+
 test.serial('xl create that fails, or succeeds without a domain, is an error', async (t) => {
   const { dir, spec, consoleDir, procDir } = await setup(t);
   const failing: Exec = async (file, args, o) => (args[0] === 'create' ? { exitCode: 3, stdout: '', stderr: 'libxl: error: cannot make domain: -3' } : defaultExec(file, args, o));
