@@ -18,7 +18,7 @@
 # mirror; default: this machine's apt sources), LOOPSHIP_AGENT_DEB (install this .deb
 # instead of the built tree), XEN_QEMU_MEM (MiB, default 2560), XEN_DOM0_MEM (default
 # 1024M), XEN_TIMEOUT (seconds for a run, default 3600), XEN_SMP (default 2), XEN_CPU
-# (QEMU -cpu, default below).
+# (QEMU -cpu, default below), XEN_NICE (QEMU's nice value for runs, default 0).
 # Needs root, debootstrap, qemu-system-x86, e2fsprogs, zstd, and `npm run build` done.
 set -euo pipefail
 
@@ -207,7 +207,10 @@ run_host() {
     return $rc
   fi
   serial_log=${serial_log:-$run/serial.log}
-  timeout --kill-after=30 "${XEN_TIMEOUT:-3600}" "${qemu[@]}" <"$stdin" | tee "$serial_log" || rc=$?
+  # XEN_NICE: QEMU's scheduling priority. libxl gives each hotplug script a fixed 40 s, and
+  # with QEMU starved on a loaded machine (load 10-15 on 2 cores) the stock block script
+  # overran it (xl create failed: domain torn down right after the loop device was set up).
+  timeout --kill-after=30 "${XEN_TIMEOUT:-3600}" nice -n "${XEN_NICE:-0}" "${qemu[@]}" <"$stdin" | tee "$serial_log" || rc=$?
   if [ -n "$out" ]; then
     mkdir -p "$out"
     tar -xf "$run/out.img" -C "$out" 2>/dev/null || log "the job wrote no results"
