@@ -154,6 +154,7 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
   await mkdir(outDir);
   let keepWork = !!opts.keepWork || opts.output.kind === 'image';
   const unguard = guardDirectory(work, exec);
+  let rootRemoval: Promise<void> | undefined;
   try {
     const from = await stage(
       'bootstrap',
@@ -178,8 +179,11 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
       const img = await makeImage({ root, out: imagePath, recipe, tree, uuid, sourceDateEpoch: epoch, exec });
       return { img, boot };
     }, (r) => `${(r.img.size / 2 ** 20).toFixed(0)} MiB ext4, kernel ${r.boot.kernelVersion}`);
-    // The root tree is big and no longer needed once the image exists.
-    await removeTree(root, exec);
+    // The root tree is big and no longer needed once the image exists. Deleting thousands of
+    // files waits on the disk (seconds on a busy one), so it runs while the package is made
+    // (CPU-bound) and is awaited before the build returns.
+    rootRemoval = removeTree(root, exec);
+    rootRemoval.catch(() => undefined); // the error surfaces where it is awaited
 
     const cmdline = kernelCmdline(recipe, uuid);
     const result: BuildResult = {
@@ -244,6 +248,7 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
       result.kernel.path = null;
       result.initrd.path = null;
     }
+    await rootRemoval;
     result.wallSeconds = (performance.now() - t0) / 1000;
     return result;
   } catch (err) {
@@ -251,6 +256,7 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
     throw err;
   } finally {
     try {
+      await rootRemoval?.catch(() => undefined); // never two deletions of one tree at once
       if (!keepWork) await removeTree(work, exec);
       else await unmountAll(work, exec);
     } finally {
