@@ -40,6 +40,11 @@ export async function bootstrapRoot(opts: {
     [`--variant=${key.variant}`, `--arch=${key.arch}`, `--components=${key.components.join(',')}`, ...(key.snapshot ? ['--no-check-gpg'] : []), key.suite, root, key.mirror],
     { stage: 'bootstrap', onLine: opts.onLine },
   );
+  // debootstrap leaves its .debs in apt's archive: every later install binds the shared
+  // .deb cache over it and the cleanup empties it, so they would only be ~10% of every
+  // cache entry's bytes, unpacked again by every build.
+  const archives = join(root, 'var/cache/apt/archives');
+  for (const n of await readdir(archives).catch(() => [] as string[])) if (n.endsWith('.deb')) await rm(join(archives, n), { force: true });
   // Cache only a complete, untouched bootstrap (chroot steps come later, on a copy).
   if (cache) await cache.store(key, root);
   return 'debootstrap';

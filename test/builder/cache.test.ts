@@ -36,6 +36,8 @@ function fakeExec(opts: { failDebootstrap?: boolean; failTarCreate?: boolean; fa
       const root = args.at(-2)!;
       await mkdir(join(root, 'etc'), { recursive: true });
       await writeFile(join(root, 'etc/debian_version'), '12\n');
+      await mkdir(join(root, 'var/cache/apt/archives/partial'), { recursive: true });
+      await writeFile(join(root, 'var/cache/apt/archives/base-files_12.4_amd64.deb'), 'deb');
       return { stdout: '' };
     }
     if (file === 'tar' && args.includes('-c')) {
@@ -71,6 +73,7 @@ test('first build debootstraps and stores; the next restores without debootstrap
   t.is(await bootstrapRoot({ root: join(dir, 'r1'), key: KEY, cache, exec, useCache: true }), 'debootstrap');
   t.deepEqual(calls, ['debootstrap', 'tar']);
   t.true(await cache.has(KEY));
+  t.deepEqual(await readdir(join(dir, 'r1/var/cache/apt/archives')), ['partial'], "debootstrap's .debs are not cached");
   t.deepEqual(await readdir(join(dir, 'cache/debootstrap')).then((n) => n.filter((x) => x.includes('.tmp-'))), [], 'no temporary left');
   calls.length = 0;
   t.is(await bootstrapRoot({ root: join(dir, 'r2'), key: KEY, cache, exec, useCache: true }), 'cache');
@@ -132,7 +135,7 @@ test('a damaged cache entry is dropped and replaced by a fresh bootstrap', async
   t.is(await bootstrapRoot({ root: join(dir, 'r2'), key: KEY, cache: cacheBad, exec: bad.exec, useCache: true, onLine: (l) => lines.push(l) }), 'debootstrap');
   t.deepEqual(bad.calls, ['tar', 'debootstrap', 'tar']);
   t.regex(lines.join('\n'), /cache entry unusable, bootstrapping afresh: stage bootstrap \(cache restore\): tar: Unexpected EOF/);
-  t.deepEqual((await readdir(join(dir, 'r2'))).sort(), ['etc'], 'nothing of the half-extracted entry left');
+  t.deepEqual((await readdir(join(dir, 'r2'))).sort(), ['etc', 'var'], 'nothing of the half-extracted entry left');
   t.true(await cacheBad.has(KEY), 'a good entry stored again');
 });
 
