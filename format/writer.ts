@@ -4,7 +4,9 @@
 // Verification happens on a staging copy outside the served tree, so a rejected
 // package leaves the repository exactly as it was. One lock serialises writers
 // across processes, a promise chain within one.
-import { mkdir, open, readFile, rename, rm, readdir, stat, mkdtemp } from 'node:fs/promises';
+import { closeSync, fdatasync, fsync, openSync, readFileSync, writeSync } from 'node:fs';
+import { mkdir, readFile, rename, rm, readdir, stat, mkdtemp } from 'node:fs/promises';
+import { promisify } from 'node:util';
 import { join, dirname } from 'node:path';
 import lockfile from 'proper-lockfile';
 import { signDetached, type PrivateKey } from '../keys/pgp.js';
@@ -19,6 +21,8 @@ import { parseMetadata, serialize, SPEC_VERSION, channelName, type Index, type M
 import { verifyManifestSignature, verifyRootTransition, verifyRole } from './trust.js';
 
 export const WRITER_DIR = '.loopship';
+const fdatasyncAsync = promisify(fdatasync);
+const fsyncAsync = promisify(fsync);
 const DAY_MS = 86_400_000;
 
 export interface RepositoryWriterOptions {
@@ -132,48 +136,90 @@ export class RepositoryWriter {
   /**
    * Publishes a manifest whose chunks were already written into this repository's
    * chunk store (the builder's --repo output). Every chunk is re-read and verified.
+   *
+   * One pass over the chunks: each frame is read once, verified, synced and written to
+   * its place in the version's pack (offsets are running sums of csize, so frames land
+   * in order whatever order they are read in). The pack is built in a staging directory
+   * outside the served tree and moved into packs/ only after every chunk verified and
+   * the chunks and their directories are synced; the order chunks, pack, manifest, index
+   * is unchanged. (Before, every frame was read twice: once to verify, once by writePack.)
    */
   async addManifest(manifestBytes: Buffer, signature: string, opts: { channel?: string } = {}): Promise<PublishResult> {
     const root = await this.readRoot();
     await verifyManifestSignature(manifestBytes, signature, root, 'manifest');
     const manifest = parseMetadata('manifest', manifestBytes, 'manifest');
+    const manifestSha = sha256Hex(manifestBytes);
     const store = new ChunkStore(this.repoDir);
     const chunks = manifestChunks(manifest);
-    // Several chunks at a time: each datasync waits for the disk, and one after the other
-    // they took seconds per build (thousands of chunks); the journal commits concurrent
-    // syncs together. Nothing below names a chunk before all of them are verified and synced.
-    let next = 0;
-    const verifyOne = async (): Promise<void> => {
-      while (next < chunks.length) {
-        const c = chunks[next++];
-        const where = join(this.repoDir, chunkPath(c.sha256));
-        let fh;
-        try {
-          fh = await open(store.pathOf(c.sha256), 'r');
-        } catch (cause) {
-          throw new VerificationError('PACKAGE_INVALID', 'chunk named by the manifest is missing', { where, cause });
+    const offsets: number[] = [];
+    let end = 0;
+    for (const c of chunks) {
+      offsets.push(end);
+      end += c.csize;
+    }
+    const wantPack = this.opts.packs !== false && !(await stat(join(this.repoDir, packPath(manifestSha))).then(() => true, () => false));
+    await mkdir(join(this.repoDir, WRITER_DIR), { recursive: true });
+    // the pid in the name: only a dead writer's leftovers are swept (sweepLeftovers)
+    const stagingDir = wantPack ? await mkdtemp(join(this.repoDir, WRITER_DIR, `staging-${process.pid}-`)) : undefined;
+    const packTmp = stagingDir && join(stagingDir, 'pack');
+    const packFd = packTmp ? openSync(packTmp, 'wx', 0o644) : undefined;
+    let packFdOpen = packFd !== undefined;
+    // a frame whose size differs from the manifest's csize: the layout would be wrong, so
+    // no pack (clients do fine with per-chunk files alone), as writePack decides
+    let packOk = wantPack;
+    try {
+      // Reads and decoding are synchronous (the files were just written: page cache, and a
+      // promise per read cost more than the read); the datasyncs are not, several at a time:
+      // each waits for the disk, and the journal commits concurrent syncs together. Nothing
+      // below names a chunk before all of them are verified and synced.
+      let next = 0;
+      const verifyOne = async (): Promise<void> => {
+        while (next < chunks.length) {
+          const i = next++;
+          const c = chunks[i];
+          const where = join(this.repoDir, chunkPath(c.sha256));
+          let fd: number;
+          try {
+            fd = openSync(store.pathOf(c.sha256), 'r');
+          } catch (cause) {
+            throw new VerificationError('PACKAGE_INVALID', 'chunk named by the manifest is missing', { where, cause });
+          }
+          try {
+            const frame = readFileSync(fd);
+            decodeChunk(frame, c, where);
+            if (packFd !== undefined && packOk) {
+              if (frame.length !== c.csize) packOk = false;
+              else for (let done = 0; done < frame.length; ) done += writeSync(packFd, frame, done, frame.length - done, offsets[i] + done);
+            }
+            // the builder writes chunks without syncing each; they must be durable before an
+            // index names them (a clean file's datasync is cheap)
+            await fdatasyncAsync(fd);
+          } finally {
+            closeSync(fd);
+          }
         }
-        try {
-          decodeChunk(await fh.readFile(), c, where);
-          // the builder writes chunks without syncing each; they must be durable before an
-          // index names them (a clean file's datasync is cheap)
-          await fh.datasync();
-        } finally {
-          await fh.close();
-        }
+      };
+      let failure: { err: unknown } | undefined;
+      const worker = () =>
+        verifyOne().catch((err) => {
+          failure ??= { err };
+          next = chunks.length; // the others stop at their current chunk
+        });
+      await Promise.all(Array.from({ length: Math.min(8, chunks.length) }, worker));
+      if (failure) throw failure.err;
+      // and their names: the chunk directories (at most 256)
+      await Promise.all([...new Set(chunks.map((c) => dirname(store.pathOf(c.sha256))))].map(fsyncDir));
+      if (packFd !== undefined) {
+        if (packOk) await fsyncAsync(packFd);
+        closeSync(packFd);
+        packFdOpen = false;
       }
-    };
-    let failure: { err: unknown } | undefined;
-    const worker = () =>
-      verifyOne().catch((err) => {
-        failure ??= { err };
-        next = chunks.length; // the others stop at their current chunk
-      });
-    await Promise.all(Array.from({ length: Math.min(8, chunks.length) }, worker));
-    if (failure) throw failure.err;
-    // and their names: the chunk directories (at most 256)
-    await Promise.all([...new Set(chunks.map((c) => dirname(store.pathOf(c.sha256))))].map(fsyncDir));
-    return this.locked(() => this.commitManifest(manifest, manifestBytes, signature, root, { newChunks: 0, reused: 0, channel: opts.channel }));
+      const prepared = packTmp && packOk ? packTmp : wantPack ? null : undefined;
+      return await this.locked(() => this.commitManifest(manifest, manifestBytes, signature, root, { newChunks: 0, reused: 0, channel: opts.channel, pack: prepared }));
+    } finally {
+      if (packFdOpen) closeSync(packFd!);
+      if (stagingDir) await rm(stagingDir, { recursive: true, force: true });
+    }
   }
 
   /** Points a channel at a published version; the index is re-signed. */
@@ -225,7 +271,7 @@ export class RepositoryWriter {
     manifestBytes: Buffer,
     signature: string,
     root: Root,
-    info: { newChunks: number; reused: number; channel?: string },
+    info: { newChunks: number; reused: number; channel?: string; pack?: string | null },
   ): Promise<PublishResult> {
     const sha = sha256Hex(manifestBytes);
     const index = await this.readIndex();
@@ -239,7 +285,7 @@ export class RepositoryWriter {
       if (!info.channel || image.channels[info.channel] === manifest.version) return { ...result, indexVersion: index.version, unchanged: true };
     }
     // the pack before the manifest and the index: a reader never sees a version whose pack is half-written
-    const pack = this.opts.packs === false ? false : await this.ensurePack(manifest, sha);
+    const pack = this.opts.packs === false ? false : await this.ensurePack(manifest, sha, info.pack);
     await this.writeFile(manifestPath(sha), manifestBytes);
     await this.writeFile(sigPath(manifestPath(sha)), signature);
     image.versions[manifest.version] = { manifest: sha, size: manifestBytes.length, arch: manifest.arch, published: existing?.published ?? this.now().toISOString() };
@@ -251,12 +297,25 @@ export class RepositoryWriter {
     return { ...result, indexVersion, unchanged: false, pack };
   }
 
-  /** Writes the pack of a version whose chunks are all in the tree, unless it exists. */
-  private async ensurePack(manifest: Manifest, sha: string): Promise<boolean> {
+  /**
+   * Writes the pack of a version whose chunks are all in the tree, unless it exists.
+   * `prepared`: a pack already written and synced from the verified chunks (moved into
+   * place), or null when those chunks showed it cannot be written (a frame's size is not
+   * the manifest's csize).
+   */
+  private async ensurePack(manifest: Manifest, sha: string, prepared?: string | null): Promise<boolean> {
     const dest = join(this.repoDir, packPath(sha));
     if (await stat(dest).then(() => true, () => false)) return true;
-    const store = new ChunkStore(this.repoDir);
-    const written = await writePack(dest, manifest, (c) => store.pathOf(c));
+    if (prepared === null) return false;
+    let written: boolean;
+    if (prepared !== undefined) {
+      await mkdir(dirname(dest), { recursive: true });
+      await rename(prepared, dest);
+      written = true;
+    } else {
+      const store = new ChunkStore(this.repoDir);
+      written = await writePack(dest, manifest, (c) => store.pathOf(c));
+    }
     if (written) await fsyncDir(dirname(dest));
     return written;
   }

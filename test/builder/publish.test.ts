@@ -3,9 +3,9 @@
 // before the index may name the version. Those checks run several chunks at a time; a bad
 // or missing chunk anywhere must still stop the publish with nothing indexed.
 import test from 'ava';
-import { readFile, rm, writeFile } from 'node:fs/promises';
+import { readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { createPackage, chunkPath, compressChunk, manifestChunks, type Manifest } from '../../format/index.js';
+import { createPackage, chunkPath, compressChunk, manifestChunks, packPath, writePack, ChunkStore, type Manifest } from '../../format/index.js';
 import { makeRepo, makeImage, baseManifest, type Fixture } from '../helpers/repo.js';
 
 async function built(t: import('ava').ExecutionContext, version: string): Promise<{ fx: Fixture; manifest: Manifest; manifestBytes: Buffer; signature: string }> {
@@ -33,6 +33,27 @@ test('a build published into the repository: every chunk verified, the version i
   const r = await fx.writer.addManifest(manifestBytes, signature);
   t.is(r.version, '1.0.0');
   t.is((await fx.writer.readIndex()).images.tiny.versions['1.0.0'].manifest, r.manifestSha256);
+  // the pack, built while the chunks were verified, is byte for byte what writePack makes of them
+  t.true(r.pack);
+  const ref = join(fx.dir, 'ref.pack');
+  t.true(await writePack(ref, manifest, (c) => new ChunkStore(fx.repoDir).pathOf(c)));
+  t.deepEqual(await readFile(join(fx.repoDir, packPath(r.manifestSha256))), await readFile(ref));
+  t.false((await readdir(join(fx.repoDir, '.loopship'))).some((n) => n.startsWith('staging-')), 'no staging left');
+});
+
+test('a stored frame of the right content but another size: published, without a pack', async (t) => {
+  const { fx, manifest, manifestBytes, signature } = await built(t, '1.0.0');
+  const c = manifestChunks(manifest).find((x) => x.length > 8192)!;
+  const raw = await readFile(join(fx.repoDir, chunkPath(c.sha256)));
+  // the same bytes recompressed at another level: verifies, but the pack layout would be wrong
+  const { decodeChunk } = await import('../../format/codec.js');
+  const other = [19, 9, 5].map((l) => compressChunk(decodeChunk(raw, c, 'x'), l)).find((f) => f.length !== raw.length);
+  if (!other) return t.pass('no level gives another size');
+  await writeFile(join(fx.repoDir, chunkPath(c.sha256)), other);
+  const r = await fx.writer.addManifest(manifestBytes, signature);
+  t.false(r.pack);
+  await t.throwsAsync(readFile(join(fx.repoDir, packPath(r.manifestSha256))));
+  t.is((await fx.writer.readIndex()).images.tiny.versions['1.0.0'].manifest, r.manifestSha256);
 });
 
 test('a damaged chunk late in the list stops the publish; nothing is indexed', async (t) => {
@@ -46,6 +67,8 @@ test('a damaged chunk late in the list stops the publish; nothing is indexed', a
   t.is((err as { code?: string }).code, 'DIGEST_MISMATCH');
   t.true(err!.message.includes(bad.sha256) || String((err as { where?: string }).where).includes(bad.sha256), err!.message);
   t.deepEqual(await readFile(join(fx.repoDir, 'index.json')), before);
+  t.deepEqual(await readdir(join(fx.repoDir, 'packs')).catch(() => []), [], 'no pack of a refused version');
+  t.false((await readdir(join(fx.repoDir, '.loopship'))).some((n) => n.startsWith('staging-')), 'no staging left');
 });
 
 test('a missing chunk stops the publish with the chunk named', async (t) => {
