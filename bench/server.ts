@@ -2,7 +2,7 @@
 // from `loopship serve` and from nginx serving the same tree on loopback.
 //
 //   node --import tsx bench/server.ts [--clients 100] [--size-mib 256] [--rounds 5]
-//        [--mode pack,chunks] [--workers N] [--curls 2] [--chunk-kib N] [--keep]
+//        [--mode pack,chunks] [--workers N] [--curls 2] [--chunk-kib N] [--js-too] [--keep]
 //
 // The tree is shaped like a real repository: content-addressed chunk files whose sizes
 // follow the chunker (4 KiB blocks, ~16 blocks on average, 4..256), stored "compressed"
@@ -23,6 +23,9 @@
 // processes (nginx's master + workers; loopship's cluster primary + workers); beside it,
 // the peak (sampled each second) with the binary's file pages, shared by all of a server's
 // processes, counted once.
+// loopship sends bodies the way `serve` picks at start (its log says: the sendfile addon
+// when it is built, else copies in JS); --js-too adds a second loopship with
+// LOOPSHIP_NO_SENDFILE=1 to the same rounds, so both paths are compared under the same load.
 // loopship runs with `serve`'s default --workers unless --workers is given; nginx runs
 // `worker_processes auto` (one per CPU). Uses the compiled CLI (dist/, `npm run build`)
 // when present: that is what a deployment runs, and it spares the TypeScript loader's memory.
@@ -34,6 +37,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { planPackRanges, type Chunk, type PackLayout } from '../format/index.js';
+import { loadSendfile } from '../repo-server/sendfile.js';
 import { report, type Row } from './report.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -57,6 +61,7 @@ const CHUNK_KIB = num('chunk-kib', 0);
 const PACK_RANGE_MAX = 8 * 2 ** 20;
 const PACK_PARALLEL = 4;
 const KEEP = process.argv.includes('--keep');
+const JS_TOO = process.argv.includes('--js-too');
 
 async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -149,6 +154,22 @@ async function peakRssMiB(pid: number): Promise<number> {
   return total;
 }
 
+/** CPU time (user + system) used so far by a process and its children, in seconds. */
+async function cpuSeconds(pid: number): Promise<number> {
+  let ticks = 0;
+  for (const p of await family(pid)) {
+    try {
+      // fields after the command's closing parenthesis: utime and stime are the 12th and 13th
+      const stat = await readFile(`/proc/${p}/stat`, 'utf8');
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      ticks += Number(f[11]) + Number(f[12]);
+    } catch {
+      /* gone */
+    }
+  }
+  return ticks / 100; // USER_HZ
+}
+
 /** Resident memory of a process and its children with their file-backed pages (the node or
  * nginx binary and libraries, the same files in every process) counted once: the sum of
  * anonymous and shared-memory RSS plus the largest file-backed RSS, in MiB. PSS would
@@ -204,6 +225,8 @@ const WRITE_OUT = '%{http_code} %{size_download} %header{content-range}\\n';
 interface Round {
   seconds: number;
   requests: number;
+  /** the server's CPU time during the round */
+  cpu?: number;
 }
 
 /**
@@ -268,8 +291,18 @@ async function round(name: string, base: string, transfers: Transfer[], inFlight
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
+interface Server {
+  name: string;
+  url: string;
+  proc: ResultPromise;
+  /** how it sends file bodies */
+  bodies: string;
+}
+
 interface Measured {
   mibs: number;
+  /** server CPU seconds per GiB sent (median round) */
+  cpuPerGiB: number;
   reqs: number;
   rss: number;
   own: number;
@@ -278,11 +311,12 @@ interface Measured {
 
 function measured(rounds: Round[], bytes: number, rss: number, own: number): Measured {
   const secs = median(rounds.map((r) => r.seconds));
-  return { mibs: bytes / 2 ** 20 / secs, reqs: rounds[0].requests / secs, rss, own, all: rounds.map((r) => (bytes / 2 ** 20 / r.seconds).toFixed(0)).join(' ') };
+  const cpuPerGiB = median(rounds.map((r) => (r.cpu ?? 0) / (bytes / 2 ** 30)));
+  return { mibs: bytes / 2 ** 20 / secs, cpuPerGiB, reqs: rounds[0].requests / secs, rss, own, all: rounds.map((r) => (bytes / 2 ** 20 / r.seconds).toFixed(0)).join(' ') };
 }
 
 function show(name: string, m: Measured): void {
-  process.stdout.write(`  ${name.padEnd(9)} ${m.mibs.toFixed(0).padStart(6)} MiB/s ${m.reqs.toFixed(0).padStart(7)} req/s (median of ${ROUNDS}; rounds: ${m.all} MiB/s)  peak RSS ${m.rss.toFixed(0)} MiB (shared pages once: ${m.own.toFixed(0)})\n`);
+  process.stdout.write(`  ${name.padEnd(11)} ${m.mibs.toFixed(0).padStart(6)} MiB/s ${m.reqs.toFixed(0).padStart(7)} req/s ${m.cpuPerGiB.toFixed(2)} CPU s/GiB (median of ${ROUNDS}; rounds: ${m.all} MiB/s)  peak RSS ${m.rss.toFixed(0)} MiB (shared pages once: ${m.own.toFixed(0)})\n`);
 }
 
 async function main(): Promise<void> {
@@ -301,15 +335,23 @@ async function main(): Promise<void> {
     const useDist = await access(compiled).then(() => true, () => false);
     const cli = useDist ? [compiled] : ['--import', 'tsx', path.join(ROOT, 'bin/loopship.ts')];
     await writeFile(path.join(work, 'none.yaml'), '{}\n');
-    const lport = await freePort();
     const workers = WORKERS === undefined ? [] : ['--workers', WORKERS];
-    const loopship = execa('node', [...cli, 'serve', ...workers, '--repo', tree, '--port', String(lport), '--state-dir', path.join(work, 'state'), '--log-level', 'warn', '--log-format', 'json', '--config', path.join(work, 'none.yaml')], {
-      cwd: ROOT,
-      reject: false,
-    });
-    procs.push(loopship);
-    const lurl = `http://127.0.0.1:${lport}`;
-    await waitUp(lurl, loopship);
+    const startLoopship = async (name: string, env: Record<string, string>): Promise<Server> => {
+      const port = await freePort();
+      const proc = execa('node', [...cli, 'serve', ...workers, '--repo', tree, '--port', String(port), '--state-dir', path.join(work, `state-${name}`), '--log-level', 'warn', '--log-format', 'json', '--config', path.join(work, 'none.yaml')], {
+        cwd: ROOT,
+        reject: false,
+        env,
+      });
+      procs.push(proc);
+      const url = `http://127.0.0.1:${port}`;
+      await waitUp(url, proc);
+      // what serve's start line says (at info, not shown here): the same lookup, same addon file
+      return { name, url, proc, bodies: loadSendfile({ ...process.env, ...env }).why };
+    };
+    const servers: Server[] = [await startLoopship('loopship', {})];
+    if (JS_TOO) servers.push(await startLoopship('loopship-js', { LOOPSHIP_NO_SENDFILE: '1' }));
+    const loopship = servers[0].proc;
 
     // nginx with its own config, as a child process
     const nport = await freePort();
@@ -344,9 +386,11 @@ http {
     procs.push(nginx);
     const nurl = `http://127.0.0.1:${nport}`;
     await waitUp(nurl, nginx);
+    servers.push({ name: 'nginx', url: nurl, proc: nginx, bodies: 'sendfile' });
     const lprocs = (await family(loopship.pid!)).length;
     const nprocs = (await family(nginx.pid!)).length;
-    process.stderr.write(`loopship: ${useDist ? 'compiled (dist/)' : 'TypeScript via tsx (run npm run build for the deployed form)'}, ${lprocs} process(es); nginx: ${nprocs} process(es)\n`);
+    const paths = servers.map((v) => `${v.name}: ${v.bodies}`).join('; ');
+    process.stderr.write(`loopship: ${useDist ? 'compiled (dist/)' : 'TypeScript via tsx (run npm run build for the deployed form)'}, ${lprocs} process(es); nginx: ${nprocs} process(es); file bodies: ${paths}\n`);
 
     const loads: number[] = [os.loadavg()[0]];
     const rows: Row[] = [];
@@ -371,34 +415,38 @@ http {
         bytes = t.bytes;
         what = `chunks: ${t.paths.length} chunk files (${(t.bytes / t.paths.length / 1024).toFixed(1)} KiB average), ${CLIENTS} in flight`;
       }
-      process.stderr.write(`\n${what}\nwarming up both ...\n`);
+      process.stderr.write(`\n${what}\nwarming up ${servers.length} servers ...\n`);
       const order = () => (mode === 'chunks' ? shuffled(transfers) : transfers);
-      await round('loopship', lurl, order(), inFlight, work);
-      await round('nginx', nurl, order(), inFlight, work);
-      await resetPeak(loopship.pid!);
-      await resetPeak(nginx.pid!);
-      const ours: Round[] = [];
-      const theirs: Round[] = [];
-      const ourOwn = sampleOwn(loopship.pid!);
-      const theirOwn = sampleOwn(nginx.pid!);
+      for (const v of servers) await round(v.name, v.url, order(), inFlight, work);
+      for (const v of servers) await resetPeak(v.proc.pid!);
+      const rounds = servers.map(() => [] as Round[]);
+      const own = servers.map((v) => sampleOwn(v.proc.pid!));
       for (let i = 0; i < ROUNDS; i++) {
-        ours.push(await round('loopship', lurl, order(), inFlight, work));
-        theirs.push(await round('nginx', nurl, order(), inFlight, work));
+        for (const [k, v] of servers.entries()) {
+          const c0 = await cpuSeconds(v.proc.pid!);
+          const r = await round(v.name, v.url, order(), inFlight, work);
+          r.cpu = (await cpuSeconds(v.proc.pid!)) - c0;
+          rounds[k].push(r);
+        }
         loads.push(os.loadavg()[0]);
         process.stderr.write(`round ${i + 1}/${ROUNDS} done (load ${os.loadavg()[0].toFixed(1)})\n`);
       }
-      const a = measured(ours, bytes, await peakRssMiB(loopship.pid!), ourOwn());
-      const b = measured(theirs, bytes, await peakRssMiB(nginx.pid!), theirOwn());
+      const m = await Promise.all(servers.map(async (v, k) => measured(rounds[k], bytes, await peakRssMiB(v.proc.pid!), own[k]())));
+      const b = m[m.length - 1]; // nginx
       process.stdout.write(`\n${what}\n`);
-      show('loopship', a);
-      show('nginx', b);
+      servers.forEach((v, k) => show(v.name, m[k]));
+      const a = m[0];
       process.stdout.write(`  throughput ratio loopship/nginx: ${(a.mibs / b.mibs).toFixed(2)} (target >= 0.8); loopship peak RSS ${a.rss.toFixed(0)} MiB (target < 200)\n`);
-      rows.push({ mode, 'loopship MiB/s': a.mibs, 'loopship req/s': a.reqs, 'loopship RSS MiB': a.rss, 'loopship RSS-shared-once MiB': a.own, 'nginx MiB/s': b.mibs, 'nginx req/s': b.reqs, 'nginx RSS MiB': b.rss, 'nginx RSS-shared-once MiB': b.own, ratio: a.mibs / b.mibs });
-      figures[mode] = { what, loopshipRounds: ours, nginxRounds: theirs, bytesPerRound: bytes };
+      if (JS_TOO) process.stdout.write(`  JS-copy loopship/nginx: ${(m[1].mibs / b.mibs).toFixed(2)}; ${servers[0].bodies} vs JS copy: ${(a.mibs / m[1].mibs).toFixed(2)}x\n`);
+      const row: Row = { mode, 'loopship MiB/s': a.mibs, 'loopship req/s': a.reqs, 'loopship RSS MiB': a.rss, 'loopship RSS-shared-once MiB': a.own, 'loopship CPU s/GiB': a.cpuPerGiB };
+      if (JS_TOO) Object.assign(row, { 'loopship-js MiB/s': m[1].mibs, 'loopship-js RSS MiB': m[1].rss, 'loopship-js CPU s/GiB': m[1].cpuPerGiB });
+      Object.assign(row, { 'nginx MiB/s': b.mibs, 'nginx req/s': b.reqs, 'nginx RSS MiB': b.rss, 'nginx RSS-shared-once MiB': b.own, 'nginx CPU s/GiB': b.cpuPerGiB, ratio: a.mibs / b.mibs });
+      rows.push(row);
+      figures[mode] = { what, bytesPerRound: bytes, ...Object.fromEntries(servers.map((v, k) => [`${v.name}Rounds`, rounds[k]])) };
     }
-    loopship.kill('SIGTERM');
+    for (const v of servers.slice(0, -1)) v.proc.kill('SIGTERM');
     nginx.kill('SIGQUIT');
-    await Promise.all([loopship, nginx]);
+    await Promise.all(servers.map((v) => v.proc));
 
     const load = `${Math.min(...loads).toFixed(1)}-${Math.max(...loads).toFixed(1)}`;
     process.stdout.write(`\nmachine: ${os.cpus().length} CPU(s), ${os.cpus()[0]?.model ?? '?'}, load average ${load} during the run; clients and servers share it\n`);
@@ -408,6 +456,7 @@ http {
       rounds: ROUNDS,
       curls: CURLS,
       loopshipProcesses: lprocs,
+      fileBodies: Object.fromEntries(servers.map((v) => [v.name, v.bodies])),
       nginxProcesses: nprocs,
       loadAverage: loads,
       ...figures,

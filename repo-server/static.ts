@@ -11,8 +11,10 @@
 // and simpler for caches).
 //
 // Big bodies (agents fetch packs as Range requests of up to 8 MiB, hundreds at once) are
-// the server's main cost: Node has no sendfile, so every byte is copied from the page cache
-// and again into the socket. The stream keeps that to those two copies: a synchronous
+// the server's main cost. With the sendfile addon (sendfile.ts, native/) they go from the
+// page cache to the socket without a copy, as nginx sends them. Without it (not built, or
+// LOOPSHIP_NO_SENDFILE=1) every byte is copied from the page cache and again into the
+// socket, and the stream keeps that to those two copies: a synchronous
 // pread into a buffer of a shared pool (no thread-pool round trip, no allocation, no
 // garbage), one socket write, and the next read only when the kernel has taken the write
 // (backpressure without a queue). Memory: the pool (64 x 128 KiB) plus at most one buffer
@@ -44,7 +46,10 @@ export interface StaticOptions {
    * sendfile.ts); null: always copy in JS
    */
   sendfile?: SendfileAddon | null;
-  /** bodies of at least this many bytes go through sendfile when it is there */
+  /**
+   * bodies of at least this many bytes go through sendfile when it is there (default 4 KiB,
+   * or LOOPSHIP_SENDFILE_MIN): smaller ones leave with their headers in one write
+   */
   sendfileMinBytes?: number;
   /** how long a directory's realpath is trusted */
   dirCacheMs?: number;
@@ -187,7 +192,10 @@ export function createRepositoryHandler(repoDir: string, opts: StaticOptions = {
   const pool = opts.pool ?? new BufferPool(opts.readBytes ?? 128 * 1024, opts.readBuffers ?? 64);
   const dirCacheMs = opts.dirCacheMs ?? 1000;
   const sendfile = opts.sendfile !== undefined ? opts.sendfile : loadSendfile().addon;
-  const sendfileMin = opts.sendfileMinBytes ?? Number(process.env.LOOPSHIP_SENDFILE_MIN ?? smallFile + 1);
+  // bench/server.ts on 30 KiB chunk files: the same throughput as the one-read path with
+  // ~25% less server CPU; on 4 KiB files, no difference (BENCHMARKS.md)
+  const minEnv = Number(process.env.LOOPSHIP_SENDFILE_MIN);
+  const sendfileMin = opts.sendfileMinBytes ?? (Number.isInteger(minEnv) && minEnv > 0 ? minEnv : 4096);
   let root: string | undefined;
   const dirs = new Map<string, { real: string | null; at: number }>();
 

@@ -57,6 +57,7 @@ static int pump(int sock, int file, int64_t *off, int64_t *left, int64_t *sent) 
       *left -= r;
       *sent += r;
       budget -= r;
+      if ((size_t)r < n) return *left == 0 ? 1 : 0; // the socket is full: spare the EAGAIN call
     } else if (r == 0) {
       return SHRANK;
     } else if (errno == EINTR) {

@@ -60,7 +60,7 @@ function memoryLog(): { log: pino.Logger; lines: string[] } {
   return { log: pino({ level: 'info' }, sink), lines };
 }
 
-let srv: RunningServer; // sendfile for bodies over 256 KiB (the default split)
+let srv: RunningServer; // sendfile for bodies of 4 KiB and more (the default split)
 let every: RunningServer; // sendfile for every body, small ones too
 let js: RunningServer; // the JS path
 let srvLog: ReturnType<typeof memoryLog>;
@@ -157,10 +157,13 @@ test.serial('whole files and ranges through sendfile are byte-identical; the JS 
     t.is(Number(r.headers['content-length']), want.length);
     t.is(sha256hex(r.body), sha256hex(want), `${p} ${range}: same bytes`);
   }
-  const over256k = cases.filter(([, , want]) => want.length > 256 * 1024).length;
-  t.is(calls.starts - before.starts, over256k, 'every body over 256 KiB went through sendfile (the smaller one read in one go)');
+  t.is(calls.starts - before.starts, cases.length, 'every body went through sendfile');
   t.true(calls.handles > before.handles, 'the big ones waited for the socket (the poll path ran)');
   t.is(unusedPool.stats().allocated, 0, 'no JS read buffer');
+  // below 4 KiB the body leaves with its headers in one write
+  const tiny = await rawRequest(srv.url, { path: '/' + CHUNK, headers: { Range: 'bytes=0-4094' } });
+  t.true(tiny.body.equals(small.subarray(0, 4095)));
+  t.is(calls.starts - before.starts, cases.length, 'a body under 4 KiB: no sendfile');
   // small bodies through sendfile (sendfileMinBytes: 1), whole and ranged, and a 1-byte range
   for (const [range, want] of [[undefined, small], ['bytes=100-20099', small.subarray(100, 20100)], ['bytes=0-0', small.subarray(0, 1)]] as const) {
     const r = await rawRequest(every.url, { path: '/' + CHUNK, headers: range ? { Range: range } : {} });
