@@ -18,6 +18,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <sys/sendfile.h>
@@ -131,6 +132,11 @@ static void on_writable(uv_poll_t *h, int status, int events) {
   // make_callback (not call_function): runs the process.nextTick and promise queues after
   // it, as for any callback that comes from the event loop
   if (cb) napi_make_callback(env, t->context, recv, cb, 2, argv, NULL);
+  bool thrown = false;
+  napi_value exception;
+  // nothing above JS on this stack to catch it: report it as uncaught, like Node's own callbacks
+  if (napi_is_exception_pending(env, &thrown) == napi_ok && thrown && napi_get_and_clear_last_exception(env, &exception) == napi_ok)
+    napi_fatal_exception(env, exception);
   forget_js(t);
   napi_close_handle_scope(env, scope);
 }
