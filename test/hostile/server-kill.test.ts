@@ -94,18 +94,19 @@ interface Step {
   name: string;
   /** also in the fast subset (LOOPSHIP_FAST) */
   fast?: boolean;
-  /** kill when a file event under the tree matches (path relative to the tree) */
+  /** kill when a file event in `dir` (relative to the tree) matches (path relative to the tree) */
   event?: RegExp;
+  dir?: string;
   /** kill once this share of the upload is sent */
   sentShare?: number;
 }
 
 const steps: Step[] = [
   { name: 'upload half sent, chunks being verified in staging', sentShare: 0.5, fast: true },
-  { name: 'chunks being renamed into the tree', event: /^chunks\/[0-9a-f]{2}(\/|$)/, fast: true },
-  { name: 'the pack being written', event: /^packs\// },
-  { name: 'the manifest being written', event: /^manifests\// },
-  { name: 'the versioned index being written', event: /^index\/\d+\.json/ },
+  { name: 'chunks being renamed into the tree', dir: 'chunks', event: /^chunks\/[0-9a-f]{2}(\/|$)/, fast: true },
+  { name: 'the pack being written', dir: 'packs', event: /^packs\// },
+  { name: 'the manifest being written', dir: 'manifests', event: /^manifests\// },
+  { name: 'the versioned index being written', dir: 'index', event: /^index\/\d+\.json/ },
   { name: 'index.json.asc replaced, index.json not yet', event: /^index\.json\.asc$/ },
 ];
 
@@ -132,7 +133,10 @@ for (const step of steps) {
       killedAt = why;
       process.kill(pid, 'SIGKILL');
     };
-    const watcher = step.event ? watch(repo.dir, { recursive: true }, (_e, f) => { if (f && step.event!.test(String(f))) kill(String(f)); }) : undefined;
+    // one non-recursive watch of the step's directory: Node 20's recursive watch re-walks the
+    // tree on events and, with thousands of chunk files, delivered them after the publish ended
+    const dir = step.dir ?? '';
+    const watcher = step.event ? watch(path.join(repo.dir, dir), (_e, f) => { const rel = dir ? `${dir}/${String(f)}` : String(f); if (f && step.event!.test(rel)) kill(rel); }) : undefined;
     const result = await upload(server.url, second.tarPath, (sent, total) => { if (step.sentShare && sent >= total * step.sentShare) kill(`${sent} of ${total} bytes sent`); });
     watcher?.close();
     await server.proc;
