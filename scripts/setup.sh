@@ -27,6 +27,9 @@ fi
 
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   echo "setup: installing npm packages (npm ci)"
+  # Native modules (zstd-napi) build with node-gyp; without a prebuilt binary it would fetch
+  # Node's headers from the internet. The Node installation ships them: use those.
+  if [ -z "${npm_config_nodedir:-}" ] && [ -f /usr/include/node/node_api.h ]; then export npm_config_nodedir=/usr; fi
   npm ci --no-audit --no-fund
 fi
 npm run build --silent
