@@ -15,24 +15,7 @@ import { INDEX_FILE, ROOT_FILE, chunkPath, indexHistoryPath, manifestPath, packP
 import { parseMetadata, type Chunk, type Manifest } from './schema.js';
 import { writePack } from './pack.js';
 import type { Fetcher } from './fetcher.js';
-
-/** Runs `fn` over items with at most `n` in flight. */
-export async function parallel<T>(items: readonly T[], n: number, fn: (item: T, i: number) => Promise<void>): Promise<void> {
-  let next = 0;
-  let failed: unknown;
-  const worker = async () => {
-    while (next < items.length && failed === undefined) {
-      const i = next++;
-      try {
-        await fn(items[i], i);
-      } catch (err) {
-        failed ??= err;
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(n, items.length) }, worker));
-  if (failed !== undefined) throw failed;
-}
+import { parallel } from './parallel.js';
 
 export interface ExportOptions {
   fetcher: Fetcher;

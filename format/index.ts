@@ -16,4 +16,5 @@ export { RepositoryWriter, WRITER_DIR, type PublishResult, type RepositoryWriter
 export { createFetcher, HttpFetcher, DirFetcher, type Fetcher, type HttpFetcherOptions } from './fetcher.js';
 export { RepoClient, verifyIndex, verifyManifest, checkNotExpired, type RootPin, type UpdateResult, type Resolved } from './client.js';
 export { roleKeys, verifyRole, verifyManifestSignature, verifyRootTransition } from './trust.js';
-export { exportPackage, mirrorRepository, parallel, type ExportOptions, type MirrorOptions, type MirrorResult } from './export.js';
+export { parallel } from './parallel.js';
+export { exportPackage, mirrorRepository, type ExportOptions, type MirrorOptions, type MirrorResult } from './export.js';

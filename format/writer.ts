@@ -14,9 +14,10 @@ import { ChunkStore, writeFileAtomic, fsyncDir } from './chunkstore.js';
 import { decodeChunk, sha256Hex } from './codec.js';
 import { LoopshipError, VerificationError } from './errors.js';
 import { LIMITS } from './limits.js';
-import { manifestChunks, readPackage } from './package.js';
+import { readPackage } from './package.js';
+import { parallel } from './parallel.js';
 import { INDEX_FILE, ROOT_FILE, chunkPath, indexHistoryPath, manifestPath, packPath, rootHistoryPath, sigPath } from './paths.js';
-import { writePack } from './pack.js';
+import { packLayout, writePack } from './pack.js';
 import { parseMetadata, serialize, SPEC_VERSION, channelName, type Index, type Manifest, type Root } from './schema.js';
 import { verifyManifestSignature, verifyRootTransition, verifyRole } from './trust.js';
 
@@ -150,13 +151,8 @@ export class RepositoryWriter {
     const manifest = parseMetadata('manifest', manifestBytes, 'manifest');
     const manifestSha = sha256Hex(manifestBytes);
     const store = new ChunkStore(this.repoDir);
-    const chunks = manifestChunks(manifest);
-    const offsets: number[] = [];
-    let end = 0;
-    for (const c of chunks) {
-      offsets.push(end);
-      end += c.csize;
-    }
+    // each distinct chunk with its frame's offset in the pack (running sums of csize)
+    const { entries } = packLayout(manifest);
     const wantPack = this.opts.packs !== false && !(await stat(join(this.repoDir, packPath(manifestSha))).then(() => true, () => false));
     await mkdir(join(this.repoDir, WRITER_DIR), { recursive: true });
     // the pid in the name: only a dead writer's leftovers are swept (sweepLeftovers)
@@ -172,43 +168,30 @@ export class RepositoryWriter {
       // promise per read cost more than the read); the datasyncs are not, several at a time:
       // each waits for the disk, and the journal commits concurrent syncs together. Nothing
       // below names a chunk before all of them are verified and synced.
-      let next = 0;
-      const verifyOne = async (): Promise<void> => {
-        while (next < chunks.length) {
-          const i = next++;
-          const c = chunks[i];
-          const where = join(this.repoDir, chunkPath(c.sha256));
-          let fd: number;
-          try {
-            fd = openSync(store.pathOf(c.sha256), 'r');
-          } catch (cause) {
-            throw new VerificationError('PACKAGE_INVALID', 'chunk named by the manifest is missing', { where, cause });
-          }
-          try {
-            const frame = readFileSync(fd);
-            decodeChunk(frame, c, where);
-            if (packFd !== undefined && packOk) {
-              if (frame.length !== c.csize) packOk = false;
-              else for (let done = 0; done < frame.length; ) done += writeSync(packFd, frame, done, frame.length - done, offsets[i] + done);
-            }
-            // the builder writes chunks without syncing each; they must be durable before an
-            // index names them (a clean file's datasync is cheap)
-            await fdatasyncAsync(fd);
-          } finally {
-            closeSync(fd);
-          }
+      await parallel(entries, 8, async ({ chunk: c, offset }) => {
+        const where = join(this.repoDir, chunkPath(c.sha256));
+        let fd: number;
+        try {
+          fd = openSync(store.pathOf(c.sha256), 'r');
+        } catch (cause) {
+          throw new VerificationError('PACKAGE_INVALID', 'chunk named by the manifest is missing', { where, cause });
         }
-      };
-      let failure: { err: unknown } | undefined;
-      const worker = () =>
-        verifyOne().catch((err) => {
-          failure ??= { err };
-          next = chunks.length; // the others stop at their current chunk
-        });
-      await Promise.all(Array.from({ length: Math.min(8, chunks.length) }, worker));
-      if (failure) throw failure.err;
+        try {
+          const frame = readFileSync(fd);
+          decodeChunk(frame, c, where);
+          if (packFd !== undefined && packOk) {
+            if (frame.length !== c.csize) packOk = false;
+            else for (let done = 0; done < frame.length; ) done += writeSync(packFd, frame, done, frame.length - done, offset + done);
+          }
+          // the builder writes chunks without syncing each; they must be durable before an
+          // index names them (a clean file's datasync is cheap)
+          await fdatasyncAsync(fd);
+        } finally {
+          closeSync(fd);
+        }
+      });
       // and their names: the chunk directories (at most 256)
-      await Promise.all([...new Set(chunks.map((c) => dirname(store.pathOf(c.sha256))))].map(fsyncDir));
+      await Promise.all([...new Set(entries.map((e) => dirname(store.pathOf(e.chunk.sha256))))].map(fsyncDir));
       if (packFd !== undefined) {
         if (packOk) await fsyncAsync(packFd);
         closeSync(packFd);
