@@ -110,15 +110,16 @@ async function aptInstall(c: Chroot, o: { root: string; exec: Exec; arch: string
   const aptArgs = ['-q', '-y', ...APT_OPTIONS, '-o', 'Dpkg::Options::=--force-confold', '-o', 'Dpkg::Options::=--force-unsafe-io', '-o', 'Dpkg::Use-Pty=0', o.recommends ? '--install-recommends' : '--no-install-recommends', 'install', ...pkgs];
   const placeholders = await placeHostKeys(root);
   const eat = await eatmydata(root, o.arch, exec, c.env);
+  const [cmd, ...args] = [...eat.prefix, 'apt-get', ...aptArgs];
   try {
     if (o.debCache) {
       // apt fails at once when another build holds the shared archive's lock: wait our turn
-      await exec('flock', ['--timeout', '3600', join(o.debCache, '.loopship.lock'), 'chroot', root, ...eat.prefix, 'apt-get', ...aptArgs], {
+      await exec('flock', ['--timeout', '3600', join(o.debCache, '.loopship.lock'), 'chroot', root, cmd, ...args], {
         stage: 'packages',
         env: c.env,
       });
     } else {
-      await c.run(eat.prefix[0] ?? 'apt-get', [...eat.prefix.slice(1), ...(eat.prefix.length ? ['apt-get'] : []), ...aptArgs], { stage: 'packages' });
+      await c.run(cmd, args, { stage: 'packages' });
     }
   } finally {
     await eat.remove();
