@@ -2,6 +2,7 @@
 // requests (no URL normalisation, so traversal attempts reach the server as written),
 // and a whole-tree hash to prove that nothing changed.
 import { createHash, randomBytes } from 'node:crypto';
+import { readdirSync, readlinkSync } from 'node:fs';
 import { mkdir, mkdtemp, readdir, readFile, readlink, writeFile, lstat } from 'node:fs/promises';
 import http from 'node:http';
 import os from 'node:os';
@@ -153,4 +154,63 @@ export async function makePackage(repo: RealRepo, name: string, version: string,
     out: { tarPath: base + '.tar' },
   });
   return { tarPath: base + '.tar', manifestSha256: sha256hex(created.manifestBytes) };
+}
+
+/** Descriptors this process holds on a file (the servers under test run in this process). */
+export function openCount(file: string): number {
+  let n = 0;
+  for (const fd of readdirSync('/proc/self/fd')) {
+    try {
+      if (readlinkSync(`/proc/self/fd/${fd}`) === file) n++;
+    } catch {
+      /* closed meanwhile */
+    }
+  }
+  return n;
+}
+
+/** Waits until `cond` holds (polling every 10 ms), or fails naming `what`. */
+export async function settled(cond: () => boolean, what: string, ms = 5000): Promise<void> {
+  for (let i = 0; i < ms / 10 && !cond(); i++) await new Promise((r) => setTimeout(r, 10));
+  if (!cond()) throw new Error(`never settled: ${what}`);
+}
+
+/**
+ * `clients` clients each download the whole `size`-byte file at `url` as Range requests of
+ * at most `maxRange` bytes, all in flight over one keep-alive agent of 4 sockets (as an
+ * agent fetches a pack). Every answer must be 206 with exactly the asked Content-Range and
+ * length; returns each client's reassembled bytes.
+ */
+export async function rangedDownloads(url: string, size: number, clients: number, maxRange: number): Promise<Buffer[]> {
+  const ranges: [number, number][] = [];
+  for (let s = 0; s < size; s += maxRange) ranges.push([s, Math.min(size, s + maxRange) - 1]);
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 4 });
+  const client = async () => {
+    const got = Buffer.alloc(size);
+    await Promise.all(
+      ranges.map(
+        ([a, b]) =>
+          new Promise<void>((resolve, reject) => {
+            http
+              .get(url, { agent, headers: { Range: `bytes=${a}-${b}` } }, (res) => {
+                if (res.statusCode !== 206 || res.headers['content-range'] !== `bytes ${a}-${b}/${size}`) reject(new Error(`${res.statusCode} ${res.headers['content-range']}`));
+                let at = a;
+                res.on('data', (d: Buffer) => {
+                  d.copy(got, at);
+                  at += d.length;
+                });
+                res.on('end', () => (at === b + 1 ? resolve() : reject(new Error(`range ${a}-${b}: ended at ${at}`))));
+                res.on('error', reject);
+              })
+              .on('error', reject);
+          }),
+      ),
+    );
+    return got;
+  };
+  try {
+    return await Promise.all(Array.from({ length: clients }, client));
+  } finally {
+    agent.destroy();
+  }
 }

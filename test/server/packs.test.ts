@@ -5,14 +5,13 @@
 // JS path (sendfile: null), used when the sendfile addon is absent; sendfile.test.ts runs
 // the same kinds of downloads through the addon.
 import test from 'ava';
-import { readdirSync, readlinkSync } from 'node:fs';
 import { mkdir, rm, truncate, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { startServer, parseServerConfig, BufferPool, type RunningServer } from '../../repo-server/index.js';
 import { CACHE_IMMUTABLE } from '../../repo-server/static.js';
-import { rawRequest, sha256hex, tempDir } from './helpers.js';
+import { rawRequest, sha256hex, tempDir, openCount, settled, rangedDownloads } from './helpers.js';
 
 const PACK = `packs/${'7'.repeat(64)}.pack`;
 const SIZE = 3 * 1024 * 1024 + 4321;
@@ -34,24 +33,6 @@ test.after.always(async () => {
   await srv?.close(100);
   await rm(dir, { recursive: true, force: true });
 });
-
-/** Descriptors this process holds on a file (the server runs in this process). */
-function openCount(file: string): number {
-  let n = 0;
-  for (const fd of readdirSync('/proc/self/fd')) {
-    try {
-      if (readlinkSync(`/proc/self/fd/${fd}`) === file) n++;
-    } catch {
-      /* closed meanwhile */
-    }
-  }
-  return n;
-}
-
-async function settled(cond: () => boolean, what: string): Promise<void> {
-  for (let i = 0; i < 200 && !cond(); i++) await new Promise((r) => setTimeout(r, 10));
-  if (!cond()) throw new Error(`never settled: ${what}`);
-}
 
 test.serial('a Range on a pack: 206, exact bytes and Content-Range, immutable caching, octet-stream', async (t) => {
   const r = await rawRequest(srv.url, { path: '/' + PACK, headers: { Range: 'bytes=1000-1100999' } });
@@ -83,35 +64,8 @@ test.serial('a Range on a pack: 206, exact bytes and Content-Range, immutable ca
 });
 
 test.serial('30 clients x 4 ranges in flight each, all through 2 read buffers: every byte right, nothing held after', async (t) => {
-  const max = 1024 * 1024; // ranges of at most 1 MiB, cut like a client's plan
-  const ranges: [number, number][] = [];
-  for (let s = 0; s < SIZE; s += max) ranges.push([s, Math.min(SIZE, s + max) - 1]);
-  const agent = new http.Agent({ keepAlive: true, maxSockets: 4 });
-  const client = async () => {
-    const got = Buffer.alloc(SIZE);
-    await Promise.all(
-      ranges.map(
-        ([a, b]) =>
-          new Promise<void>((resolve, reject) => {
-            http
-              .get(`${srv.url}/${PACK}`, { agent, headers: { Range: `bytes=${a}-${b}` } }, (res) => {
-                if (res.statusCode !== 206 || res.headers['content-range'] !== `bytes ${a}-${b}/${SIZE}`) reject(new Error(`${res.statusCode} ${res.headers['content-range']}`));
-                let at = a;
-                res.on('data', (d: Buffer) => {
-                  d.copy(got, at);
-                  at += d.length;
-                });
-                res.on('end', () => (at === b + 1 ? resolve() : reject(new Error(`range ${a}-${b}: ended at ${at}`))));
-                res.on('error', reject);
-              })
-              .on('error', reject);
-          }),
-      ),
-    );
-    return got;
-  };
-  const bodies = await Promise.all(Array.from({ length: 30 }, client));
-  agent.destroy();
+  // ranges of at most 1 MiB, cut like a client's plan
+  const bodies = await rangedDownloads(`${srv.url}/${PACK}`, SIZE, 30, 1024 * 1024);
   const want = sha256hex(data);
   t.true(bodies.every((b) => sha256hex(b) === want));
   await settled(() => openCount(path.join(dir, PACK)) === 0 && pool.stats().free === pool.stats().allocated, 'pack descriptors closed, buffers back');

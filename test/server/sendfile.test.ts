@@ -15,7 +15,7 @@ import { randomBytes } from 'node:crypto';
 import pino from 'pino';
 import { startServer, parseServerConfig, BufferPool, type RunningServer } from '../../repo-server/index.js';
 import { loadSendfile, type SendfileAddon, type SendfileHandle } from '../../repo-server/sendfile.js';
-import { rawRequest, sha256hex, tempDir, type RawResponse } from './helpers.js';
+import { rawRequest, sha256hex, tempDir, openCount, settled, rangedDownloads, type RawResponse } from './helpers.js';
 
 const PACK = `packs/${'7'.repeat(64)}.pack`;
 const BIG = `packs/${'6'.repeat(64)}.pack`;
@@ -91,19 +91,6 @@ test.after.always(async () => {
 
 const fdCount = () => readdirSync('/proc/self/fd').length;
 
-/** Descriptors this process holds on a file. */
-function openCount(file: string): number {
-  let n = 0;
-  for (const fd of readdirSync('/proc/self/fd')) {
-    try {
-      if (readlinkSync(`/proc/self/fd/${fd}`) === file) n++;
-    } catch {
-      /* closed meanwhile */
-    }
-  }
-  return n;
-}
-
 /**
  * The server's end of its next connection: the socket's /proc link ("socket:[inode]"), the
  * same for any dup of it, and when Node closed it.
@@ -115,11 +102,6 @@ function nextServerSocket(server: http.Server): Promise<{ link: string; closed: 
       resolve({ link: readlinkSync(`/proc/self/fd/${fd}`), closed: new Promise((r) => sock.once('close', () => r())) });
     }),
   );
-}
-
-async function settled(cond: () => boolean, what: string, ms = 5000): Promise<void> {
-  for (let i = 0; i < ms / 10 && !cond(); i++) await new Promise((r) => setTimeout(r, 10));
-  if (!cond()) throw new Error(`never settled: ${what}`);
 }
 
 /** A download whose client does `onFirst` with the response after its first bytes; resolves when the connection is over. */
@@ -197,35 +179,7 @@ test.serial('status and headers are the same as the JS path gives (200, 206, 304
 
 test.serial('30 clients x 4 ranges in flight each: every byte right, no descriptor left', async (t) => {
   const fds = fdCount();
-  const max = 1024 * 1024;
-  const ranges: [number, number][] = [];
-  for (let s = 0; s < SIZE; s += max) ranges.push([s, Math.min(SIZE, s + max) - 1]);
-  const agent = new http.Agent({ keepAlive: true, maxSockets: 4 });
-  const client = async () => {
-    const got = Buffer.alloc(SIZE);
-    await Promise.all(
-      ranges.map(
-        ([a, b]) =>
-          new Promise<void>((resolve, reject) => {
-            http
-              .get(`${srv.url}/${PACK}`, { agent, headers: { Range: `bytes=${a}-${b}` } }, (res) => {
-                if (res.statusCode !== 206 || res.headers['content-range'] !== `bytes ${a}-${b}/${SIZE}`) reject(new Error(`${res.statusCode} ${res.headers['content-range']}`));
-                let at = a;
-                res.on('data', (d: Buffer) => {
-                  d.copy(got, at);
-                  at += d.length;
-                });
-                res.on('end', () => (at === b + 1 ? resolve() : reject(new Error(`range ${a}-${b}: ended at ${at}`))));
-                res.on('error', reject);
-              })
-              .on('error', reject);
-          }),
-      ),
-    );
-    return got;
-  };
-  const bodies = await Promise.all(Array.from({ length: 30 }, client));
-  agent.destroy();
+  const bodies = await rangedDownloads(`${srv.url}/${PACK}`, SIZE, 30, 1024 * 1024);
   const want = sha256hex(data);
   t.true(bodies.every((b) => sha256hex(b) === want));
   await settled(() => fdCount() <= fds, `descriptors back to ${fds} (now ${fdCount()})`);
