@@ -16,7 +16,7 @@ import { createFetcher, type Fetcher } from '../../format/index.js';
 import { makeRepo, type Fixture } from '../helpers/repo.js';
 import { FakeBackend } from './fakes.js';
 import { publishExt4 } from './ext4.js';
-import { sha256File, sha256Of } from './helpers.js';
+import { sha256File, sha256Of, loopsUnder, mountsUnder } from './helpers.js';
 
 const worldP = (async () => {
   const fx = await makeRepo();
@@ -30,12 +30,6 @@ test.after.always(async () => (await worldP.catch(() => null))?.fx.cleanup());
 async function fill(dir: string): Promise<void> {
   await execa('dd', ['if=/dev/zero', `of=${join(dir, 'filler-1m')}`, 'bs=1M'], { reject: false });
   await execa('dd', ['if=/dev/zero', `of=${join(dir, 'filler-4k')}`, 'bs=4k'], { reject: false });
-}
-
-async function loopsUnder(dir: string): Promise<string[]> {
-  const out = (await execa('losetup', ['-J', '-l'])).stdout;
-  const list = out ? (JSON.parse(out).loopdevices as { name: string; 'back-file': string }[]) : [];
-  return list.filter((l) => (l['back-file'] ?? '').startsWith(resolve(dir) + '/')).map((l) => l.name);
 }
 
 interface Case {
@@ -89,7 +83,7 @@ for (const c of CASES) {
     await mkdir(disk);
     await execa('mount', ['-t', 'tmpfs', '-o', 'size=48m', 'loopship-test', disk]);
     t.teardown(async () => {
-      for (const l of await loopsUnder(disk)) await execa('losetup', ['-d', l], { reject: false });
+      for (const l of await loopsUnder(disk)) await execa('losetup', ['-d', l.name], { reject: false });
       for (const m of (await listMounts()).filter((m) => m.startsWith(resolve(disk))).reverse()) await execa('umount', ['-l', m], { reject: false });
     });
     const stateDir = join(disk, 'state');
@@ -114,7 +108,7 @@ for (const c of CASES) {
     t.is(await sha256File(join(v1, 'verified.img')), before.verified);
     t.is(await sha256File(join(v1, 'disk.img')), before.boot);
     t.deepEqual(await loopsUnder(disk), []);
-    t.deepEqual((await listMounts()).filter((m) => m.startsWith(resolve(stateDir) + '/')), []);
+    t.deepEqual(await mountsUnder(stateDir), []);
     const st = JSON.parse(await readFile(join(stateDir, 'state.json'), 'utf8'));
     t.is(st.appliances.sbc.pending_upgrade, null);
     t.is(st.appliances.sbc.health, 'healthy');

@@ -1,6 +1,9 @@
 // Fixtures for the agent tests: a real signed repository (the lead's helpers), a verified
 // client over it, and chunk sources that fail on purpose.
 import { readFile, stat } from 'node:fs/promises';
+import { resolve } from 'node:path';
+import { execa } from 'execa';
+import { listMounts } from '../../client-agent/mount.js';
 import { createHash } from 'node:crypto';
 import { RepoClient, createFetcher, type Chunk } from '../../format/index.js';
 import type { ChunkSource, VerifiedManifest } from '../../client-agent/install.js';
@@ -53,3 +56,13 @@ export function sha256Of(b: Uint8Array): string {
 export async function allocated(path: string): Promise<number> {
   return (await stat(path)).blocks * 512;
 }
+
+/** Loop devices whose backing file is under `dir` (losetup's JSON listing; a deleted backing file still counts). */
+export async function loopsUnder(dir: string): Promise<{ name: string; 'back-file': string }[]> {
+  const out = (await execa('losetup', ['-J', '-l'])).stdout;
+  const list = out ? (JSON.parse(out).loopdevices as { name: string; 'back-file': string }[]) : [];
+  return list.filter((l) => (l['back-file'] ?? '').replace(/ \(deleted\)$/, '').startsWith(resolve(dir) + '/'));
+}
+
+/** Mount points strictly under `dir`. */
+export const mountsUnder = async (dir: string): Promise<string[]> => (await listMounts()).filter((m) => m.startsWith(resolve(dir) + '/'));

@@ -16,9 +16,8 @@ import test, { type ExecutionContext } from 'ava';
 import { execa } from 'execa';
 import { appendFile, mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { Agent } from '../../client-agent/agent.js';
-import { listMounts } from '../../client-agent/mount.js';
 import { verifyVersionDir } from '../../client-agent/verify.js';
 import type { DomainSpec } from '../../client-agent/backends/types.js';
 import type { PauseStep } from '../../client-agent/pause.js';
@@ -26,7 +25,7 @@ import { makeRepo, type Fixture } from '../helpers/repo.js';
 import { FakeBackend } from './fakes.js';
 import { publishExt4 } from './ext4.js';
 import { killAt } from './kill.js';
-import { sha256File, sha256Of } from './helpers.js';
+import { sha256File, sha256Of, loopsUnder, mountsUnder } from './helpers.js';
 
 interface World {
   fx: Fixture;
@@ -59,18 +58,9 @@ test.after.always(async () => {
   const world = await worldP.catch(() => null);
   if (!world) return;
   for (const l of await loopsUnder(world.fx.dir)) await execa('losetup', ['-d', l.name], { reject: false });
-  for (const m of (await listMounts()).filter((m) => m.startsWith(resolve(world.fx.dir) + '/')).reverse()) await execa('umount', ['-l', m], { reject: false });
+  for (const m of (await mountsUnder(world.fx.dir)).reverse()) await execa('umount', ['-l', m], { reject: false });
   await world.fx.cleanup();
 });
-
-/** Loop devices whose backing file is under `dir` (losetup's JSON listing). */
-async function loopsUnder(dir: string): Promise<{ name: string; 'back-file': string }[]> {
-  const out = (await execa('losetup', ['-J', '-l'])).stdout;
-  const list = out ? (JSON.parse(out).loopdevices as { name: string; 'back-file': string }[]) : [];
-  return list.filter((l) => (l['back-file'] ?? '').replace(/ \(deleted\)$/, '').startsWith(resolve(dir) + '/'));
-}
-
-const mountsUnder = async (dir: string): Promise<string[]> => (await listMounts()).filter((m) => m.startsWith(resolve(dir) + '/'));
 
 /** The hostname configure wrote into a version's boot disk (read without mounting). */
 async function hostnameOn(disk: string): Promise<string> {
