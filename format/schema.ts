@@ -192,8 +192,9 @@ export function parseMetadata<K extends MetadataKind>(kind: K, bytes: Uint8Array
 /**
  * The bytes we write for a metadata object: 2-space JSON (stable key order as built), except
  * that an object or array holding only scalars goes on one line. A manifest is mostly such
- * objects (one per chunk): a line each keeps it readable and diffable at about half the
- * bytes of fully indented JSON, and every host downloads it on each update.
+ * objects (one per chunk): a line each keeps it readable and diffable at about three
+ * quarters of the bytes of fully indented JSON (~135 instead of ~180 bytes a chunk), and
+ * every host downloads it on each update.
  */
 export function serialize(value: Root | Index | Manifest): Buffer {
   return Buffer.from(layout(JSON.parse(JSON.stringify(value)), '') + '\n', 'utf8');
