@@ -128,3 +128,15 @@ test('a kept-alive socket closed by the server as it is reused is retried once o
   t.is(dropped, 1);
   f.close();
 });
+
+test('a TLS failure is one readable line: the reason and Node\'s code, no OpenSSL source path', async (t) => {
+  // an https URL on a port that speaks plain HTTP: OpenSSL's "wrong version number" (or "packet length too long")
+  const plain = await serveDir('/nonexistent');
+  t.teardown(() => plain.close());
+  const fetcher = new HttpFetcher(plain.url.replace(/^http:/, 'https:'));
+  const err = (await t.throwsAsync(fetcher.get('index.json', 1024))) as Error & { code?: string };
+  t.is(err.code, 'FETCH_FAILED');
+  t.regex(err.message, /^https:\/\/127\.0\.0\.1:\d+\/index\.json: request failed \([^)]*EPROTO[^)]*(wrong version number|packet length too long)\)$/);
+  t.false(err.message.includes('\n'), err.message);
+  t.false(/deps\/openssl|[0-9A-F]{8,}:error:/.test(err.message), err.message);
+});
