@@ -435,7 +435,7 @@ export class Agent {
       const known = (await this.state.readState()).appliances[name]?.health;
       this.log(`${name} is already running`);
       if (known === 'healthy') return { ready: true, reason: 'marker', ms: 0, tail: '' };
-      const health = await waitReady({ logPath: log, marker: m.boot.ready_marker, fromOffset: 0, timeoutMs: await this.healthTimeoutMs(), isAlive: () => backend.isRunning(name) });
+      const health = await waitReady({ logPath: log, marker: m.boot.ready_marker, fromOffset: 0, timeoutMs: await this.healthTimeoutMs(), isAlive: () => backend.isRunning(name), aliveEveryMs: backend.livenessIntervalMs });
       await record(health);
       return health;
     }
@@ -446,7 +446,7 @@ export class Agent {
     await pauseAt('boot');
     const autostart = this.applianceConfig(await this.config().catch(() => undefined), name)?.autostart ?? true;
     await backend.setAutostart(name, autostart);
-    const health = await waitReady({ logPath: log, marker: m.boot.ready_marker, fromOffset: offset, timeoutMs: await this.healthTimeoutMs(), isAlive: () => backend.isRunning(name) });
+    const health = await waitReady({ logPath: log, marker: m.boot.ready_marker, fromOffset: offset, timeoutMs: await this.healthTimeoutMs(), isAlive: () => backend.isRunning(name), aliveEveryMs: backend.livenessIntervalMs });
     await record(health);
     this.log(health.ready ? `${name} ${version} is ready after ${(health.ms / 1000).toFixed(1)} s${health.line ? `: ${health.line}` : ''}` : `${name} ${version} did not become ready: ${health.reason}`);
     return health;

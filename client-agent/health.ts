@@ -13,6 +13,8 @@ export interface WaitReadyOptions {
   timeoutMs: number;
   /** polled now and then: returning false ends the wait early */
   isAlive?: () => Promise<boolean>;
+  /** how often isAlive is asked (default 1000 ms) */
+  aliveEveryMs?: number;
   signal?: AbortSignal;
 }
 
@@ -80,7 +82,7 @@ export async function waitReady(o: WaitReadyOptions): Promise<WaitReadyResult> {
       }
       if (elapsed >= o.timeoutMs) return { ready: false, reason: 'timeout', ms: elapsed, tail: tailOf(window) };
       if (o.signal?.aborted) return { ready: false, reason: 'aborted', ms: elapsed, tail: tailOf(window) };
-      if (o.isAlive && Date.now() - lastAlive > 1000) {
+      if (o.isAlive && Date.now() - lastAlive > (o.aliveEveryMs ?? 1000)) {
         lastAlive = Date.now();
         if (!(await o.isAlive())) {
           // one last read: the marker may have been written just before it stopped

@@ -72,6 +72,7 @@ export function qemuArgs(spec: DomainSpec, files: { pidFile: string; qmpSocket: 
 
 export class QemuBackend implements Backend {
   readonly kind = 'qemu' as const;
+  readonly livenessIntervalMs = 1000; // a pid file and a signal 0: cheap
   private readonly exec: Exec;
   private readonly qemu: string;
   private readonly sleep: (ms: number) => Promise<void>;

@@ -26,6 +26,8 @@ export interface Backend {
   /** Graceful shutdown, then forced after `timeoutMs` (no-op if not running). */
   stop(name: string, opts?: { timeoutMs?: number }): Promise<void>;
   isRunning(name: string): Promise<boolean>;
+  /** How often a health wait may ask isRunning (ms): what one ask costs the host decides. */
+  readonly livenessIntervalMs: number;
   /** Where the guest's console output goes. */
   consoleLog(name: string): string;
   /** Whether the host boots this appliance by itself at host start. */

@@ -89,6 +89,9 @@ export function consoleLoggingHint(dir: string): string {
 
 export class XlBackend implements Backend {
   readonly kind = 'xl' as const;
+  // each `xl domid` is a toolstack exec and a xenstored connection; every 5 s is plenty for
+  // noticing a guest that died (seen under emulation: asking every second cost dom0 a CPU)
+  readonly livenessIntervalMs = 5000;
   private readonly exec: Exec;
   private readonly xl: string;
   private readonly etcXen: string;

@@ -9,6 +9,7 @@ import type { Backend, DomainSpec } from '../../client-agent/backends/types.js';
 
 export class FakeBackend implements Backend {
   readonly kind = 'xl' as const;
+  readonly livenessIntervalMs = 50;
   readonly running = new Map<string, DomainSpec>();
   readonly starts: DomainSpec[] = [];
   readonly stops: string[] = [];

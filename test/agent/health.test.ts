@@ -43,6 +43,16 @@ test('a guest that stops ends the wait early', async (t) => {
   t.true(r.ms < 5000);
 });
 
+test('isAlive is asked no more often than aliveEveryMs (an xl exec is costly in dom0)', async (t) => {
+  const path = await log(t);
+  await writeFile(path, 'booting\n');
+  let asks = 0;
+  const r = await waitReady({ logPath: path, marker: 'LOOPSHIP-READY', timeoutMs: 1500, aliveEveryMs: 600, isAlive: async () => { asks++; return true; } });
+  t.is(r.reason, 'timeout');
+  // at 0.6 s and 1.2 s (and not at each 250 ms re-check)
+  t.true(asks >= 1 && asks <= 2, `${asks} asks in 1.5 s`);
+});
+
 test('a log that does not exist yet is waited for', async (t) => {
   const path = await log(t);
   setTimeout(() => void writeFile(path, 'LOOPSHIP-READY\n'), 200);
