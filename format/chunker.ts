@@ -61,9 +61,10 @@ function isZero(buf: Buffer, pos: number, len: number): boolean {
 /**
  * Yields the chunks of a file in order. Memory stays bounded: one read buffer plus the
  * chunk being assembled (at most maxBlocks * 4 KiB), plus the read buffers of chunks a
- * consumer still holds. Chunks are views, not copies: each read gets a fresh buffer.
+ * consumer still holds. Chunks are views, not copies: each read gets a fresh buffer
+ * (a SharedArrayBuffer with `shared`; a chunk that spans two reads is a copy, never shared).
  */
-export async function* chunkFile(path: string, opts: ChunkerOptions): AsyncGenerator<RawChunk> {
+export async function* chunkFile(path: string, opts: ChunkerOptions, read: { shared?: boolean } = {}): AsyncGenerator<RawChunk> {
   const fh = await open(path, 'r');
   try {
     const size = (await fh.stat()).size;
@@ -80,7 +81,8 @@ export async function* chunkFile(path: string, opts: ChunkerOptions): AsyncGener
     let fileOffset = 0;
     while (fileOffset < size) {
       const want = Math.min(READ_SIZE, size - fileOffset);
-      const buf = Buffer.allocUnsafe(want);
+      // shared: worker threads can hash the chunks (views) without a copy
+      const buf = read.shared ? Buffer.from(new SharedArrayBuffer(want)) : Buffer.allocUnsafe(want);
       let got = 0;
       while (got < want) {
         const { bytesRead } = await fh.read(buf, got, want - got, fileOffset + got);

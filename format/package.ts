@@ -12,7 +12,7 @@ import { pipeline } from 'node:stream/promises';
 import { Readable } from 'node:stream';
 import tar from 'tar-stream';
 import { signDetached, type PrivateKey } from '../keys/pgp.js';
-import { chunkFile, IMAGE_CHUNKING, FILE_CHUNKING, type ChunkerOptions } from './chunker.js';
+import { chunkFile, IMAGE_CHUNKING, FILE_CHUNKING, type ChunkerOptions, type RawChunk } from './chunker.js';
 import { compressChunk, decodeChunk, sha256Hex, DEFAULT_ZSTD_LEVEL } from './codec.js';
 import { ChunkStore } from './chunkstore.js';
 import { PackageError, MetadataError, LoopshipError, VerificationError, RollbackError, ExpiredError } from './errors.js';
@@ -59,7 +59,10 @@ export interface CreatedPackage {
 
 // Compression is the heaviest step of making a package: zstd runs on worker threads
 // (each with its own context), which also write the new chunk files, while the main
-// thread reads, chunks and hashes. The worker is a few lines of CommonJS evaluated in
+// thread reads and chunks. The workers also hash: the chunker's read buffers are shared
+// memory, so a batch of chunks costs one message and no copy (a warm rebuild, where
+// nothing is compressed, is mostly hashing, and the main thread alone took as long as
+// mkfs). The worker is a few lines of CommonJS evaluated in
 // place, so it loads the same way from the TypeScript sources and from dist/, without
 // the parent's loaders. It writes like ChunkStore.put (temporary name, then rename; no
 // fsync, as before) to the path the main thread's ChunkStore names.
@@ -71,7 +74,13 @@ const binding = require(workerData.binding);
 const cctx = new binding.CCtx();
 let scratch = Buffer.alloc(0);
 let seq = 0;
-parentPort.on('message', ({ id, data, level, file }) => {
+const { createHash } = require('node:crypto');
+parentPort.on('message', ({ id, data, level, file, hash }) => {
+  if (hash) {
+    // views of the main thread's shared read buffers: hashed in place, no copy either way
+    parentPort.postMessage({ id, shas: hash.map(([sab, off, len]) => createHash('sha256').update(new Uint8Array(sab, off, len)).digest('hex')) });
+    return;
+  }
   try {
     const bound = binding.compressBound(data.length);
     if (scratch.length < bound) scratch = Buffer.allocUnsafeSlow(bound);
@@ -108,7 +117,8 @@ type Stored = { csize: number; isNew: boolean };
 class StorePool {
   private readonly workers: { worker: Worker; busy: number }[] = [];
   private readonly waiting = new Map<number, { resolve: (r: Stored) => void; reject: (e: Error) => void }>();
-  private readonly queue: { id: number; data: Uint8Array; level: number; file: string }[] = [];
+  private readonly hashing = new Map<number, { resolve: (shas: string[]) => void; reject: (e: Error) => void }>();
+  private readonly queue: ({ id: number; data: Uint8Array; level: number; file: string } | { id: number; hash: [SharedArrayBuffer, number, number][] })[] = [];
   private nextId = 0;
   private failure: Error | undefined;
   private closing = false;
@@ -118,8 +128,14 @@ class StorePool {
     for (let index = 0; index < threads; index++) {
       const worker = new Worker(WORKER_SOURCE, { eval: true, workerData: { binding: bindingPath, index }, execArgv: [] });
       const slot = { worker, busy: 0 };
-      worker.on('message', (m: { id: number; csize?: number; isNew?: boolean; error?: string }) => {
+      worker.on('message', (m: { id: number; csize?: number; isNew?: boolean; error?: string; shas?: string[] }) => {
         slot.busy--;
+        if (m.shas) {
+          const h = this.hashing.get(m.id);
+          this.hashing.delete(m.id);
+          h?.resolve(m.shas);
+          return this.pump();
+        }
         const w = this.waiting.get(m.id);
         this.waiting.delete(m.id);
         if (m.error === undefined) w?.resolve({ csize: m.csize!, isNew: m.isNew! });
@@ -145,6 +161,19 @@ class StorePool {
     return p;
   }
 
+  /** sha256 (hex) of each chunk, all views of shared memory (see `isShared`). */
+  hash(chunks: Uint8Array[]): Promise<string[]> {
+    if (this.failure) return Promise.reject(this.failure);
+    const id = this.nextId++;
+    const p = new Promise<string[]>((resolve, reject) => this.hashing.set(id, { resolve, reject }));
+    // hashing gates the pipeline (what to compress is known only after it): ahead of compression
+    const at = this.queue.findIndex((j) => !('hash' in j));
+    const job = { id, hash: chunks.map((c): [SharedArrayBuffer, number, number] => [c.buffer as SharedArrayBuffer, c.byteOffset, c.byteLength]) };
+    this.queue.splice(at < 0 ? this.queue.length : at, 0, job);
+    this.pump();
+    return p;
+  }
+
   // two jobs per worker: one running, one ready, so no worker idles for a round trip
   private pump(): void {
     while (this.queue.length) {
@@ -152,13 +181,16 @@ class StorePool {
       if (slot.busy >= 2) return;
       const job = this.queue.shift()!;
       slot.busy++;
-      slot.worker.postMessage(job, [job.data.buffer as ArrayBuffer]);
+      if ('hash' in job) slot.worker.postMessage(job);
+      else slot.worker.postMessage(job, [job.data.buffer as ArrayBuffer]);
     }
   }
 
   private fail(err: Error): void {
     this.failure ??= err;
     for (const w of this.waiting.values()) w.reject(err);
+    for (const h of this.hashing.values()) h.reject(err);
+    this.hashing.clear();
     this.waiting.clear();
     this.queue.length = 0;
   }
@@ -171,6 +203,9 @@ class StorePool {
 
 // Chunks (at most this many) hashed but not yet stored: bounds memory while the workers catch up.
 const IN_FLIGHT = 64;
+// Chunks hashed on a worker per message, and such batches out at once (two per worker).
+const HASH_BATCH = 128;
+const HASH_BATCHES = 4;
 
 async function chunkInto(
   path: string,
@@ -180,6 +215,7 @@ async function chunkInto(
   stored: Map<string, Promise<Stored>>,
   storeNew: (sha: string, raw: Uint8Array) => Promise<Stored>,
   progress: (n: number) => void,
+  pool: StorePool | undefined,
 ): Promise<Blob> {
   const size = (await stat(path)).size;
   const chunks: Chunk[] = [];
@@ -187,10 +223,8 @@ async function chunkInto(
   const pending = new Set<Promise<void>>();
   let failed: unknown;
   let last = 0;
-  for await (const raw of chunkFile(path, opts)) {
-    if (failed) break;
-    const sha = sha256Hex(raw.data);
-    whole?.update(raw.data);
+  // one hashed chunk, in file order
+  const account = async (raw: RawChunk, sha: string) => {
     const chunk: Chunk = { offset: raw.offset, length: raw.data.length, sha256: sha, csize: 0 };
     chunks.push(chunk);
     stats.chunks++;
@@ -225,7 +259,43 @@ async function chunkInto(
     if (pending.size >= IN_FLIGHT) await Promise.race(pending);
     progress(raw.offset + raw.data.length - last);
     last = raw.offset + raw.data.length;
+  };
+  // Batches of chunks hashed on the workers (those in shared memory; the few that span two
+  // reads here), then accounted strictly in order, so dedup and the manifest are as if serial.
+  const batches: { raws: RawChunk[]; shas: Promise<string[]> }[] = [];
+  let batch: RawChunk[] = [];
+  const send = () => {
+    if (!batch.length) return;
+    const raws = batch;
+    batch = [];
+    const isShared = (r: RawChunk) => pool !== undefined && r.data.buffer instanceof SharedArrayBuffer;
+    const onWorkers = raws.filter(isShared);
+    const hashed = onWorkers.length ? pool!.hash(onWorkers.map((r) => r.data)) : Promise.resolve([]);
+    const shas = hashed.then((h) => {
+      let i = 0;
+      return raws.map((r) => (isShared(r) ? h[i++] : sha256Hex(r.data)));
+    });
+    shas.catch(() => undefined); // awaited in turn below; not unhandled if we stop before
+    batches.push({ raws, shas });
+  };
+  const drain = async (keep: number) => {
+    while (batches.length > keep && !failed) {
+      const b = batches.shift()!;
+      const shas = await b.shas;
+      for (let i = 0; i < b.raws.length && !failed; i++) await account(b.raws[i], shas[i]);
+    }
+  };
+  for await (const raw of chunkFile(path, opts, { shared: pool !== undefined })) {
+    if (failed) break;
+    whole?.update(raw.data);
+    batch.push(raw);
+    if (batch.length >= HASH_BATCH) {
+      send();
+      await drain(HASH_BATCHES);
+    }
   }
+  send();
+  await drain(0);
   await Promise.all(pending);
   if (failed) throw failed;
   progress(size - last);
@@ -258,9 +328,9 @@ export async function createPackage(opts: CreatePackageOptions): Promise<Created
           const compressed = compressChunk(raw, level);
           return { csize: compressed.length, isNew: await store.put(sha, compressed, { fsync: false }) };
         };
-    const image = await chunkInto(opts.imagePath, opts.chunking ?? IMAGE_CHUNKING, store, stats, stored, storeNew, progress);
-    const kernel = await chunkInto(opts.kernelPath, FILE_CHUNKING, store, stats, stored, storeNew, progress);
-    const initrd = opts.initrdPath ? await chunkInto(opts.initrdPath, FILE_CHUNKING, store, stats, stored, storeNew, progress) : null;
+    const image = await chunkInto(opts.imagePath, opts.chunking ?? IMAGE_CHUNKING, store, stats, stored, storeNew, progress, workers);
+    const kernel = await chunkInto(opts.kernelPath, FILE_CHUNKING, store, stats, stored, storeNew, progress, workers);
+    const initrd = opts.initrdPath ? await chunkInto(opts.initrdPath, FILE_CHUNKING, store, stats, stored, storeNew, progress, workers) : null;
     const candidate = { ...opts.manifest, image: { ...opts.manifest.image, ...image }, kernel, initrd };
     // Validate what we are about to sign: a builder bug must not produce a package no client accepts.
     const checked = ManifestSchema.safeParse(candidate);

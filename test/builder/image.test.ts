@@ -3,7 +3,8 @@ import { mkdtemp, mkdir, writeFile, rm, readFile, utimes } from 'node:fs/promise
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { makeImage, imageUuid } from '../../builder/image.js';
+import { makeImage, imageUuid, noSyncEnv } from '../../builder/image.js';
+import type { Exec } from '../../builder/exec.js';
 import { clampAndMeasure } from '../../builder/rootfs.js';
 import { parseRecipe, defaultExec } from '../../builder/index.js';
 
@@ -41,6 +42,29 @@ test('the same tree gives the same image bytes, whatever the source atimes/ctime
   t.regex(sb, /Filesystem volume name:\s+imgtest/);
   const st = (await execa('debugfs', ['-R', 'stat /d1/f1', join(dir, 'a.img')])).stdout;
   for (const f of ['ctime', 'atime', 'mtime']) t.regex(st, new RegExp(`${f}: 0x${epoch.toString(16)}`), f);
+});
+
+test('mkfs and debugfs run with libeatmydata preloaded (no sync of the scratch image) and make the same bytes as without', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'loopship-image-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const root = await sampleTree(dir);
+  const epoch = 1_700_000_000;
+  const uuid = imageUuid('imgtest', 'amd64');
+  const tree = await clampAndMeasure(root, epoch);
+  t.truthy(noSyncEnv().LD_PRELOAD, 'the build host has libeatmydata (scripts/setup.sh installs eatmydata)');
+  t.deepEqual(noSyncEnv('/nonexistent/libeatmydata.so.1'), {});
+  const preloads: string[] = [];
+  const recording: Exec = (cmd, args, opts) => {
+    preloads.push(`${cmd}:${opts?.env?.LD_PRELOAD ?? ''}`);
+    return defaultExec(cmd, args, opts);
+  };
+  const stripping: Exec = (cmd, args, opts) => defaultExec(cmd, args, { ...opts, env: { ...opts?.env, LD_PRELOAD: undefined } });
+  await makeImage({ root, out: join(dir, 'nosync.img'), recipe: RECIPE, tree, uuid, sourceDateEpoch: epoch, exec: recording });
+  await makeImage({ root, out: join(dir, 'sync.img'), recipe: RECIPE, tree, uuid, sourceDateEpoch: epoch, exec: stripping });
+  const lib = noSyncEnv().LD_PRELOAD;
+  t.true(preloads.includes(`mkfs.ext4:${lib}`) && preloads.includes(`debugfs:${lib}`), preloads.join(', '));
+  const [a, b] = await Promise.all([readFile(join(dir, 'nosync.img')), readFile(join(dir, 'sync.img'))]);
+  t.true(a.equals(b), 'same image bytes with and without syncs');
 });
 
 test('a fixed size smaller than the content is a recipe error, before mkfs', async (t) => {
