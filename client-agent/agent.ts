@@ -443,10 +443,18 @@ export class Agent {
     await this.state.updateAppliance(name, (a) => { a.health = 'starting'; });
     this.log(`starting ${name} ${version} (${backend.kind})`);
     await backend.start(await this.domainSpec(name, version));
+    // this boot's instance: a crash or reboot brought back up by on_crash/on_reboot is a new
+    // one, and a guest that restarts before it is ready is not healthy (a crash loop would
+    // otherwise look alive until the timeout)
+    const instance = await backend.instanceId(name);
     await pauseAt('boot');
     const autostart = this.applianceConfig(await this.config().catch(() => undefined), name)?.autostart ?? true;
     await backend.setAutostart(name, autostart);
-    const health = await waitReady({ logPath: log, marker: m.boot.ready_marker, fromOffset: offset, timeoutMs: await this.healthTimeoutMs(), isAlive: () => backend.isRunning(name), aliveEveryMs: backend.livenessIntervalMs });
+    const alive = async () => {
+      const now = await backend.instanceId(name);
+      return now === null ? false : instance === null || now === instance ? true : 'restarted' as const;
+    };
+    const health = await waitReady({ logPath: log, marker: m.boot.ready_marker, fromOffset: offset, timeoutMs: await this.healthTimeoutMs(), isAlive: alive, aliveEveryMs: backend.livenessIntervalMs });
     await record(health);
     this.log(health.ready ? `${name} ${version} is ready after ${(health.ms / 1000).toFixed(1)} s${health.line ? `: ${health.line}` : ''}` : `${name} ${version} did not become ready: ${health.reason}`);
     return health;

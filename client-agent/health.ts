@@ -11,8 +11,8 @@ export interface WaitReadyOptions {
   /** read from this byte offset (the log's size before this boot) */
   fromOffset?: number;
   timeoutMs: number;
-  /** polled now and then: returning false ends the wait early */
-  isAlive?: () => Promise<boolean>;
+  /** polled now and then: false (gone) or 'restarted' (a new instance) ends the wait early */
+  isAlive?: () => Promise<boolean | 'restarted'>;
   /** how often isAlive is asked (default 1000 ms) */
   aliveEveryMs?: number;
   signal?: AbortSignal;
@@ -20,7 +20,7 @@ export interface WaitReadyOptions {
 
 export interface WaitReadyResult {
   ready: boolean;
-  reason: 'marker' | 'timeout' | 'stopped' | 'aborted';
+  reason: 'marker' | 'timeout' | 'stopped' | 'restarted' | 'aborted';
   ms: number;
   /** the last console lines, for the report when not ready */
   tail: string;
@@ -84,10 +84,12 @@ export async function waitReady(o: WaitReadyOptions): Promise<WaitReadyResult> {
       if (o.signal?.aborted) return { ready: false, reason: 'aborted', ms: elapsed, tail: tailOf(window) };
       if (o.isAlive && Date.now() - lastAlive > (o.aliveEveryMs ?? 1000)) {
         lastAlive = Date.now();
-        if (!(await o.isAlive())) {
+        const alive = await o.isAlive();
+        if (alive !== true) {
           // one last read: the marker may have been written just before it stopped
-          if ((await fileSize(o.logPath)) > offset) continue;
-          return { ready: false, reason: 'stopped', ms: Date.now() - t0, tail: tailOf(window) };
+          // (not after a restart: that marker would be the new instance's)
+          if (alive === false && (await fileSize(o.logPath)) > offset) continue;
+          return { ready: false, reason: alive === false ? 'stopped' : 'restarted', ms: Date.now() - t0, tail: tailOf(window) };
         }
       }
       // wake on a change of the file, or re-check after a short while (watch can miss events)

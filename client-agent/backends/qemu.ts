@@ -110,6 +110,11 @@ export class QemuBackend implements Backend {
     return (await this.pid(name)) !== null;
   }
 
+  async instanceId(name: string): Promise<string | null> {
+    const pid = await this.pid(name);
+    return pid === null ? null : String(pid);
+  }
+
   async start(spec: DomainSpec): Promise<void> {
     if (await this.isRunning(spec.name)) return;
     await mkdir(this.o.runDir, { recursive: true });

@@ -26,6 +26,12 @@ export interface Backend {
   /** Graceful shutdown, then forced after `timeoutMs` (no-op if not running). */
   stop(name: string, opts?: { timeoutMs?: number }): Promise<void>;
   isRunning(name: string): Promise<boolean>;
+  /**
+   * What identifies this run of the domain (xl: its domid, qemu: its pid), null when it does
+   * not run: a health wait that sees it change knows the guest was restarted (crashed or
+   * rebooted, then brought up again by on_crash/on_reboot) before it became ready.
+   */
+  instanceId(name: string): Promise<string | null>;
   /** How often a health wait may ask isRunning (ms): what one ask costs the host decides. */
   readonly livenessIntervalMs: number;
   /** Where the guest's console output goes. */

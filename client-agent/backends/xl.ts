@@ -180,8 +180,13 @@ export class XlBackend implements Backend {
   }
 
   async isRunning(name: string): Promise<boolean> {
+    return (await this.instanceId(name)) !== null;
+  }
+
+  async instanceId(name: string): Promise<string | null> {
     const r = await this.exec(this.xl, ['domid', name]);
-    return r.exitCode === 0 && /^\d+$/.test(r.stdout.trim());
+    const id = r.stdout.trim();
+    return r.exitCode === 0 && /^\d+$/.test(id) ? id : null;
   }
 
   async start(spec: DomainSpec): Promise<void> {

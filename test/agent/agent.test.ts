@@ -157,6 +157,24 @@ test('init, install, configure, boot; upgrade; failed upgrade rolls back; rollba
   await nothingAttached(t, stateDir);
 });
 
+test('a version whose guest crashes and is restarted before it is ready is rolled back at once (restarted), not after the timeout', async (t) => {
+  const { fx, configPath, keyFile, backend, agent } = await setup(t);
+  await publishExt4(fx, '1.0.0', { channel: 'stable' });
+  await agent.init({ repos: [fx.repoDir], rootKeyFile: keyFile });
+  await agent.install('sbc');
+  // a long health timeout: only the restart may end the wait early
+  await writeFile(configPath, (await readFile(configPath, 'utf8')).replace('health_timeout_s: 2', 'health_timeout_s: 120'));
+  await publishExt4(fx, '2.0.0', { motd: 'crashes', channel: 'stable' });
+  backend.crashLoop.add('2.0.0');
+  const t0 = Date.now();
+  const failed = await t.throwsAsync(agent.upgrade('sbc'));
+  t.true(Date.now() - t0 < 60_000, `took ${Date.now() - t0} ms`);
+  t.regex(failed!.message, /sbc 2\.0\.0: health check failed \(restarted\), rolled back to 1\.0\.0/);
+  const [st] = await agent.status('sbc');
+  t.like(st, { current: '1.0.0', running: true, health: 'healthy', failed_versions: ['2.0.0'] });
+  t.deepEqual(backend.starts.map((s) => s.version), ['1.0.0', '2.0.0', '1.0.0']);
+});
+
 test('over HTTP with a dead first mirror; import of an offline package; one agent at a time', async (t) => {
   const { fx, stateDir, keyFile, agent, backend } = await setup(t);
   const pkg = await publishExt4(fx, '1.0.0', { channel: 'stable' });

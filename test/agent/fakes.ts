@@ -15,17 +15,29 @@ export class FakeBackend implements Backend {
   readonly stops: string[] = [];
   readonly autostart = new Map<string, boolean>();
   readonly bad = new Set<string>();
+  /** versions whose guest crashes at once and is brought up again, again and again (xl's on_crash = "restart") */
+  readonly crashLoop = new Set<string>();
+  private readonly instances = new Map<string, number>();
+  private nextInstance = 1;
   constructor(readonly logDir: string, readonly marker = 'LOOPSHIP-READY') {}
 
   async start(spec: DomainSpec): Promise<void> {
     if (this.running.has(spec.name)) return;
     this.running.set(spec.name, spec);
+    this.instances.set(spec.name, this.nextInstance++);
     this.starts.push(spec);
+    if (this.crashLoop.has(spec.version)) {
+      const loop = setInterval(() => {
+        if (this.running.get(spec.name) !== spec) return clearInterval(loop);
+        appendFile(this.consoleLog(spec.name), `Linux version fake (${spec.version})\nKernel panic - not syncing: Fatal exception\n`).catch(() => {});
+        this.instances.set(spec.name, this.nextInstance++);
+      }, 30);
+    }
     await mkdir(this.logDir, { recursive: true });
     const hostname = (await execa('debugfs', ['-R', 'cat /etc/hostname', spec.disk], { reject: false })).stdout.trim();
     const log = this.consoleLog(spec.name);
     // the guest prints a little later, as a real one would
-    setTimeout(() => {
+    if (!this.crashLoop.has(spec.version)) setTimeout(() => {
       void appendFile(log, `Linux version fake (${spec.version})\nhostname: ${hostname}\n${this.bad.has(spec.version) ? 'Kernel panic - not syncing\n' : `${this.marker}\n`}`);
     }, 50);
   }
@@ -34,6 +46,9 @@ export class FakeBackend implements Backend {
   }
   async isRunning(name: string): Promise<boolean> {
     return this.running.has(name);
+  }
+  async instanceId(name: string): Promise<string | null> {
+    return this.running.has(name) ? String(this.instances.get(name)) : null;
   }
   consoleLog(name: string): string {
     return join(this.logDir, `guest-${name}.log`);
