@@ -414,6 +414,7 @@ export class Agent {
       nics: m.xen.network.nics,
       bridge: local.bridge ?? m.xen.network.bridge,
       macs: Array.from({ length: m.xen.network.nics }, (_, i) => stableMac(this.host, name, i)),
+      ...(local.tsc_mode ? { tscMode: local.tsc_mode } : {}),
     };
   }
 

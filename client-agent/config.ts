@@ -67,6 +67,8 @@ const appliance = z
         bridge: z.string().regex(/^[A-Za-z0-9_.-]{1,15}$/, 'expected a network interface name').optional(),
         memory: z.number().int().min(32).optional(),
         vcpus: z.number().int().min(1).max(512).optional(),
+        /** xl.cfg tsc_mode; unset: Xen's default (RDTSC emulated when the host TSC is not invariant) */
+        tsc_mode: z.enum(['default', 'always_emulate', 'native', 'native_paravirt']).optional(),
       })
       .optional(),
   })

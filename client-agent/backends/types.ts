@@ -17,6 +17,8 @@ export interface DomainSpec {
   bridge?: string;
   /** one stable MAC per nic */
   macs: string[];
+  /** xl: the domain's tsc_mode (a host setting; unset: Xen's default) */
+  tscMode?: 'default' | 'always_emulate' | 'native' | 'native_paravirt';
 }
 
 export interface Backend {

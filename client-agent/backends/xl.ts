@@ -54,6 +54,7 @@ export function renderXlConfig(spec: DomainSpec): string {
     `vcpus = ${spec.vcpus}`,
     `disk = [ ${disks.map(xlString).join(', ')} ]`,
     `vif = [ ${vifs.map(xlString).join(', ')} ]`,
+    ...(spec.tscMode ? [`tsc_mode = ${xlString(spec.tscMode)}`] : []),
     `on_poweroff = "destroy"`,
     `on_reboot = "restart"`,
     `on_crash = "restart"`,

@@ -158,12 +158,14 @@ test('init, install, configure, boot; upgrade; failed upgrade rolls back; rollba
 });
 
 test('a version whose guest crashes and is restarted before it is ready is rolled back at once (restarted), not after the timeout', async (t) => {
-  const { fx, configPath, keyFile, backend, agent } = await setup(t);
+  const { fx, configPath, keyFile, backend, agent: first, stateDir } = await setup(t);
   await publishExt4(fx, '1.0.0', { channel: 'stable' });
-  await agent.init({ repos: [fx.repoDir], rootKeyFile: keyFile });
-  await agent.install('sbc');
+  await first.init({ repos: [fx.repoDir], rootKeyFile: keyFile });
+  await first.install('sbc');
   // a long health timeout: only the restart may end the wait early
-  await writeFile(configPath, (await readFile(configPath, 'utf8')).replace('health_timeout_s: 2', 'health_timeout_s: 120'));
+  // (and a host's xl setting, which must reach the domain spec)
+  await writeFile(configPath, (await readFile(configPath, 'utf8')).replace('health_timeout_s: 2', 'health_timeout_s: 120').replace('    settings: { hostname: ts1.example.org }', '    settings: { hostname: ts1.example.org }\n    xen: { tsc_mode: native }'));
+  const agent = new Agent({ configPath, stateDir, backend, host: 'dom0-test', log: () => {} }); // reads the new config
   await publishExt4(fx, '2.0.0', { motd: 'crashes', channel: 'stable' });
   backend.crashLoop.add('2.0.0');
   const t0 = Date.now();
@@ -173,6 +175,8 @@ test('a version whose guest crashes and is restarted before it is ready is rolle
   const [st] = await agent.status('sbc');
   t.like(st, { current: '1.0.0', running: true, health: 'healthy', failed_versions: ['2.0.0'] });
   t.deepEqual(backend.starts.map((s) => s.version), ['1.0.0', '2.0.0', '1.0.0']);
+  t.is(backend.starts[0].tscMode, undefined);
+  t.is(backend.starts.at(-1)!.tscMode, 'native');
 });
 
 test('over HTTP with a dead first mirror; import of an offline package; one agent at a time', async (t) => {

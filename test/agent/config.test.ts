@@ -26,7 +26,7 @@ appliances:
     data_size: 4G
   - name: tiny
     version: 1.0.0
-    xen: { bridge: br-lan, memory: 512 }
+    xen: { bridge: br-lan, memory: 512, tsc_mode: native }
 report: { url: "http://127.0.0.1:9/report", token: t0k, site: lab }
 daemon: { interval_s: 600 }
 `);
@@ -38,7 +38,7 @@ daemon: { interval_s: 600 }
   t.is(c.daemon.interval_s, 600);
   t.is(c.daemon.jitter_s, 120);
   t.is(c.health_timeout_s, 300);
-  t.deepEqual(c.appliances[1].xen, { bridge: 'br-lan', memory: 512 });
+  t.deepEqual(c.appliances[1].xen, { bridge: 'br-lan', memory: 512, tsc_mode: 'native' });
 });
 
 const bad: [string, string, RegExp][] = [
@@ -53,6 +53,7 @@ const bad: [string, string, RegExp][] = [
   ['bad data size', `repos: [http://a/]\ntrust: {root_fingerprint: ${FPR}}\nappliances: [{name: a, data_size: lots}]\n`, /appliances\.0\.data_size/],
   ['duplicate appliance', `repos: [http://a/]\ntrust: {root_fingerprint: ${FPR}}\nappliances: [{name: a}, {name: a}]\n`, /listed twice/],
   ['bad bridge', `repos: [http://a/]\ntrust: {root_fingerprint: ${FPR}}\nappliances: [{name: a, xen: {bridge: "br lan; rm"}}]\n`, /appliances\.0\.xen\.bridge/],
+  ['bad tsc_mode', `repos: [http://a/]\ntrust: {root_fingerprint: ${FPR}}\nappliances: [{name: a, xen: {tsc_mode: fast}}]\n`, /appliances\.0\.xen\.tsc_mode/],
   ['bad backend', `repos: [http://a/]\ntrust: {root_fingerprint: ${FPR}}\nbackend: kvm\n`, /backend/],
   ['bad appliance name', `repos: [http://a/]\ntrust: {root_fingerprint: ${FPR}}\nappliances: [{name: "../etc"}]\n`, /appliances\.0\.name/],
   ['not YAML', `repos: [http://a/\n  : :`, /not valid YAML/],

@@ -69,6 +69,8 @@ test.serial('the generated config follows xl.cfg syntax and says what the spec s
   t.deepEqual(cfg.disk, [`format=raw,vdev=xvda,access=rw,target=${spec.disk}`, `format=raw,vdev=xvdb,access=rw,target=${spec.dataDisk}`]);
   t.deepEqual(cfg.vif, [`mac=${spec.macs[0]},bridge=xenbr0`]);
   t.is(cfg.on_crash, 'restart');
+  t.false('tsc_mode' in cfg, 'Xen decides the TSC mode unless the host says');
+  t.is(parseXlCfg(renderXlConfig({ ...spec, tscMode: 'native' })).tsc_mode, 'native');
   t.throws(() => renderXlConfig({ ...spec, cmdline: 'a\nb' }), { message: /line break/ });
   t.throws(() => renderXlConfig({ ...spec, disk: '/x,y/disk.img' }), { message: /may not contain/ });
   t.is(xlString('a"b\\c'), '"a\\"b\\\\c"');
