@@ -431,31 +431,33 @@ export class Agent {
       a.health = health.ready ? 'healthy' : 'unhealthy';
       a.health_checked_at = this.now().toISOString();
     });
-    if (await backend.isRunning(name)) {
+    // the instance being checked: a crash or reboot brought back up by on_crash/on_reboot is
+    // a new one, and a guest that restarts before it is ready is not healthy (a crash loop
+    // would otherwise look alive until the timeout)
+    const aliveAs = (instance: string | null) => async () => {
+      const now = await backend.instanceId(name);
+      return now === null ? false : instance === null || now === instance ? true : ('restarted' as const);
+    };
+    const running = await backend.instanceId(name);
+    if (running !== null) {
       // already up: its health is what we last saw, or what its console shows since it booted
       const known = (await this.state.readState()).appliances[name]?.health;
       this.log(`${name} is already running`);
       if (known === 'healthy') return { ready: true, reason: 'marker', ms: 0, tail: '' };
-      const health = await waitReady({ logPath: log, marker: m.boot.ready_marker, fromOffset: 0, timeoutMs: await this.healthTimeoutMs(), isAlive: () => backend.isRunning(name), aliveEveryMs: backend.livenessIntervalMs });
+      const health = await waitReady({ logPath: log, marker: m.boot.ready_marker, fromOffset: 0, timeoutMs: await this.healthTimeoutMs(), isAlive: aliveAs(running), aliveEveryMs: backend.livenessIntervalMs });
       await record(health);
+      this.log(health.ready ? `${name} ${version} is ready after ${(health.ms / 1000).toFixed(1)} s` : `${name} ${version} did not become ready: ${health.reason}`);
       return health;
     }
     const offset = backend.kind === 'qemu' ? 0 : await fileSize(log);
     await this.state.updateAppliance(name, (a) => { a.health = 'starting'; });
     this.log(`starting ${name} ${version} (${backend.kind})`);
     await backend.start(await this.domainSpec(name, version));
-    // this boot's instance: a crash or reboot brought back up by on_crash/on_reboot is a new
-    // one, and a guest that restarts before it is ready is not healthy (a crash loop would
-    // otherwise look alive until the timeout)
     const instance = await backend.instanceId(name);
     await pauseAt('boot');
     const autostart = this.applianceConfig(await this.config().catch(() => undefined), name)?.autostart ?? true;
     await backend.setAutostart(name, autostart);
-    const alive = async () => {
-      const now = await backend.instanceId(name);
-      return now === null ? false : instance === null || now === instance ? true : 'restarted' as const;
-    };
-    const health = await waitReady({ logPath: log, marker: m.boot.ready_marker, fromOffset: offset, timeoutMs: await this.healthTimeoutMs(), isAlive: alive, aliveEveryMs: backend.livenessIntervalMs });
+    const health = await waitReady({ logPath: log, marker: m.boot.ready_marker, fromOffset: offset, timeoutMs: await this.healthTimeoutMs(), isAlive: aliveAs(instance), aliveEveryMs: backend.livenessIntervalMs });
     await record(health);
     this.log(health.ready ? `${name} ${version} is ready after ${(health.ms / 1000).toFixed(1)} s${health.line ? `: ${health.line}` : ''}` : `${name} ${version} did not become ready: ${health.reason}`);
     return health;

@@ -179,6 +179,24 @@ test('a version whose guest crashes and is restarted before it is ready is rolle
   t.is(backend.starts.at(-1)!.tscMode, 'native');
 });
 
+test('start of a guest already running but crash-looping fails at once (restarted), not after the timeout', async (t) => {
+  const { fx, configPath, keyFile, backend, stateDir } = await setup(t);
+  await writeFile(configPath, (await readFile(configPath, 'utf8')).replace('health_timeout_s: 2', 'health_timeout_s: 120'));
+  const agent = new Agent({ configPath, stateDir, backend, host: 'dom0-test', log: () => {} });
+  await publishExt4(fx, '1.0.0', { channel: 'stable' });
+  await agent.init({ repos: [fx.repoDir], rootKeyFile: keyFile });
+  backend.crashLoop.add('1.0.0');
+  const t0 = Date.now();
+  const inst = await t.throwsAsync(agent.install('sbc'));
+  t.regex(inst!.message, /did not become ready \(restarted/);
+  t.true(await backend.isRunning('sbc'), 'xl keeps bringing it back');
+  // the domain is up (a new instance each time): start waits on it, and sees it restart
+  const st = await t.throwsAsync(agent.start('sbc'));
+  t.regex(st!.message, /sbc 1\.0\.0 did not become ready \(restarted\)/);
+  t.true(Date.now() - t0 < 60_000, `took ${Date.now() - t0} ms`);
+  t.is(backend.starts.length, 1, 'start did not boot a second domain beside the running one');
+});
+
 test('over HTTP with a dead first mirror; import of an offline package; one agent at a time', async (t) => {
   const { fx, stateDir, keyFile, agent, backend } = await setup(t);
   const pkg = await publishExt4(fx, '1.0.0', { channel: 'stable' });
