@@ -31,6 +31,11 @@ function lastLines(text: string, n: number): string {
   return text.split('\n').map((l) => l.trim()).filter(Boolean).slice(-n).join(' / ');
 }
 
+/** Shut down, crashed or dying: listed, but running nothing (xl list's s, c and d flags). */
+function leftOver(state: string): boolean {
+  return /[scd]/.test(state);
+}
+
 /** Quotes a string for xl.cfg (double quotes; backslash and quote escaped). */
 export function xlString(s: string): string {
   if (/[\n\r\0]/.test(s)) throw new LoopshipError('CONFIG_INVALID', `value for xl config contains a line break: ${JSON.stringify(s)}`);
@@ -184,15 +189,21 @@ export class XlBackend implements Backend {
     return (await this.instanceId(name)) !== null;
   }
 
+  /**
+   * The domid, unless the domain is gone or only left over: shut down, crashed or dying
+   * (state s, c, d). Such a domain stays listed when no xl process is left to apply its
+   * on_poweroff (xl create is killed when it hangs, see create()); it runs nothing.
+   */
   async instanceId(name: string): Promise<string | null> {
-    const r = await this.exec(this.xl, ['domid', name]);
-    const id = r.stdout.trim();
-    return r.exitCode === 0 && /^\d+$/.test(id) ? id : null;
+    const d = await this.domain(name);
+    return d && !leftOver(d.state) ? d.id : null;
   }
 
   async start(spec: DomainSpec): Promise<void> {
     await this.waitToolstack();
-    if (await this.isRunning(spec.name)) return;
+    const d = await this.domain(spec.name);
+    if (d && !leftOver(d.state)) return;
+    if (d) await this.destroyLeftOver(spec.name, d.state);
     await this.checkConsoleLogging();
     // xenconsoled opens guest-NAME.log when the domain appears; it does not make the directory
     await mkdir(this.consoleDir, { recursive: true });
@@ -250,21 +261,34 @@ export class XlBackend implements Backend {
     ]).finally(() => clearTimeout(timer));
   }
 
-  /** The domain's state flags from `xl list NAME` (e.g. "-b----", "--p---"), null if there is none. */
-  private async domainState(name: string): Promise<string | null> {
+  /** The domain's id and state flags from `xl list NAME` (e.g. "-b----", "--p---"), null if there is none. */
+  private async domain(name: string): Promise<{ id: string; state: string } | null> {
     const r = await this.exec(this.xl, ['list', name], { timeoutMs: 60_000 }).catch(() => null);
     if (!r || r.exitCode !== 0) return null;
     const row = r.stdout.split('\n').map((l) => l.trim().split(/\s+/)).find((f) => f[0] === name);
-    return row?.[4] ?? null;
+    return row && /^\d+$/.test(row[1] ?? '') ? { id: row[1], state: row[4] ?? '' } : null;
+  }
+
+  private async domainState(name: string): Promise<string | null> {
+    return (await this.domain(name))?.state ?? null;
+  }
+
+  private async destroyLeftOver(name: string, state: string): Promise<void> {
+    this.log(`domain ${name} is left over (${state}): destroying it`);
+    await run(this.exec, this.xl, ['destroy', name]);
   }
 
   async stop(name: string, opts: { timeoutMs?: number } = {}): Promise<void> {
     await this.waitToolstack();
-    if (!(await this.isRunning(name))) return;
+    const d = await this.domain(name);
+    if (!d) return;
+    if (leftOver(d.state)) return this.destroyLeftOver(name, d.state);
     const timeoutMs = opts.timeoutMs ?? 120_000;
-    // -w waits for the guest to finish shutting down; a guest that ignores it is destroyed
-    const r = await this.exec(this.xl, ['shutdown', '-w', name], { timeoutMs }).catch(() => ({ exitCode: -1, stdout: '', stderr: '' }));
-    if (r.exitCode !== 0 && (await this.isRunning(name))) await run(this.exec, this.xl, ['destroy', name]);
+    // -w waits for the guest to finish shutting down; a guest that ignores it is destroyed,
+    // and so is one that shut down but stays listed (no xl process left to apply on_poweroff:
+    // a start after it would otherwise find "tiny is already running", seen on real Xen)
+    await this.exec(this.xl, ['shutdown', '-w', name], { timeoutMs }).catch(() => undefined);
+    if ((await this.domain(name)) !== null) await run(this.exec, this.xl, ['destroy', name]);
   }
 
   consoleLog(name: string): string {

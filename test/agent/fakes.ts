@@ -32,6 +32,7 @@ export class FakeBackend implements Backend {
         appendFile(this.consoleLog(spec.name), `Linux version fake (${spec.version})\nKernel panic - not syncing: Fatal exception\n`).catch(() => {});
         this.instances.set(spec.name, this.nextInstance++);
       }, 30);
+      loop.unref(); // never what keeps a test process alive
     }
     await mkdir(this.logDir, { recursive: true });
     const hostname = (await execa('debugfs', ['-R', 'cat /etc/hostname', spec.disk], { reject: false })).stdout.trim();

@@ -114,6 +114,28 @@ test.serial('start waits for the toolstack, writes the config, xl create, autost
   t.false(existsSync(join(dir, 'etc-xen', 'auto', 'sbc.cfg')));
 });
 
+test.serial('a domain that shut down but stays listed (no xl left to apply on_poweroff) is not running: stop destroys it, start replaces it', async (t) => {
+  const { dir, spec, backend, calls } = await setup(t);
+  await mkdir(join(dir, 'xlstate'), { recursive: true });
+  await writeFile(join(dir, 'xlstate', 'linger'), '');
+  await backend.start(spec);
+  const id = await backend.instanceId('sbc');
+  t.truthy(id);
+  // stop: the guest shuts down and stays listed '--ps--': destroyed, nothing left
+  await backend.stop('sbc');
+  t.false(await backend.isRunning('sbc'));
+  t.truthy((await calls()).find((a) => a[0] === 'destroy' && a.includes('sbc')), 'the shut-down domain was destroyed');
+  t.false(existsSync(join(dir, 'xlstate', 'sbc')));
+  // a leftover from before (shut down by itself): not running, and start creates afresh
+  await backend.start(spec);
+  await writeFile(join(dir, 'xlstate', 'shutdown-sbc'), '');
+  t.is(await backend.instanceId('sbc'), null, 'a shut-down domain is not an instance');
+  const creates = (await calls()).filter((a) => a[0] === 'create').length;
+  await backend.start(spec);
+  t.is((await calls()).filter((a) => a[0] === 'create').length, creates + 1, 'start replaced the leftover instead of taking it for running');
+  t.true(await backend.isRunning('sbc'));
+});
+
 test.serial('a toolstack that never answers is a clear error, after the timeout, without xl create', async (t) => {
   const { dir, spec, calls } = await setup(t);
   await mkdir(join(dir, 'xlstate'), { recursive: true });
