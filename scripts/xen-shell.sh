@@ -9,7 +9,7 @@
 # is http://10.0.2.2:PORT in dom0, e.g.
 #   loopship-agent init --repo http://10.0.2.2:8080 --root-fingerprint FPR --backend xl
 #   loopship-agent install tiny --set hostname=demo
-# --job DIR copies DIR's files (except job.sh) to /run/xenjob in dom0. Leave with `poweroff`,
+# --job DIR copies DIR's files (except job.sh) to /var/lib/xenjob in dom0. Leave with `poweroff`,
 # or Ctrl-A X (QEMU). The dom0 disk is thrown away afterwards: every start is a clean host.
 # The first start builds the dom0 root (debootstrap, a few minutes) into
 # ${LOOPSHIP_XEN_CACHE:-/var/cache/loopship/xen}; later starts reuse it.

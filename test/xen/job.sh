@@ -85,13 +85,44 @@ if grep -q '^health_timeout_s:' /etc/loopship/agent.yaml; then
 else
   echo "health_timeout_s: $HEALTH_TIMEOUT" >>/etc/loopship/agent.yaml
 fi
+# The appliance with one host setting for Xen: tsc_mode native. Xen emulates RDTSC for HVM
+# and PVH guests when the TSC is not invariant (QEMU's TCG offers no invtsc), and under
+# QEMU 7.2's nested SVM that exit is what killed PVH guests: 3 of 4 triple faults had their
+# RIP right after an rdtsc (README: Pitfalls).
+printf 'appliances:\n  - name: %s\n    channel: stable\n    xen: { tsc_mode: native }\n' "$APP" >>/etc/loopship/agent.yaml
 cp /etc/loopship/agent.yaml "$OUT/01-init/agent.yaml"
 
 # libxl allows a hotplug script 40 s: read what the block and vif scripts run into the page
 # cache now, not during the first xl create
 cat /etc/xen/scripts/* /usr/sbin/losetup /usr/bin/logger /usr/bin/xenstore* /usr/bin/flock >/dev/null 2>&1
-# 2. install what stable names (PVH) with a host setting, boot it, wait for ready
-agent 02-install install "$APP" --set "hostname=$GUEST_HOSTNAME" || exit 1
+# 2. install what stable names (PVH) with a host setting, boot it, wait for ready.
+# QEMU 7.2's nested SVM kills PVH guests in about half of their boots (README: Pitfalls):
+# a triple fault in xl dmesg, or a kernel panic in the guest's exception entry; xl brings
+# the domain up again and the agent reports 'restarted' (or 'stopped', when it looked in
+# between). Only then, the boot is tried again
+# with `start` (at most 3 times); each failed attempt is kept as 02-install.attemptN with the
+# evidence, which the test checks.
+xl dmesg -c >/dev/null 2>&1
+emulator_fault() { # dir: the failed step's evidence
+  xl dmesg -c >"$1/xl-dmesg" 2>&1
+  grep -q 'did not become ready: \(restarted\|stopped\)' "$1/stderr" &&
+    { grep -q 'Triple fault' "$1/xl-dmesg" || grep -q 'Kernel panic - not syncing: Fatal exception' "$1/console.log" 2>/dev/null; }
+}
+rc=0; agent 02-install install "$APP" --set "hostname=$GUEST_HOSTNAME" || rc=$?
+n=0
+while [ "$rc" != 0 ] && [ $n -lt 3 ] && emulator_fault "$OUT/02-install"; do
+  n=$((n + 1))
+  say "02-install: the emulator killed the PVH guest (attempt $n), booting it again"
+  rm -rf "$OUT/02-install.attempt$n"; mv "$OUT/02-install" "$OUT/02-install.attempt$n"
+  # the crash-looping domain goes (the agent's stop would wait for a shutdown it never
+  # answers); start boots the installed version and waits for ready
+  xl destroy "$APP" >/dev/null 2>&1
+  rc=0; agent 02-install start "$APP" || rc=$?
+done
+# A PVH boot the emulator killed every time is the test's failure to report, but not a
+# reason to leave the PV half (upgrade, rollback, stop) untested: carry on from there.
+[ "$rc" = 0 ] || emulator_fault "$OUT/02-install" || exit 1
+[ "$rc" = 0 ] || { say "02-install: no PVH boot survived the emulator; going on with the PV steps"; xl destroy "$APP" >/dev/null 2>&1; }
 
 # 3. upgrade to the next version (built as PV): switch, boot, health check
 await_stable "$V2" || exit 1
