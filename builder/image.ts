@@ -8,7 +8,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Exec } from './exec.js';
 import { parseSize, type Recipe, RecipeError } from './recipe.js';
-import type { TreeStats } from './rootfs.js';
+import { eatmydataLib, type TreeStats } from './rootfs.js';
 import { LoopshipError } from '../format/errors.js';
 
 const MiB = 1024 * 1024;
@@ -18,9 +18,8 @@ const MiB = 1024 * 1024;
 // disk are the chunks made from it, and those are synced when published. So both run with
 // the host's libeatmydata preloaded when there is one (Debian package eatmydata): the sync
 // of ~300 MiB was most of the wall time between mkfs's ~1 s of CPU and its end.
-const HOST_MULTIARCH: Record<string, string> = { x64: 'x86_64-linux-gnu', arm64: 'aarch64-linux-gnu', ia32: 'i386-linux-gnu', ppc64: 'powerpc64le-linux-gnu', s390x: 's390x-linux-gnu' };
-export function noSyncEnv(lib = `/usr/lib/${HOST_MULTIARCH[process.arch] ?? 'none'}/libeatmydata.so.1`): Record<string, string> {
-  return existsSync(lib) ? { LD_PRELOAD: lib } : {};
+export function noSyncEnv(lib = eatmydataLib()): Record<string, string> {
+  return lib && existsSync(lib) ? { LD_PRELOAD: lib } : {};
 }
 
 /**
@@ -71,7 +70,8 @@ export async function makeImage(o: MakeImageOptions): Promise<{ size: number }> 
     throw new RecipeError(`image.size ${o.recipe.image.size} is smaller than the root filesystem's content (${Math.ceil(o.tree.blockBytes / MiB)} MiB); use "auto" or a larger size`, { where: 'stage image' });
   }
   await rm(o.out, { force: true });
-  const env = { E2FSPROGS_FAKE_TIME: String(o.sourceDateEpoch), MKE2FS_DEVICE_SECTSIZE: '512', ...noSyncEnv() };
+  const noSync = noSyncEnv();
+  const env = { E2FSPROGS_FAKE_TIME: String(o.sourceDateEpoch), MKE2FS_DEVICE_SECTSIZE: '512', ...noSync };
   await o.exec(
     'mkfs.ext4',
     [
@@ -92,7 +92,7 @@ export async function makeImage(o: MakeImageOptions): Promise<{ size: number }> 
     ],
     { stage: 'image (mkfs.ext4)', env },
   );
-  await fixInodeTimes(o.out, o.sourceDateEpoch, o.exec);
+  await fixInodeTimes(o.out, o.sourceDateEpoch, o.exec, noSync);
   return { size };
 }
 
@@ -101,7 +101,7 @@ export async function makeImage(o: MakeImageOptions): Promise<{ size: number }> 
  * space (ctime is always "now"). Set them to the build epoch with debugfs. mkfs -d
  * allocates inodes in order, so the used ones are 1..(count - free) (checked by fsck in tests).
  */
-async function fixInodeTimes(image: string, epoch: number, exec: Exec): Promise<void> {
+async function fixInodeTimes(image: string, epoch: number, exec: Exec, noSync: Record<string, string>): Promise<void> {
   const { stdout } = await exec('dumpe2fs', ['-h', image], { stage: 'image (times)' });
   const num = (label: string) => {
     const m = new RegExp(`^${label}:\\s+(\\d+)`, 'm').exec(stdout);
@@ -117,7 +117,7 @@ async function fixInodeTimes(image: string, epoch: number, exec: Exec): Promise<
   const cmdFile = `${image}.debugfs`;
   await writeFile(cmdFile, cmds.join('\n') + '\n');
   try {
-    await exec('debugfs', ['-w', '-f', cmdFile, image], { stage: 'image (times)', env: { E2FSPROGS_FAKE_TIME: String(epoch), ...noSyncEnv() } });
+    await exec('debugfs', ['-w', '-f', cmdFile, image], { stage: 'image (times)', env: { E2FSPROGS_FAKE_TIME: String(epoch), ...noSync } });
   } finally {
     await rm(cmdFile, { force: true });
   }

@@ -138,13 +138,20 @@ async function aptInstall(c: Chroot, o: { root: string; exec: Exec; arch: string
 // chroot so that nothing on the host side preloads it. Without it, apt runs as before.
 const MULTIARCH: Record<string, string> = { amd64: 'x86_64-linux-gnu', arm64: 'aarch64-linux-gnu', i386: 'i386-linux-gnu', armhf: 'arm-linux-gnueabihf', ppc64el: 'powerpc64le-linux-gnu', s390x: 's390x-linux-gnu' };
 const EATMYDATA_DIR = 'tmp/loopship-eatmydata';
+// Node's name for this machine's architecture -> Debian's
+const NODE_TO_DEBIAN_ARCH: Record<string, string> = { x64: 'amd64', arm64: 'arm64', ia32: 'i386', arm: 'armhf', ppc64: 'ppc64el', s390x: 's390x' };
+
+/** Where Debian's eatmydata package puts libeatmydata for `arch` (default: this machine's); '' for an unknown arch. */
+export function eatmydataLib(arch = NODE_TO_DEBIAN_ARCH[process.arch] ?? ''): string {
+  return MULTIARCH[arch] ? `/usr/lib/${MULTIARCH[arch]}/libeatmydata.so.1` : '';
+}
 
 export async function eatmydata(
   root: string,
   arch: string,
   exec: Exec,
   env: Record<string, string>,
-  hostLib = MULTIARCH[arch] ? `/usr/lib/${MULTIARCH[arch]}/libeatmydata.so.1` : '',
+  hostLib = eatmydataLib(arch),
 ): Promise<{ prefix: string[]; remove(): Promise<void> }> {
   const dir = join(root, EATMYDATA_DIR);
   const remove = () => rm(dir, { recursive: true, force: true });

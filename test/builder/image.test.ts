@@ -19,13 +19,18 @@ async function sampleTree(dir: string): Promise<string> {
   return root;
 }
 
-test('the same tree gives the same image bytes, whatever the source atimes/ctimes; fsck-clean with the fixed UUID', async (t) => {
+/** A scratch directory with the sample tree, clamped to the epoch, and what makeImage needs besides. */
+async function imageInputs(t: import('ava').ExecutionContext) {
   const dir = await mkdtemp(join(tmpdir(), 'loopship-image-'));
   t.teardown(() => rm(dir, { recursive: true, force: true }));
   const root = await sampleTree(dir);
   const epoch = 1_700_000_000;
-  const uuid = imageUuid('imgtest', 'amd64');
   const tree = await clampAndMeasure(root, epoch);
+  return { dir, root, epoch, tree, uuid: imageUuid('imgtest', 'amd64') };
+}
+
+test('the same tree gives the same image bytes, whatever the source atimes/ctimes; fsck-clean with the fixed UUID', async (t) => {
+  const { dir, root, epoch, tree, uuid } = await imageInputs(t);
   await makeImage({ root, out: join(dir, 'a.img'), recipe: RECIPE, tree, uuid, sourceDateEpoch: epoch, exec: defaultExec });
   // touch the sources: new access times and (unavoidably) new change times
   await new Promise((r) => setTimeout(r, 1100));
@@ -45,12 +50,7 @@ test('the same tree gives the same image bytes, whatever the source atimes/ctime
 });
 
 test('mkfs and debugfs run with libeatmydata preloaded (no sync of the scratch image) and make the same bytes as without', async (t) => {
-  const dir = await mkdtemp(join(tmpdir(), 'loopship-image-'));
-  t.teardown(() => rm(dir, { recursive: true, force: true }));
-  const root = await sampleTree(dir);
-  const epoch = 1_700_000_000;
-  const uuid = imageUuid('imgtest', 'amd64');
-  const tree = await clampAndMeasure(root, epoch);
+  const { dir, root, epoch, tree, uuid } = await imageInputs(t);
   t.truthy(noSyncEnv().LD_PRELOAD, 'the build host has libeatmydata (scripts/setup.sh installs eatmydata)');
   t.deepEqual(noSyncEnv('/nonexistent/libeatmydata.so.1'), {});
   const preloads: string[] = [];
