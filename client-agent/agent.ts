@@ -427,10 +427,15 @@ export class Agent {
     const backend = await this.backend();
     const m = await this.versionManifest(name, version);
     const log = backend.consoleLog(name);
-    const record = (health: WaitReadyResult) => this.state.updateAppliance(name, (a) => {
-      a.health = health.ready ? 'healthy' : 'unhealthy';
-      a.health_checked_at = this.now().toISOString();
-    });
+    // the outcome of a wait: into the state and the log, the same way for both paths below
+    const record = async (health: WaitReadyResult): Promise<WaitReadyResult> => {
+      await this.state.updateAppliance(name, (a) => {
+        a.health = health.ready ? 'healthy' : 'unhealthy';
+        a.health_checked_at = this.now().toISOString();
+      });
+      this.log(health.ready ? `${name} ${version} is ready after ${(health.ms / 1000).toFixed(1)} s${health.line ? `: ${health.line}` : ''}` : `${name} ${version} did not become ready: ${health.reason}`);
+      return health;
+    };
     // the instance being checked: a crash or reboot brought back up by on_crash/on_reboot is
     // a new one, and a guest that restarts before it is ready is not healthy (a crash loop
     // would otherwise look alive until the timeout)
@@ -444,10 +449,7 @@ export class Agent {
       const known = (await this.state.readState()).appliances[name]?.health;
       this.log(`${name} is already running`);
       if (known === 'healthy') return { ready: true, reason: 'marker', ms: 0, tail: '' };
-      const health = await waitReady({ logPath: log, marker: m.boot.ready_marker, fromOffset: 0, timeoutMs: await this.healthTimeoutMs(), isAlive: aliveAs(running), aliveEveryMs: backend.livenessIntervalMs });
-      await record(health);
-      this.log(health.ready ? `${name} ${version} is ready after ${(health.ms / 1000).toFixed(1)} s` : `${name} ${version} did not become ready: ${health.reason}`);
-      return health;
+      return record(await waitReady({ logPath: log, marker: m.boot.ready_marker, fromOffset: 0, timeoutMs: await this.healthTimeoutMs(), isAlive: aliveAs(running), aliveEveryMs: backend.livenessIntervalMs }));
     }
     const offset = backend.kind === 'qemu' ? 0 : await fileSize(log);
     await this.state.updateAppliance(name, (a) => { a.health = 'starting'; });
@@ -457,10 +459,7 @@ export class Agent {
     await pauseAt('boot');
     const autostart = this.applianceConfig(await this.config().catch(() => undefined), name)?.autostart ?? true;
     await backend.setAutostart(name, autostart);
-    const health = await waitReady({ logPath: log, marker: m.boot.ready_marker, fromOffset: offset, timeoutMs: await this.healthTimeoutMs(), isAlive: aliveAs(instance), aliveEveryMs: backend.livenessIntervalMs });
-    await record(health);
-    this.log(health.ready ? `${name} ${version} is ready after ${(health.ms / 1000).toFixed(1)} s${health.line ? `: ${health.line}` : ''}` : `${name} ${version} did not become ready: ${health.reason}`);
-    return health;
+    return record(await waitReady({ logPath: log, marker: m.boot.ready_marker, fromOffset: offset, timeoutMs: await this.healthTimeoutMs(), isAlive: aliveAs(instance), aliveEveryMs: backend.livenessIntervalMs }));
   }
 
   async start(name: string) {

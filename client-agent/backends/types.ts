@@ -34,7 +34,7 @@ export interface Backend {
    * rebooted, then brought up again by on_crash/on_reboot) before it became ready.
    */
   instanceId(name: string): Promise<string | null>;
-  /** How often a health wait may ask isRunning (ms): what one ask costs the host decides. */
+  /** How often a health wait may ask instanceId (ms): what one ask costs the host decides. */
   readonly livenessIntervalMs: number;
   /** Where the guest's console output goes. */
   consoleLog(name: string): string;

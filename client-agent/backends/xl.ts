@@ -95,8 +95,8 @@ export function consoleLoggingHint(dir: string): string {
 
 export class XlBackend implements Backend {
   readonly kind = 'xl' as const;
-  // each `xl domid` is a toolstack exec and a xenstored connection; every 5 s is plenty for
-  // noticing a guest that died (seen under emulation: asking every second cost dom0 a CPU)
+  // each ask (`xl list NAME`) is a toolstack exec and a xenstored connection; every 5 s is
+  // plenty for noticing a guest that died (under emulation, every second cost dom0 a CPU)
   readonly livenessIntervalMs = 5000;
   private readonly exec: Exec;
   private readonly xl: string;
@@ -229,14 +229,14 @@ export class XlBackend implements Backend {
         // domain down ("killing execution of /etc/xen/scripts/block add because of timeout").
         // A slow moment, not a bad config: once more.
         if (attempt < 2 && /because of timeout|timed out|\/scripts\/(block|vif)/i.test(out)) {
-          if ((await this.domainState(name)) !== null) await this.exec(this.xl, ['destroy', name], { timeoutMs: 60_000 }).catch(() => undefined);
+          if ((await this.domain(name)) !== null) await this.exec(this.xl, ['destroy', name], { timeoutMs: 60_000 }).catch(() => undefined);
           this.log(`xl create ${name} failed on a libxl timeout (${lastLines(out, 3)}): trying once more`);
           continue;
         }
         const detail = lastLines(out, 3);
         throw new ExecError(`${this.xl} create ${cfg} failed with exit code ${r.exitCode}${detail ? `: ${detail}` : ''}`, { where: this.xl });
       }
-      const state = await this.domainState(name);
+      const state = (await this.domain(name))?.state ?? null;
       if (state !== null && !state.includes('p')) {
         if (r === 'timeout') this.log(`xl create ${name} did not return within ${Math.round(limit / 1000)} s, but the domain runs: carrying on`);
         return;
@@ -267,10 +267,6 @@ export class XlBackend implements Backend {
     if (!r || r.exitCode !== 0) return null;
     const row = r.stdout.split('\n').map((l) => l.trim().split(/\s+/)).find((f) => f[0] === name);
     return row && /^\d+$/.test(row[1] ?? '') ? { id: row[1], state: row[4] ?? '' } : null;
-  }
-
-  private async domainState(name: string): Promise<string | null> {
-    return (await this.domain(name))?.state ?? null;
   }
 
   private async destroyLeftOver(name: string, state: string): Promise<void> {
