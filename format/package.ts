@@ -161,7 +161,7 @@ class StorePool {
     return p;
   }
 
-  /** sha256 (hex) of each chunk, all views of shared memory (see `isShared`). */
+  /** sha256 (hex) of each chunk; all must be views of SharedArrayBuffers (nothing is copied). */
   hash(chunks: Uint8Array[]): Promise<string[]> {
     if (this.failure) return Promise.reject(this.failure);
     const id = this.nextId++;
@@ -264,11 +264,11 @@ async function chunkInto(
   // reads here), then accounted strictly in order, so dedup and the manifest are as if serial.
   const batches: { raws: RawChunk[]; shas: Promise<string[]> }[] = [];
   let batch: RawChunk[] = [];
+  const isShared = (r: RawChunk) => pool !== undefined && r.data.buffer instanceof SharedArrayBuffer;
   const send = () => {
     if (!batch.length) return;
     const raws = batch;
     batch = [];
-    const isShared = (r: RawChunk) => pool !== undefined && r.data.buffer instanceof SharedArrayBuffer;
     const onWorkers = raws.filter(isShared);
     const hashed = onWorkers.length ? pool!.hash(onWorkers.map((r) => r.data)) : Promise.resolve([]);
     const shas = hashed.then((h) => {
