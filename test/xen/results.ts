@@ -19,6 +19,8 @@ export interface StepResult {
   xlCfgText: string | null;
   autostartLink: string | null;
   console: string;
+  /** `xl dmesg` since the step before it, where job.sh kept it (a failed PVH attempt) */
+  xlDmesg: string;
   loopDevices: string[];
   mounts: string[];
   current: string | null;
@@ -89,6 +91,7 @@ export function readStep(outDir: string, step: string): StepResult {
     xlCfgText: cfgText,
     autostartLink: read(join(d, 'auto-link'))?.trim() || null,
     console: read(join(d, 'console.log')) ?? '',
+    xlDmesg: read(join(d, 'xl-dmesg')) ?? '',
     loopDevices: (read(join(d, 'losetup')) ?? '').split('\n').filter((l) => /^\/dev\/loop/.test(l)),
     mounts: (read(join(d, 'mounts')) ?? '').split('\n').filter(Boolean),
     current: read(join(d, 'current'))?.trim() || null,
