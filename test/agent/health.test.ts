@@ -49,8 +49,13 @@ test('isAlive is asked no more often than aliveEveryMs (an xl exec is costly in 
   let asks = 0;
   const r = await waitReady({ logPath: path, marker: 'LOOPSHIP-READY', timeoutMs: 1500, aliveEveryMs: 600, isAlive: async () => { asks++; return true; } });
   t.is(r.reason, 'timeout');
-  // at 0.6 s and 1.2 s (and not at each 250 ms re-check)
+  // at once, then at most every 0.6 s (not at each 250 ms re-check)
   t.true(asks >= 1 && asks <= 2, `${asks} asks in 1.5 s`);
+  // and the interval is the caller's, not the default 1 s (which would ask again at ~1 s):
+  // longer than the wait, only the first ask
+  let late = 0;
+  await waitReady({ logPath: path, marker: 'LOOPSHIP-READY', timeoutMs: 1500, aliveEveryMs: 5000, isAlive: async () => { late++; return true; } });
+  t.is(late, 1, `${late} asks with a 5 s interval in a 1.5 s wait`);
 });
 
 test('a log that does not exist yet is waited for', async (t) => {
