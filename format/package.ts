@@ -12,7 +12,7 @@ import { pipeline } from 'node:stream/promises';
 import { Readable } from 'node:stream';
 import tar from 'tar-stream';
 import { signDetached, type PrivateKey } from '../keys/pgp.js';
-import { chunkFile, IMAGE_CHUNKING, FILE_CHUNKING, type ChunkerOptions, type RawChunk } from './chunker.js';
+import { chunkFile, SharedReadBuffers, IMAGE_CHUNKING, FILE_CHUNKING, type ChunkerOptions, type RawChunk } from './chunker.js';
 import { compressChunk, decodeChunk, sha256Hex, DEFAULT_ZSTD_LEVEL } from './codec.js';
 import { ChunkStore } from './chunkstore.js';
 import { PackageError, MetadataError, LoopshipError, VerificationError, RollbackError, ExpiredError } from './errors.js';
@@ -216,6 +216,7 @@ async function chunkInto(
   storeNew: (sha: string, raw: Uint8Array) => Promise<Stored>,
   progress: (n: number) => void,
   pool: StorePool | undefined,
+  readBuffers: SharedReadBuffers,
 ): Promise<Blob> {
   const size = (await stat(path)).size;
   const chunks: Chunk[] = [];
@@ -223,6 +224,16 @@ async function chunkInto(
   const pending = new Set<Promise<void>>();
   let failed: unknown;
   let last = 0;
+  // The read buffer of the chunks being accounted. Chunks are accounted in file order, and
+  // each one's bytes are hashed and copied (or compressed) by then: once a chunk of a later
+  // buffer comes, nothing uses the earlier one and the chunker may read into it again.
+  let current: SharedArrayBuffer | undefined;
+  const recycle = (raw: RawChunk | undefined) => {
+    const sab = raw?.data.buffer instanceof SharedArrayBuffer ? raw.data.buffer : undefined;
+    if (raw && !sab) return; // a copy (spanning two reads): says nothing of the buffers
+    if (current && sab !== current) readBuffers.giveBack(current);
+    current = sab;
+  };
   // one hashed chunk, in file order
   const account = async (raw: RawChunk, sha: string) => {
     const chunk: Chunk = { offset: raw.offset, length: raw.data.length, sha256: sha, csize: 0 };
@@ -256,6 +267,7 @@ async function chunkInto(
       )
       .finally(() => pending.delete(done));
     pending.add(done);
+    recycle(raw);
     if (pending.size >= IN_FLIGHT) await Promise.race(pending);
     progress(raw.offset + raw.data.length - last);
     last = raw.offset + raw.data.length;
@@ -285,7 +297,7 @@ async function chunkInto(
       for (let i = 0; i < b.raws.length && !failed; i++) await account(b.raws[i], shas[i]);
     }
   };
-  for await (const raw of chunkFile(path, opts, { shared: pool !== undefined })) {
+  for await (const raw of chunkFile(path, opts, { shared: pool !== undefined && readBuffers })) {
     if (failed) break;
     whole?.update(raw.data);
     batch.push(raw);
@@ -298,6 +310,7 @@ async function chunkInto(
   await drain(0);
   await Promise.all(pending);
   if (failed) throw failed;
+  recycle(undefined);
   progress(size - last);
   stats.apparent += size;
   return whole ? { size, sha256: whole.digest('hex'), chunks } : { size, chunks };
@@ -328,9 +341,11 @@ export async function createPackage(opts: CreatePackageOptions): Promise<Created
           const compressed = compressChunk(raw, level);
           return { csize: compressed.length, isNew: await store.put(sha, compressed, { fsync: false }) };
         };
-    const image = await chunkInto(opts.imagePath, opts.chunking ?? IMAGE_CHUNKING, store, stats, stored, storeNew, progress, workers);
-    const kernel = await chunkInto(opts.kernelPath, FILE_CHUNKING, store, stats, stored, storeNew, progress, workers);
-    const initrd = opts.initrdPath ? await chunkInto(opts.initrdPath, FILE_CHUNKING, store, stats, stored, storeNew, progress, workers) : null;
+    const readBuffers = new SharedReadBuffers();
+    const chunk = (path: string, chunking: ChunkerOptions) => chunkInto(path, chunking, store, stats, stored, storeNew, progress, workers, readBuffers);
+    const image = await chunk(opts.imagePath, opts.chunking ?? IMAGE_CHUNKING);
+    const kernel = await chunk(opts.kernelPath, FILE_CHUNKING);
+    const initrd = opts.initrdPath ? await chunk(opts.initrdPath, FILE_CHUNKING) : null;
     const candidate = { ...opts.manifest, image: { ...opts.manifest.image, ...image }, kernel, initrd };
     // Validate what we are about to sign: a builder bug must not produce a package no client accepts.
     const checked = ManifestSchema.safeParse(candidate);

@@ -114,9 +114,12 @@ async function refBlob(path: string, opts: ChunkerOptions, seen: Map<string, num
  * An image that exercises every branch: incompressible and compressible data, zero runs
  * of every length (1 block, a few, many), blocks repeated within the image, a zero run
  * and a chunk crossing the 8 MiB read-buffer boundary, a last partial block in the files.
+ * Past 20 MiB, data crossing four more read buffers: createPackage accounts chunks (and
+ * hands read buffers back to the chunker) only some batches behind the chunker, so a
+ * buffer handed back too early would be read into while its chunks are still in use.
  */
 function testImage(): Buffer {
-  const size = 20 * 1024 * 1024;
+  const size = 60 * 1024 * 1024;
   const buf = seeded('equivalence', size);
   const text = Buffer.from('loopship '.repeat(1000));
   for (let off = 1 * 1024 * 1024; off < 2 * 1024 * 1024; off += text.length) text.copy(buf, off);
@@ -126,7 +129,8 @@ function testImage(): Buffer {
   for (let k = 1; k <= 5; k++) rep.copy(buf, 12 * 1024 * 1024 + k * 300 * BLOCK);
   buf.fill(0, 8 * 1024 * 1024 - 2 * BLOCK, 8 * 1024 * 1024 + 3 * BLOCK);
   buf.fill(0, 16 * 1024 * 1024 - BLOCK, 16 * 1024 * 1024); // a zero block ending a read buffer
-  buf.fill(0, 18 * 1024 * 1024, size); // the tail: a long hole
+  buf.fill(0, 18 * 1024 * 1024, 20 * 1024 * 1024); // a long hole
+  buf.fill(0, 58 * 1024 * 1024, size); // the tail: a hole
   return buf;
 }
 
