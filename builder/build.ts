@@ -2,7 +2,7 @@
 // package (tar, or chunks straight into a repository). A list of stages, each timed and
 // reported; the outside world (programs, clock, environment, key material) comes in
 // through the options so tests can drive every failure path.
-import { access, constants, mkdtemp, mkdir, readFile, rm, stat } from 'node:fs/promises';
+import { access, constants, mkdtemp, mkdir, readFile, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createPackage, RepositoryWriter, SPEC_VERSION, LoopshipError, sha256Hex, type Manifest, type PackageStats, type PublishResult } from '../format/index.js';
@@ -294,7 +294,10 @@ async function removeTree(dir: string, exec: Exec): Promise<void> {
   await unmountAll(dir, exec);
   const left = await mountsUnder(dir);
   if (left.length) throw new LoopshipError('IO', `refusing to delete ${dir}: still mounted: ${left.join(', ')}`);
-  await rm(dir, { recursive: true, force: true });
+  // rm(1), not fs.rm: Node deletes a tree as one thread-pool job per file, and the
+  // package stage's reads queued behind thousands of them (warm package stage ~1 s slower
+  // while the root was being deleted)
+  await exec('rm', ['-rf', '--one-file-system', '--', dir], { stage: 'cleanup (scratch tree)' });
 }
 
 async function assertRepository(dir: string): Promise<void> {

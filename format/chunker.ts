@@ -51,11 +51,28 @@ function fullBlockFingerprint(words: Uint32Array, w: number): number {
 }
 const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
 
-// All-zero test by memcmp against a zero block (native): most of an image's holes are
-// zero blocks, and a JS loop over them cost more than everything else in the chunker.
-const ZERO_BLOCK = Buffer.alloc(BLOCK_SIZE);
+// All-zero test by memcmp against zeros (native): most of an image's holes are zero
+// blocks, and a JS loop over them cost more than everything else in the chunker. The call
+// itself costs about as much as comparing a block, so a block whose sampled words are not
+// all zero (most data blocks) is known at once, and a zero block is followed by one
+// compare over as many of the next blocks as ZERO_SPAN holds (a hole is skipped in spans).
+const ZERO_SPAN = Buffer.alloc(64 * BLOCK_SIZE);
 function isZero(buf: Buffer, pos: number, len: number): boolean {
-  return buf.compare(ZERO_BLOCK, 0, len, pos, pos + len) === 0;
+  return buf.compare(ZERO_SPAN, 0, len, pos, pos + len) === 0;
+}
+function sampledWordsZero(words: Uint32Array, w: number): boolean {
+  for (let k = 0; k < 16; k++) if (words[w + k * WORD_STEP] !== 0) return false;
+  return true;
+}
+/** End of the run of zero bytes starting at `pos` (a zero block), checked a span at a time. */
+function zeroRunEnd(buf: Buffer, pos: number, got: number): number {
+  let end = pos;
+  while (end < got) {
+    const span = Math.min(ZERO_SPAN.length, got - end);
+    if (!isZero(buf, end, span)) break;
+    end += span;
+  }
+  return end;
 }
 
 /**
@@ -120,19 +137,23 @@ export async function* chunkFile(path: string, opts: ChunkerOptions, read: { sha
       };
       for (let pos = 0; pos < got; pos += BLOCK_SIZE) {
         const len = Math.min(BLOCK_SIZE, got - pos);
-        if (opts.skipZeroBlocks && isZero(buf, pos, len)) {
+        const full = words !== undefined && len === BLOCK_SIZE;
+        if (opts.skipZeroBlocks && (!full || sampledWordsZero(words, pos >>> 2)) && isZero(buf, pos, len)) {
           take(pos);
           const c = flush();
           if (c) yield c;
-          runStart = pos + len;
+          // the zero blocks after this one, as far as whole spans reach (a partial span
+          // that is not all zero is left to the blocks' own tests)
+          const end = zeroRunEnd(buf, pos + len, got);
+          runStart = end;
+          pos = end - BLOCK_SIZE;
           continue;
         }
         if (pendingBlocks === 0) pendingStart = fileOffset + pos;
         pendingBlocks++;
         const cut =
           pendingBlocks >= opts.maxBlocks ||
-          (pendingBlocks >= opts.minBlocks &&
-            (words && len === BLOCK_SIZE ? fullBlockFingerprint(words, pos >>> 2) : blockFingerprint(buf, pos, len)) % opts.divisor === 0);
+          (pendingBlocks >= opts.minBlocks && (full ? fullBlockFingerprint(words, pos >>> 2) : blockFingerprint(buf, pos, len)) % opts.divisor === 0);
         if (cut) {
           take(pos + len);
           const c = flush();
