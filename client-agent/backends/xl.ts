@@ -271,7 +271,28 @@ export class XlBackend implements Backend {
 
   private async destroyLeftOver(name: string, state: string): Promise<void> {
     this.log(`domain ${name} is left over (${state}): destroying it`);
-    await run(this.exec, this.xl, ['destroy', name]);
+    await this.destroy(name);
+  }
+
+  /**
+   * `xl destroy`, for a domain that must go. The xl process that created a domain destroys
+   * it when the guest shuts down (on_poweroff), and a destroy of ours at that moment fails
+   * ("Unable to destroy guest ... rc=-15", seen on real Xen after `xl shutdown -w`) while
+   * theirs succeeds: a domain gone now, or within a few seconds, is destroyed either way.
+   */
+  private async destroy(name: string): Promise<void> {
+    try {
+      await run(this.exec, this.xl, ['destroy', name]);
+    } catch (err) {
+      for (let check = 0; check < 5; check++) {
+        if ((await this.domain(name)) === null) {
+          this.log(`xl destroy ${name} failed, but the domain is gone (destroyed by the xl that created it): ${(err as Error).message}`);
+          return;
+        }
+        await this.sleep(2000);
+      }
+      throw err;
+    }
   }
 
   async stop(name: string, opts: { timeoutMs?: number } = {}): Promise<void> {
@@ -284,7 +305,7 @@ export class XlBackend implements Backend {
     // and so is one that shut down but stays listed (no xl process left to apply on_poweroff:
     // a start after it would otherwise find "tiny is already running", seen on real Xen)
     await this.exec(this.xl, ['shutdown', '-w', name], { timeoutMs }).catch(() => undefined);
-    if ((await this.domain(name)) !== null) await run(this.exec, this.xl, ['destroy', name]);
+    if ((await this.domain(name)) !== null) await this.destroy(name);
   }
 
   consoleLog(name: string): string {

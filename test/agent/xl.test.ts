@@ -136,6 +136,28 @@ test.serial('a domain that shut down but stays listed (no xl left to apply on_po
   t.true(await backend.isRunning('sbc'));
 });
 
+test.serial('a destroy that loses the race with the xl that created the domain is not a failure; one that leaves the domain is', async (t) => {
+  const { dir, spec, backend, calls, sleeps } = await setup(t);
+  await mkdir(join(dir, 'xlstate'), { recursive: true });
+  await writeFile(join(dir, 'xlstate', 'linger'), '');
+  await backend.start(spec);
+  // the guest shuts down, stays listed for a moment; our destroy fails while theirs removes it
+  await writeFile(join(dir, 'xlstate', 'destroy-race'), '');
+  await backend.stop('sbc');
+  t.false(await backend.isRunning('sbc'));
+  t.is((await calls()).filter((a) => a[0] === 'destroy').length, 1);
+  t.deepEqual(sleeps.filter((ms) => ms === 2000), [], 'gone at the first look: no waiting');
+
+  // a destroy that fails and leaves the domain: stop fails with xl's own words, after a few looks
+  await rm(join(dir, 'xlstate', 'destroy-race'));
+  await backend.start(spec);
+  await writeFile(join(dir, 'xlstate', 'destroy-stuck'), '');
+  const err = await t.throwsAsync(backend.stop('sbc'));
+  t.regex(err!.message, /xl destroy sbc failed .*Unable to destroy guest/s);
+  t.is(sleeps.filter((ms) => ms === 2000).length, 5);
+  t.true(existsSync(join(dir, 'xlstate', 'dom-sbc')), 'the domain is still there');
+});
+
 test.serial('a toolstack that never answers is a clear error, after the timeout, without xl create', async (t) => {
   const { dir, spec, calls } = await setup(t);
   await mkdir(join(dir, 'xlstate'), { recursive: true });
