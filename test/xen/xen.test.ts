@@ -300,8 +300,10 @@ xtest('upgrade switches to the next version, booted as a PV domU, and it becomes
 xtest('a version that powers off before it is ready is rolled back: the previous one runs again', (t) => {
   const s = step('04-upgrade-broken');
   t.not(s.rc, 0, 'an upgrade that rolled back must exit non-zero');
-  const results = s.json as { name: string; status: string; from: string; to: string }[] | null;
-  t.like(results?.[0], { name: APP, status: 'rolled-back', from: V2.version, to: VBAD.version }, s.stdout);
+  // a failed upgrade prints its per-appliance results beside the error (client-agent/cli.ts)
+  const out = s.json as { results: { name: string; status: string; from: string; to: string }[]; error: { message: string } } | null;
+  t.like(out?.results?.[0], { name: APP, status: 'rolled-back', from: V2.version, to: VBAD.version }, s.stdout);
+  t.regex(out?.error.message ?? '', new RegExp(`health check failed \\(stopped\\), rolled back to ${V2.version.replace(/\./g, '\\.')}`));
   t.is(s.current, V2.version);
   t.true(s.xlList.some((r) => r.name === APP), 'the old version runs again after the rollback');
   t.true(cfgList(s.xlCfg?.disk)[0]?.includes(`/${V2.version}/`), 'the config points at the old version again');
