@@ -275,23 +275,29 @@ export class XlBackend implements Backend {
   }
 
   /**
-   * `xl destroy`, for a domain that must go. The xl process that created a domain destroys
-   * it when the guest shuts down (on_poweroff), and a destroy of ours at that moment fails
-   * ("Unable to destroy guest ... rc=-15", seen on real Xen after `xl shutdown -w`) while
-   * theirs succeeds: a domain gone now, or within a few seconds, is destroyed either way.
+   * Whether the domain leaves the list within 10 s (5 looks, 2 s apart). The xl process
+   * that created a domain destroys it once the guest shuts down (on_poweroff); under
+   * emulation that takes seconds, and the domain stays listed meanwhile.
+   */
+  private async gone(name: string): Promise<boolean> {
+    for (let look = 0; look < 5; look++) {
+      await this.sleep(2000);
+      if ((await this.domain(name)) === null) return true;
+    }
+    return false;
+  }
+
+  /**
+   * `xl destroy`, for a domain that must go. A destroy racing the creating xl's own fails
+   * ("Unable to destroy guest ... rc=-15", seen on real Xen) while theirs succeeds: a
+   * domain gone now, or soon after, is destroyed either way.
    */
   private async destroy(name: string): Promise<void> {
     try {
       await run(this.exec, this.xl, ['destroy', name]);
     } catch (err) {
-      for (let check = 0; check < 5; check++) {
-        if ((await this.domain(name)) === null) {
-          this.log(`xl destroy ${name} failed, but the domain is gone (destroyed by the xl that created it): ${(err as Error).message}`);
-          return;
-        }
-        await this.sleep(2000);
-      }
-      throw err;
+      if ((await this.domain(name)) !== null && !(await this.gone(name))) throw err;
+      this.log(`xl destroy ${name} failed, but the domain is gone (destroyed by the xl that created it): ${(err as Error).message}`);
     }
   }
 
@@ -301,11 +307,15 @@ export class XlBackend implements Backend {
     if (!d) return;
     if (leftOver(d.state)) return this.destroyLeftOver(name, d.state);
     const timeoutMs = opts.timeoutMs ?? 120_000;
-    // -w waits for the guest to finish shutting down; a guest that ignores it is destroyed,
-    // and so is one that shut down but stays listed (no xl process left to apply on_poweroff:
-    // a start after it would otherwise find "tiny is already running", seen on real Xen)
+    // -w waits for the guest to finish shutting down; a guest that ignores it is destroyed.
+    // One that shut down is usually being destroyed by the xl that created it at this very
+    // moment (real Xen, every stop of run 7): wait for that rather than race it. Destroyed
+    // only if it stays listed (no xl process left to apply on_poweroff: a start after it
+    // would otherwise find "tiny is already running", seen on real Xen).
     await this.exec(this.xl, ['shutdown', '-w', name], { timeoutMs }).catch(() => undefined);
-    if ((await this.domain(name)) !== null) await this.destroy(name);
+    const after = await this.domain(name);
+    if (after === null || (leftOver(after.state) && (await this.gone(name)))) return;
+    await this.destroy(name);
   }
 
   consoleLog(name: string): string {

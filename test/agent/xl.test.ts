@@ -50,9 +50,10 @@ async function setup(t: import('ava').ExecutionContext) {
   const sleeps: number[] = [];
   const consoleDir = process.env.FAKE_XL_CONSOLE_DIR;
   const procDir = await fakeProc(dir, ['--log=guest', `--log-dir=${consoleDir}`, '--pid-file', '/run/xenconsoled.pid']);
-  const backend = new XlBackend({ etcXen: join(dir, 'etc-xen'), consoleDir, procDir, sleep: async (ms) => { sleeps.push(ms); }, toolstackTimeoutMs: 60_000 });
+  const logged: string[] = [];
+  const backend = new XlBackend({ etcXen: join(dir, 'etc-xen'), consoleDir, procDir, sleep: async (ms) => { sleeps.push(ms); }, toolstackTimeoutMs: 60_000, log: (l) => logged.push(l) });
   const calls = async () => (await readFile(join(dir, 'xlstate', 'calls.log'), 'utf8').catch(() => '')).trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as string[]);
-  return { dir, spec, backend, sleeps, calls, consoleDir, procDir };
+  return { dir, spec, backend, sleeps, calls, consoleDir, procDir, logged };
 }
 
 test.serial('the generated config follows xl.cfg syntax and says what the spec says', async (t) => {
@@ -136,17 +137,30 @@ test.serial('a domain that shut down but stays listed (no xl left to apply on_po
   t.true(await backend.isRunning('sbc'));
 });
 
-test.serial('a destroy that loses the race with the xl that created the domain is not a failure; one that leaves the domain is', async (t) => {
+test.serial('stop waits for the xl that created the domain to destroy it after the shutdown, instead of racing it', async (t) => {
   const { dir, spec, backend, calls, sleeps } = await setup(t);
   await mkdir(join(dir, 'xlstate'), { recursive: true });
-  await writeFile(join(dir, 'xlstate', 'linger'), '');
+  await writeFile(join(dir, 'xlstate', 'slow-cleanup'), '');
   await backend.start(spec);
-  // the guest shuts down, stays listed for a moment; our destroy fails while theirs removes it
+  await backend.stop('sbc');
+  t.false(await backend.isRunning('sbc'));
+  t.false(existsSync(join(dir, 'xlstate', 'dom-sbc')));
+  t.deepEqual((await calls()).filter((a) => a[0] === 'destroy'), [], 'no destroy of ours: the creating xl did it');
+  t.deepEqual(sleeps.filter((ms) => ms === 2000), [2000, 2000], 'looked again until the domain left the list');
+});
+
+test.serial('a destroy that loses the race with the xl that created the domain is not a failure; one that leaves the domain is', async (t) => {
+  const { dir, spec, backend, calls, sleeps, logged } = await setup(t);
+  await mkdir(join(dir, 'xlstate'), { recursive: true });
+  await backend.start(spec);
+  // the guest ignores the shutdown and is destroyed; ours fails while the creating xl's removes it
+  await writeFile(join(dir, 'xlstate', 'ignore-shutdown'), '');
   await writeFile(join(dir, 'xlstate', 'destroy-race'), '');
   await backend.stop('sbc');
   t.false(await backend.isRunning('sbc'));
   t.is((await calls()).filter((a) => a[0] === 'destroy').length, 1);
   t.deepEqual(sleeps.filter((ms) => ms === 2000), [], 'gone at the first look: no waiting');
+  t.true(logged.some((l) => /^xl destroy sbc failed, but the domain is gone .*Unable to destroy guest/.test(l)), logged.join('\n'));
 
   // a destroy that fails and leaves the domain: stop fails with xl's own words, after a few looks
   await rm(join(dir, 'xlstate', 'destroy-race'));
