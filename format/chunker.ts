@@ -90,9 +90,9 @@ export class SharedReadBuffers {
     return Buffer.from(sab, 0, size);
   }
 
-  /** The caller promises that no view of `sab` is used any more. */
+  /** `sab` must come from take(), and no view of it be used any more. */
   giveBack(sab: SharedArrayBuffer): void {
-    if (sab.byteLength === READ_SIZE && this.free.length < this.keep && !this.free.includes(sab)) this.free.push(sab);
+    if (this.free.length < this.keep) this.free.push(sab);
   }
 }
 
@@ -100,11 +100,12 @@ export class SharedReadBuffers {
  * Yields the chunks of a file in order. Memory stays bounded: one read buffer plus the
  * chunk being assembled (at most maxBlocks * 4 KiB), plus the read buffers of chunks a
  * consumer still holds. Chunks are views, not copies: each read gets a buffer no chunk
- * still uses (shared memory with `shared`, taken from `shared` when it is a pool; a chunk
- * that spans two reads is a copy, never shared). A consumer that gives a buffer back must
- * have seen a later read's chunk first: from then on the chunker holds nothing of it.
+ * still uses (shared memory from `buffers` when given, so worker threads can hash the views
+ * without a copy; a chunk that spans two reads is a copy, never shared). A consumer that
+ * gives a buffer back must have seen a later read's chunk first: from then on the chunker
+ * holds nothing of it.
  */
-export async function* chunkFile(path: string, opts: ChunkerOptions, read: { shared?: boolean | SharedReadBuffers } = {}): AsyncGenerator<RawChunk> {
+export async function* chunkFile(path: string, opts: ChunkerOptions, read: { buffers?: SharedReadBuffers } = {}): AsyncGenerator<RawChunk> {
   const fh = await open(path, 'r');
   try {
     const size = (await fh.stat()).size;
@@ -121,8 +122,7 @@ export async function* chunkFile(path: string, opts: ChunkerOptions, read: { sha
     let fileOffset = 0;
     while (fileOffset < size) {
       const want = Math.min(READ_SIZE, size - fileOffset);
-      // shared: worker threads can hash the chunks (views) without a copy
-      const buf = read.shared instanceof SharedReadBuffers ? read.shared.take(want) : read.shared ? Buffer.from(new SharedArrayBuffer(want)) : Buffer.allocUnsafe(want);
+      const buf = read.buffers ? read.buffers.take(want) : Buffer.allocUnsafe(want);
       let got = 0;
       while (got < want) {
         const { bytesRead } = await fh.read(buf, got, want - got, fileOffset + got);

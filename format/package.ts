@@ -297,7 +297,7 @@ async function chunkInto(
       for (let i = 0; i < b.raws.length && !failed; i++) await account(b.raws[i], shas[i]);
     }
   };
-  for await (const raw of chunkFile(path, opts, { shared: pool !== undefined && readBuffers })) {
+  for await (const raw of chunkFile(path, opts, { buffers: pool && readBuffers })) {
     if (failed) break;
     whole?.update(raw.data);
     batch.push(raw);
