@@ -2,8 +2,9 @@
 // package (tar, or chunks straight into a repository). A list of stages, each timed and
 // reported; the outside world (programs, clock, environment, key material) comes in
 // through the options so tests can drive every failure path.
-import { access, constants, mkdtemp, mkdir, readFile, stat } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
+import { access, constants, mkdtemp, mkdir, readFile, rm, stat } from 'node:fs/promises';
+import { rmSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createPackage, RepositoryWriter, SPEC_VERSION, LoopshipError, sha256Hex, type Manifest, type PackageStats, type PublishResult } from '../format/index.js';
 import type { PrivateKey } from '../keys/index.js';
@@ -13,7 +14,8 @@ import { guardDirectory, mountsUnder, unmountAll } from './chroot.js';
 import { resolveMirror } from './apt-sources.js';
 import { loadRecipe, kernelCmdline, type LoadedRecipe } from './recipe.js';
 import { baseRoot, customizeRoot, cleanRoot, clampAndMeasure, installedPackages, archiveDate } from './rootfs.js';
-import { makeImage, extractBootFiles, imageUuid } from './image.js';
+import { makeImage, extractBootFiles, imageUuid, imageSize } from './image.js';
+import { DEFAULT_MEMORY_DIR, fitsInMemory, memoryFacts } from './image-scratch.js';
 
 export type StageName = 'recipe' | 'bootstrap' | 'customize' | 'cleanup' | 'image' | 'package' | 'publish';
 
@@ -37,6 +39,12 @@ export interface BuildOptions {
   workDir?: string;
   /** keep the scratch directory (root tree and image) instead of deleting it */
   keepWork?: boolean;
+  /**
+   * where the image file is made when the work directory is not kept (with keepWork it
+   * stays in the work directory): default /dev/shm when the image fits in memory
+   * (image-scratch.ts), else the work directory
+   */
+  imageDir?: string;
   cacheDir?: string;
   noCache?: boolean;
   mirror?: string;
@@ -59,7 +67,8 @@ export interface BuildResult {
   sourceDateEpoch: number;
   bootstrap: 'cache' | 'debootstrap';
   workDir: string | null;
-  image: { path: string | null; size: number; fsBytes: number; files: number };
+  /** madeIn: the directory mkfs wrote the image in (memory or the work directory) */
+  image: { path: string | null; size: number; fsBytes: number; files: number; madeIn: string };
   kernel: { path: string | null; version: string };
   initrd: { path: string | null };
   packages: { name: string; version: string }[];
@@ -155,6 +164,12 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
   let keepWork = !!opts.keepWork || opts.output.kind === 'image';
   const unguard = guardDirectory(work, exec);
   let rootRemoval: Promise<void> | undefined;
+  // a scratch image outside the work directory (in memory): removed in finally, or at
+  // exit when a signal ends the build (its memory is the host's, not a disk's)
+  let imageScratch: string | null = null;
+  const dropImageScratch = () => {
+    if (imageScratch) rmSync(imageScratch, { recursive: true, force: true });
+  };
   try {
     const from = await stage(
       'bootstrap',
@@ -173,12 +188,20 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
       return { packages, tree };
     }, (r) => `${r.packages.length} packages, ${r.tree.files} files, ${(r.tree.bytes / 2 ** 20).toFixed(0)} MiB`);
 
-    const imagePath = join(outDir, 'disk.img');
+    let imagePath = join(outDir, 'disk.img');
     const { img, boot } = await stage('image', async () => {
       const boot = await extractBootFiles(root, outDir);
+      if (!keepWork) {
+        const dir = opts.imageDir ?? (fitsInMemory(imageSize(recipe, tree), await memoryFacts()) ? DEFAULT_MEMORY_DIR : null);
+        if (dir) {
+          process.on('exit', dropImageScratch);
+          imageScratch = await mkdtemp(join(resolve(dir), `loopship-image-${recipe.name}-`));
+          imagePath = join(imageScratch, 'disk.img');
+        }
+      }
       const img = await makeImage({ root, out: imagePath, recipe, tree, uuid, sourceDateEpoch: epoch, exec });
       return { img, boot };
-    }, (r) => `${(r.img.size / 2 ** 20).toFixed(0)} MiB ext4, kernel ${r.boot.kernelVersion}`);
+    }, (r) => `${(r.img.size / 2 ** 20).toFixed(0)} MiB ext4${imageScratch ? ` (made in ${dirname(imageScratch)})` : ''}, kernel ${r.boot.kernelVersion}`);
     // The root tree is big and no longer needed once the image exists. Deleting thousands of
     // files waits on the disk (seconds on a busy one), so it runs while the package is made
     // (CPU-bound) and is awaited before the build returns.
@@ -195,7 +218,7 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
       sourceDateEpoch: epoch,
       bootstrap: from,
       workDir: work,
-      image: { path: imagePath, size: img.size, fsBytes: tree.blockBytes, files: tree.files },
+      image: { path: imagePath, size: img.size, fsBytes: tree.blockBytes, files: tree.files, madeIn: imageScratch ? dirname(imageScratch) : outDir },
       kernel: { path: boot.kernel, version: boot.kernelVersion },
       initrd: { path: boot.initrd },
       packages,
@@ -257,6 +280,8 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
   } finally {
     try {
       await rootRemoval?.catch(() => undefined); // never two deletions of one tree at once
+      process.off('exit', dropImageScratch);
+      if (imageScratch) await rm(imageScratch, { recursive: true, force: true });
       if (!keepWork) await removeTree(work, exec);
       else await unmountAll(work, exec);
     } finally {

@@ -23,6 +23,7 @@ interface BuildCliOptions {
   cache: boolean;
   workDir?: string;
   keepWork?: boolean;
+  imageDir?: string;
   zstdLevel?: number;
   json?: boolean;
 }
@@ -95,7 +96,7 @@ export function summary(r: BuildResult): Record<string, unknown> {
     recipe_digest: r.recipeDigest,
     manifest_sha256: r.manifestSha256,
     bootstrap: r.bootstrap,
-    image: { apparent: r.image.size, content: r.image.fsBytes, files: r.image.files, uuid: r.uuid, path: r.image.path },
+    image: { apparent: r.image.size, content: r.image.fsBytes, files: r.image.files, uuid: r.uuid, path: r.image.path, made_in: r.image.madeIn },
     kernel: r.kernel,
     initrd: r.initrd,
     cmdline: r.cmdline,
@@ -149,6 +150,7 @@ export function register(program: Command): void {
     .option('--no-cache', 'neither use nor fill the bootstrap cache (a clean build)')
     .option('--work-dir <dir>', 'where the scratch directory is created (default /var/tmp)')
     .option('--keep-work', 'keep the scratch directory (image, kernel, initrd) after the build')
+    .option('--image-dir <dir>', 'where the image file is made when not kept (default: /dev/shm when the image fits in memory, else the work directory)')
     .option('--zstd-level <n>', 'zstd level for chunks (higher: smaller, slower)', (v) => {
       const n = Number(v);
       if (!Number.isInteger(n) || n < 1 || n > 19) throw new UsageError(`--zstd-level must be an integer from 1 to 19, got ${v}`);
@@ -186,6 +188,7 @@ Examples:
           noCache: !o.cache,
           workDir: o.workDir,
           keepWork: o.keepWork,
+          imageDir: o.imageDir,
           zstdLevel: o.zstdLevel,
           reporter,
         });

@@ -5,7 +5,7 @@
 // Slow (real debootstrap builds, real TCG boots): skipped with LOOPSHIP_FAST=1.
 import test from 'ava';
 import { execa } from 'execa';
-import { cp, mkdir, mkdtemp, readFile, writeFile, rm } from 'node:fs/promises';
+import { cp, mkdir, mkdtemp, readFile, readdir, writeFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parse, stringify } from 'yaml';
 import net from 'node:net';
@@ -84,8 +84,8 @@ async function loopDevicesUnder(dir: string): Promise<string[]> {
   t.teardown(() => void server.kill('SIGTERM'));
   await waitFor(async () => (await fetch(`${url}/index.json`)).ok, 30_000, 'repo server');
 
-  const buildAndPublish = async (recipe: string, out: string) => {
-    const b = await must(loopship(['build', recipe, '--keys', keys, '--out', out, '--json']), `build ${recipe}`);
+  const buildAndPublish = async (recipe: string, out: string, extra: string[] = []) => {
+    const b = await must(loopship(['build', recipe, '--keys', keys, '--out', out, '--json', ...extra]), `build ${recipe}`);
     const summary = JSON.parse(b.stdout);
     await must(loopship(['publish', out, '--server', url, '--token', token, '--channel', 'stable', '--json']), `publish ${out}`);
     return summary;
@@ -107,7 +107,12 @@ async function loopDevicesUnder(dir: string): Promise<string[]> {
   t.regex(await readFile(consoleLog, 'utf8'), /LOOPSHIP-READY hostname=e2e-branch-01 version=1\.0\.0/);
 
   // v2 (+ one package): the upgrade fetches exactly the chunks v1 does not have.
-  await buildAndPublish(v2, join(work, 'v2.tar'));
+  // the image made where --image-dir says (by default /dev/shm when it fits in memory), and gone after
+  const imageDir = join(work, 'image-scratch');
+  await mkdir(imageDir);
+  const b2 = await buildAndPublish(v2, join(work, 'v2.tar'), ['--image-dir', imageDir]);
+  t.is(b2.image.made_in, imageDir);
+  t.deepEqual(await readdir(imageDir), [], 'the scratch image is deleted after the build');
   const idx = JSON.parse(await readFile(join(repo, 'index.json'), 'utf8'));
   const man = async (v: string): Promise<Manifest> => JSON.parse(await readFile(join(repo, 'manifests', `${idx.images.tiny.versions[v].manifest}.json`), 'utf8'));
   const m1 = await man('1.0.0');
