@@ -1,5 +1,6 @@
-// `npm run test:xen`: the real-Xen acceptance suite (test/xen), kept out of `npm test`
-// because it boots Xen + dom0 + domUs under TCG (45-70 min on a busy 2-core machine).
+// The real-Xen acceptance suite (test/xen): the second half of `npm test`, after the main
+// suite (never beside it: it boots Xen + dom0 + domUs under TCG on the same 2 cores, ~25 min
+// quiet, 45-70 min on a busy machine). `npm run test:xen` runs it alone.
 export default {
   extensions: { ts: 'module' },
   nodeArguments: ['--import=tsx'],

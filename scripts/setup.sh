@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 DEBIAN_PACKAGES=(
   debootstrap e2fsprogs zstd util-linux mount gnupg   # build, image, sign, loop-mount
   eatmydata                                           # builder: apt in the scratch chroot without fsyncs (optional, faster)
-  qemu-system-x86                                     # the agent's qemu backend, boot tests
+  qemu-system-x86                                     # the agent's qemu backend, boot tests, the emulated Xen host
+  qemu-utils                                          # qemu-img: the Xen test's throw-away dom0 layer (only Recommended by qemu-system-x86)
   chromium                                            # dashboard test in a real browser
   curl nginx-light                                    # benchmarks: the plain pipeline and nginx as peers
   build-essential python3                             # node-gyp: loopship serve's optional sendfile addon

@@ -98,7 +98,7 @@ cat /etc/xen/scripts/* /usr/sbin/losetup /usr/bin/logger /usr/bin/xenstore* /usr
 # QEMU 7.2's nested SVM kills PVH guests in about half of their boots (README: Pitfalls):
 # a triple fault in xl dmesg, or a kernel panic in the guest's exception entry; xl brings
 # the domain up again and the agent reports 'restarted' (or 'stopped', when it looked in
-# between). Only then, the boot is tried again with `start` (at most 3 times); each failed
+# between). Only then, the boot is tried again with `start` (at most 5 times); each failed
 # attempt is kept as 02-install.attemptN with the evidence, which the test checks.
 xl dmesg -c >/dev/null 2>&1
 emulator_fault() { # dir: the failed step's evidence
@@ -108,7 +108,7 @@ emulator_fault() { # dir: the failed step's evidence
 }
 rc=0; agent 02-install install "$APP" --set "hostname=$GUEST_HOSTNAME" || rc=$?
 n=0
-while [ "$rc" != 0 ] && [ $n -lt 3 ] && emulator_fault "$OUT/02-install"; do
+while [ "$rc" != 0 ] && [ $n -lt 5 ] && emulator_fault "$OUT/02-install"; do
   n=$((n + 1))
   say "02-install: the emulator killed the PVH guest (attempt $n), booting it again"
   rm -rf "$OUT/02-install.attempt$n"; mv "$OUT/02-install" "$OUT/02-install.attempt$n"

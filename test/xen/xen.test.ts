@@ -28,7 +28,7 @@ const XEN_CACHE = process.env.LOOPSHIP_XEN_CACHE ?? '/var/cache/loopship/xen';
 function skipReason(): string | null {
   if (process.env.LOOPSHIP_FAST) return 'LOOPSHIP_FAST is set';
   if (process.getuid?.() !== 0) return 'needs root (debootstrap, loop devices)';
-  for (const bin of ['/usr/bin/qemu-system-x86_64', '/usr/sbin/debootstrap']) if (!existsSync(bin)) return `${bin} is missing`;
+  for (const bin of ['/usr/bin/qemu-system-x86_64', '/usr/bin/qemu-img', '/usr/sbin/debootstrap']) if (!existsSync(bin)) return `${bin} is missing`;
   if (!existsSync(CLI)) return 'dist/ is not built (npm run build)';
   return null;
 }
