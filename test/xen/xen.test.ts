@@ -25,7 +25,12 @@ const GUEST_HOSTNAME = 'tiny-on-xen';
 const MARKER = 'LOOPSHIP-READY';
 const XEN_CACHE = process.env.LOOPSHIP_XEN_CACHE ?? '/var/cache/loopship/xen';
 
+// LOOPSHIP_XEN_REPLAY=DIR: assert against a kept run's work directory (LOOPSHIP_KEEP=1)
+// instead of building and booting: a seconds-long check of the assertions themselves
+const REPLAY = process.env.LOOPSHIP_XEN_REPLAY;
+
 function skipReason(): string | null {
+  if (REPLAY) return existsSync(join(REPLAY, 'out')) ? null : `LOOPSHIP_XEN_REPLAY=${REPLAY} holds no out/ of a kept run`;
   if (process.env.LOOPSHIP_FAST) return 'LOOPSHIP_FAST is set';
   if (process.getuid?.() !== 0) return 'needs root (debootstrap, loop devices)';
   for (const bin of ['/usr/bin/qemu-system-x86_64', '/usr/bin/qemu-img', '/usr/sbin/debootstrap']) if (!existsSync(bin)) return `${bin} is missing`;
@@ -154,7 +159,35 @@ async function builtRepository(): Promise<{ dir: string; seconds: number[] }> {
   }
 }
 
-if (!skip) {
+type RunFacts = Pick<Run, 'buildSeconds' | 'hostSeconds' | 'hostExit' | 'promotions'>;
+
+/** What a run left in its work directory: the job's step evidence under out/, the facts the outer side saw. */
+function readRun(dir: string, facts: RunFacts): Run {
+  const out = join(dir, 'out');
+  const steps: Record<string, StepResult> = {};
+  for (const s of ['01-init', '02-install', '03-upgrade', '04-upgrade-broken', '05-stop', '05-stop-after']) steps[s] = readStep(out, s);
+  // PVH boots the emulator killed, each tried again by job.sh (README: Pitfalls)
+  for (let n = 1; existsSync(join(out, `02-install.attempt${n}`)); n++) steps[`02-install.attempt${n}`] = readStep(out, `02-install.attempt${n}`);
+  return { work: dir, out, serial: join(dir, 'serial.log'), ...facts, steps };
+}
+
+/** A kept run's facts: run.json, or for runs kept before it existed, what serial.log shows. */
+async function replayFacts(dir: string): Promise<RunFacts> {
+  const saved = await readFile(join(dir, 'run.json'), 'utf8').catch(() => null);
+  if (saved) return JSON.parse(saved) as RunFacts;
+  const serial = await readFile(join(dir, 'serial.log'), 'utf8');
+  const promotions = [...serial.matchAll(/XENJOB: .*WANT promote \S+ (\S+)/g)].map((m) => m[1]).filter((v, i, all) => all.indexOf(v) === i);
+  return { buildSeconds: [], hostSeconds: 0, hostExit: /XENJOB: \[[\d.]+\] done/.test(serial) ? 0 : -1, promotions };
+}
+
+if (!skip && REPLAY) {
+  test.before('replay a kept run', async () => {
+    run = readRun(REPLAY, await replayFacts(REPLAY));
+    progress(`replaying ${REPLAY}: host exit ${run.hostExit}, promotions ${run.promotions.join(', ')}`);
+  });
+}
+
+if (!skip && !REPLAY) {
   test.before('build tiny three times, serve it, run the agent in an emulated Xen dom0', async (t) => {
     t.timeout(120 * 60_000, 'the Xen acceptance run took more than 2 hours');
     work = await mkdtemp('/var/tmp/loopship-xen-test-');
@@ -200,11 +233,9 @@ if (!skip) {
     }
     await Promise.all(pending);
     const r = await host;
-    const steps: Record<string, StepResult> = {};
-    for (const s of ['01-init', '02-install', '03-upgrade', '04-upgrade-broken', '05-stop', '05-stop-after']) steps[s] = readStep(out, s);
-    // PVH boots the emulator killed, each tried again by job.sh (README: Pitfalls)
-    for (let n = 1; existsSync(join(out, `02-install.attempt${n}`)); n++) steps[`02-install.attempt${n}`] = readStep(out, `02-install.attempt${n}`);
-    run = { work, out, serial, buildSeconds, hostSeconds: (Date.now() - t0) / 1000, hostExit: r.exitCode ?? -1, promotions, steps };
+    const facts: RunFacts = { buildSeconds, hostSeconds: (Date.now() - t0) / 1000, hostExit: r.exitCode ?? -1, promotions };
+    await writeFile(join(work, 'run.json'), JSON.stringify(facts) + '\n');
+    run = readRun(work, facts);
     progress(`builds ${buildSeconds.map((s) => s.toFixed(0)).join('+')} s, emulated host ${run.hostSeconds.toFixed(0)} s, exit ${run.hostExit}`);
   });
 
