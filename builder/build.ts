@@ -256,6 +256,8 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
         }),
         (c) => `${c.stats.chunks} chunks, ${c.stats.newChunks} new, ${(c.stats.compressed / 2 ** 20).toFixed(1)} MiB compressed`,
       );
+      // the image is chunked: its memory goes back to the host before the publish stage
+      if (imageScratch) await rm(imageScratch, { recursive: true, force: true });
       result.manifest = created.manifest;
       result.manifestSha256 = sha256Hex(created.manifestBytes);
       result.stats = created.stats;
