@@ -73,6 +73,12 @@ await_stable() {
 
 mkdir -p "$OUT"
 say "job: $APP from $REPO_URL, hostname $GUEST_HOSTNAME"
+# how the agent got here: its Debian package (loopship-xen-job ran dpkg -i), as at a site
+mkdir -p "$OUT/00-agent"
+dpkg-query -W -f='${Package} ${Version} ${db:Status-Abbrev}\n' loopship-agent >"$OUT/00-agent/dpkg" 2>&1
+dpkg -S "$(command -v loopship-agent)" >"$OUT/00-agent/owner" 2>&1
+systemctl is-enabled loopship-agent.service >"$OUT/00-agent/unit-enabled" 2>&1
+loopship-agent --version >"$OUT/00-agent/version" 2>&1
 
 # 0. the repository server answers (node's fetch: no curl in dom0)
 t0=$SECONDS

@@ -9,7 +9,7 @@
 import test from 'ava';
 import { execa, type ResultPromise } from 'execa';
 import { cp, mkdir, mkdtemp, readFile, readdir, rename, rm, writeFile, copyFile } from 'node:fs/promises';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { createInterface } from 'node:readline';
 import { join, resolve } from 'node:path';
@@ -57,6 +57,10 @@ interface Run {
   hostSeconds: number;
   hostExit: number;
   promotions: string[];
+  /** the version of the agent's .deb given to dom0 */
+  debVersion?: string;
+  /** what job.sh found installed in dom0 (00-agent/) */
+  agent: { dpkg: string; owner: string; unitEnabled: string; version: string };
   steps: Record<string, StepResult>;
 }
 
@@ -159,7 +163,7 @@ async function builtRepository(): Promise<{ dir: string; seconds: number[] }> {
   }
 }
 
-type RunFacts = Pick<Run, 'buildSeconds' | 'hostSeconds' | 'hostExit' | 'promotions'>;
+type RunFacts = Pick<Run, 'buildSeconds' | 'hostSeconds' | 'hostExit' | 'promotions'> & { debVersion?: string };
 
 /** What a run left in its work directory: the job's step evidence under out/, the facts the outer side saw. */
 function readRun(dir: string, facts: RunFacts): Run {
@@ -168,7 +172,9 @@ function readRun(dir: string, facts: RunFacts): Run {
   for (const s of ['01-init', '02-install', '03-upgrade', '04-upgrade-broken', '05-stop', '05-stop-after']) steps[s] = readStep(out, s);
   // PVH boots the emulator killed, each tried again by job.sh (README: Pitfalls)
   for (let n = 1; existsSync(join(out, `02-install.attempt${n}`)); n++) steps[`02-install.attempt${n}`] = readStep(out, `02-install.attempt${n}`);
-  return { work: dir, out, serial: join(dir, 'serial.log'), ...facts, steps };
+  const agentFact = (f: string) => (existsSync(join(out, '00-agent', f)) ? readFileSync(join(out, '00-agent', f), 'utf8').trim() : '');
+  const agent = { dpkg: agentFact('dpkg'), owner: agentFact('owner'), unitEnabled: agentFact('unit-enabled'), version: agentFact('version') };
+  return { work: dir, out, serial: join(dir, 'serial.log'), ...facts, agent, steps };
 }
 
 /** A kept run's facts: run.json, or for runs kept before it existed, what serial.log shows. */
@@ -213,12 +219,18 @@ if (!skip && !REPLAY) {
     const env = { REPO_URL: `http://10.0.2.2:${port}`, ROOT_FPR: rootFpr, APP, GUEST_HOSTNAME, V2: V2.version, VBAD: VBAD.version, HEALTH_TIMEOUT };
     await writeFile(join(jobDir, 'job.env'), Object.entries(env).map(([k, v]) => `${k}='${v}'\n`).join(''));
 
+    // the agent as a site installs it: its Debian package, carrying Node.js (bookworm's is 18)
+    const debDir = join(work, 'deb');
+    await execa('bash', [join(PROJECT, 'packaging/build-deb.sh'), '--no-build', '--bundle-node', '--compress', 'zstd', '--out', debDir], { cwd: PROJECT });
+    const deb = join(debDir, (await readdir(debDir)).find((f) => f.endsWith('.deb'))!);
+    progress(`agent package ${deb}`);
+
     const promotions: string[] = [];
     const t0 = Date.now();
     // the whole emulated run (boot, five agent steps, a health timeout) outlasts xen-host.sh's
     // default hour under load; QEMU gets a higher priority than the machine's other work so
     // that Xen's hotplug scripts finish within libxl's fixed 40 s (README: Pitfalls)
-    const host = execa('bash', [HOST_SCRIPT, 'run', '--job', jobDir, '--out', out, '--serial-log', serial], { cwd: PROJECT, env: { XEN_TIMEOUT: process.env.XEN_TIMEOUT ?? '6600', XEN_NICE: process.env.XEN_NICE ?? '-5' }, reject: false, stdin: 'ignore', stderr: 'pipe', all: false });
+    const host = execa('bash', [HOST_SCRIPT, 'run', '--job', jobDir, '--out', out, '--serial-log', serial], { cwd: PROJECT, env: { XEN_TIMEOUT: process.env.XEN_TIMEOUT ?? '6600', XEN_NICE: process.env.XEN_NICE ?? '-5', LOOPSHIP_AGENT_DEB: deb }, reject: false, stdin: 'ignore', stderr: 'pipe', all: false });
     host.stderr!.on('data', (d: Buffer) => progress(d.toString().trimEnd()));
     const pending: Promise<void>[] = [];
     for await (const line of createInterface({ input: host.stdout! })) {
@@ -233,7 +245,8 @@ if (!skip && !REPLAY) {
     }
     await Promise.all(pending);
     const r = await host;
-    const facts: RunFacts = { buildSeconds, hostSeconds: (Date.now() - t0) / 1000, hostExit: r.exitCode ?? -1, promotions };
+    const debVersion = (await execa('dpkg-deb', ['-f', deb, 'Version'])).stdout.trim();
+    const facts: RunFacts = { buildSeconds, hostSeconds: (Date.now() - t0) / 1000, hostExit: r.exitCode ?? -1, promotions, debVersion };
     await writeFile(join(work, 'run.json'), JSON.stringify(facts) + '\n');
     run = readRun(work, facts);
     progress(`builds ${buildSeconds.map((s) => s.toFixed(0)).join('+')} s, emulated host ${run.hostSeconds.toFixed(0)} s, exit ${run.hostExit}`);
@@ -263,6 +276,15 @@ xtest('the job ran to the end in dom0 and the agent pinned the root by fingerpri
   t.is(init.rc, 0, tail(init));
   t.is((init.json as { root_version?: number })?.root_version, 1);
   t.deepEqual(run!.promotions, [V2.version, VBAD.version]);
+});
+
+xtest('the agent in dom0 is the one its Debian package installed, unit enabled', (t) => {
+  // runs kept before the job recorded it used the built tree (REPLAY of an old run)
+  if (!run!.debVersion) return t.pass('no .deb in this (replayed) run');
+  t.is(run!.agent.dpkg, `loopship-agent ${run!.debVersion} ii`, 'dpkg -i of the package given to dom0');
+  t.is(run!.agent.owner, 'loopship-agent: /usr/bin/loopship-agent', 'the loopship-agent on PATH is the package\'s');
+  t.is(run!.agent.unitEnabled, 'enabled');
+  t.regex(run!.agent.version, /\d+\.\d+\.\d+/);
 });
 
 xtest('install boots tiny as a PVH domU: xl list shows it, its console shows the marker and the injected hostname', (t) => {
