@@ -269,7 +269,14 @@ export class XlBackend implements Backend {
     return row && /^\d+$/.test(row[1] ?? '') ? { id: row[1], state: row[4] ?? '' } : null;
   }
 
+  /**
+   * A domain listed but running nothing goes before a start or as a stop. One that shut
+   * down or is dying is usually being destroyed by the xl that created it (a guest that
+   * powered itself off, e.g. a broken version at a rollback: real Xen, CI): wait for that
+   * rather than race it; destroy only what stays (crashed, or no xl left to clean up).
+   */
   private async destroyLeftOver(name: string, state: string): Promise<void> {
+    if (/[sd]/.test(state) && (await this.gone(name))) return;
     this.log(`domain ${name} is left over (${state}): destroying it`);
     await this.destroy(name);
   }

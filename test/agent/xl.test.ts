@@ -149,6 +149,26 @@ test.serial('stop waits for the xl that created the domain to destroy it after t
   t.deepEqual(sleeps.filter((ms) => ms === 2000), [2000, 2000], 'looked again until the domain left the list');
 });
 
+test.serial('a guest that powered itself off is left to the xl that created it: stop and start wait for it to leave the list instead of racing it', async (t) => {
+  const { dir, spec, backend, calls, sleeps } = await setup(t);
+  await mkdir(join(dir, 'xlstate'), { recursive: true });
+  const poweredOff = async () => {
+    // listed '--ps--' for two more looks, then the creating xl's on_poweroff removes it
+    await writeFile(join(dir, 'xlstate', 'shutdown-sbc'), '');
+    await writeFile(join(dir, 'xlstate', 'cleanup-sbc'), '2');
+  };
+  await backend.start(spec);
+  await poweredOff();
+  await backend.start(spec); // e.g. a rollback starting the previous version
+  t.true(await backend.isRunning('sbc'));
+  t.is((await calls()).filter((a) => a[0] === 'create').length, 2, 'created afresh once the old domain was gone');
+  await poweredOff();
+  await backend.stop('sbc');
+  t.false(await backend.isRunning('sbc'));
+  t.deepEqual((await calls()).filter((a) => a[0] === 'destroy' || a[0] === 'shutdown'), [], 'neither destroyed nor shut down by us: the creating xl cleaned up');
+  t.deepEqual(sleeps.filter((ms) => ms === 2000), [2000, 2000, 2000, 2000], 'two looks each time, until the domain left the list');
+});
+
 test.serial('a destroy that loses the race with the xl that created the domain is not a failure; one that leaves the domain is', async (t) => {
   const { dir, spec, backend, calls, sleeps, logged } = await setup(t);
   await mkdir(join(dir, 'xlstate'), { recursive: true });
