@@ -440,7 +440,8 @@ export class Agent {
     // a new one, and a guest that restarts before it is ready is not healthy (a crash loop
     // would otherwise look alive until the timeout)
     const aliveAs = (instance: string | null) => async () => {
-      const now = await backend.instanceId(name);
+      // a toolstack that cannot say (xl list failing) is no reason to call the guest dead
+      const now = await backend.instanceId(name).catch(() => instance ?? 'unknown');
       return now === null ? false : instance === null || now === instance ? true : ('restarted' as const);
     };
     const running = await backend.instanceId(name);
@@ -546,7 +547,17 @@ export class Agent {
     await this.state.updateAppliance(name, (a) => {
       a.pending_upgrade = { from, to, started_at: this.now().toISOString() };
     });
-    await backend.stop(name);
+    try {
+      await backend.stop(name);
+      // the boot below takes a domain it finds for the new version "already running": one
+      // still there now is the old one (a stop that returned early, CI on real Xen)
+      if (await backend.isRunning(name)) throw new LoopshipError('EXEC_FAILED', `${name}${from ? ` ${from}` : ''} is still running after it was stopped`);
+    } catch (err) {
+      await this.state.updateAppliance(name, (a) => { a.pending_upgrade = null; });
+      throw new LoopshipError('EXEC_FAILED', `${why} ${name} to ${to} not started: ${(err as Error).message}`, { where: name, cause: err });
+    }
+    // the old version's health is not the new one's
+    await this.state.updateAppliance(name, (a) => { a.health = 'unknown'; });
     await this.state.setCurrent(name, to);
     let health: WaitReadyResult;
     try {

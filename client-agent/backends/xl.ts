@@ -31,6 +31,12 @@ function lastLines(text: string, n: number): string {
   return text.split('\n').map((l) => l.trim()).filter(Boolean).slice(-n).join(' / ');
 }
 
+/**
+ * What xl says for a name no domain has: "NAME is an invalid domain identifier (rc=-6)"
+ * (find_domain), or "Domain 'NAME' does not exist" (xl list on a domid that just went).
+ */
+const NO_SUCH_DOMAIN = /invalid domain identifier|does not exist/i;
+
 /** Shut down, crashed or dying: listed, but running nothing (xl list's s, c and d flags). */
 function leftOver(state: string): boolean {
   return /[scd]/.test(state);
@@ -261,12 +267,28 @@ export class XlBackend implements Backend {
     ]).finally(() => clearTimeout(timer));
   }
 
-  /** The domain's id and state flags from `xl list NAME` (e.g. "-b----", "--p---"), null if there is none. */
+  /**
+   * The domain's id and state flags from `xl list NAME` (e.g. "-b----", "--p---"); null only
+   * when xl says there is no such domain. Any other failure (toolstack busy, xl killed by its
+   * timeout in a starved dom0) is asked again, then thrown: taking it for "gone" would let a
+   * stop return with the guest still there, and the next start call it "already running".
+   */
   private async domain(name: string): Promise<{ id: string; state: string } | null> {
-    const r = await this.exec(this.xl, ['list', name], { timeoutMs: 60_000 }).catch(() => null);
-    if (!r || r.exitCode !== 0) return null;
-    const row = r.stdout.split('\n').map((l) => l.trim().split(/\s+/)).find((f) => f[0] === name);
-    return row && /^\d+$/.test(row[1] ?? '') ? { id: row[1], state: row[4] ?? '' } : null;
+    for (let attempt = 1; ; attempt++) {
+      const r = await this.exec(this.xl, ['list', name], { timeoutMs: 60_000 }).catch((e: Error) => ({ exitCode: -1, stdout: '', stderr: e.message }));
+      let why: string;
+      if (r.exitCode === 0) {
+        const row = r.stdout.split('\n').map((l) => l.trim().split(/\s+/)).find((f) => f[0] === name);
+        if (row && /^\d+$/.test(row[1] ?? '')) return { id: row[1], state: row[4] ?? '' };
+        why = `no row for ${name} in its output: ${lastLines(r.stdout, 2) || 'nothing'}`;
+      } else if (NO_SUCH_DOMAIN.test(r.stderr)) {
+        return null;
+      } else {
+        why = lastLines(`${r.stderr}\n${r.stdout}`, 3) || `exit code ${r.exitCode}`;
+      }
+      if (attempt >= 3) throw new ExecError(`${this.xl} list ${name} failed ${attempt} times, so whether the domain exists is unknown: ${why}`, { where: this.xl });
+      await this.sleep(1000);
+    }
   }
 
   /**
@@ -295,9 +317,9 @@ export class XlBackend implements Backend {
   }
 
   /**
-   * `xl destroy`, for a domain that must go. A destroy racing the creating xl's own fails
-   * ("Unable to destroy guest ... rc=-15", seen on real Xen) while theirs succeeds: a
-   * domain gone now, or soon after, is destroyed either way.
+   * `xl destroy`, for a domain that must go, and it must be gone after. A destroy racing
+   * the creating xl's own fails ("Unable to destroy guest ... rc=-15", seen on real Xen)
+   * while theirs succeeds: a domain gone now, or soon after, is destroyed either way.
    */
   private async destroy(name: string): Promise<void> {
     try {
@@ -305,23 +327,38 @@ export class XlBackend implements Backend {
     } catch (err) {
       if ((await this.domain(name)) !== null && !(await this.gone(name))) throw err;
       this.log(`xl destroy ${name} failed, but the domain is gone (destroyed by the xl that created it): ${(err as Error).message}`);
+      return;
+    }
+    const still = await this.domain(name);
+    if (still && !(await this.gone(name))) {
+      throw new ExecError(`${this.xl} destroy ${name} succeeded but the domain is still listed (${still.state || 'no state'})`, { where: this.xl });
     }
   }
 
+  /**
+   * Ends with the domain gone from `xl list`, or throws. `xl shutdown -w` asks the guest and
+   * waits for it; what decides is the list after it, since xl's return is not the end of it
+   * (CI, real Xen: a stop returned while the old guest was still shutting down, and the
+   * upgrade took it for the new one "already running"). A guest still running gets the rest
+   * of the time, then is destroyed; one shut down is left to the xl that created it a moment.
+   */
   async stop(name: string, opts: { timeoutMs?: number } = {}): Promise<void> {
     await this.waitToolstack();
     const d = await this.domain(name);
     if (!d) return;
     if (leftOver(d.state)) return this.destroyLeftOver(name, d.state);
     const timeoutMs = opts.timeoutMs ?? 120_000;
-    // -w waits for the guest to finish shutting down; a guest that ignores it is destroyed.
-    // One that shut down is usually being destroyed by the xl that created it at this very
-    // moment (real Xen, every stop of run 7): wait for that rather than race it. Destroyed
-    // only if it stays listed (no xl process left to apply on_poweroff: a start after it
-    // would otherwise find "tiny is already running", seen on real Xen).
-    await this.exec(this.xl, ['shutdown', '-w', name], { timeoutMs }).catch(() => undefined);
-    const after = await this.domain(name);
-    if (after === null || (leftOver(after.state) && (await this.gone(name)))) return;
+    const t0 = this.now();
+    const r = await this.exec(this.xl, ['shutdown', '-w', name], { timeoutMs }).catch((e: Error) => ({ exitCode: -1, stdout: '', stderr: e.message }));
+    let after = await this.domain(name);
+    for (let looks = Math.ceil((timeoutMs - (this.now() - t0)) / 2000); after && !leftOver(after.state) && looks > 0; looks--) {
+      await this.sleep(2000);
+      after = await this.domain(name);
+    }
+    if (after === null) return;
+    if (leftOver(after.state)) return this.destroyLeftOver(name, after.state);
+    const said = r.exitCode === 0 ? 'xl shutdown -w returned' : `xl shutdown -w: ${lastLines(`${r.stderr}\n${r.stdout}`, 2) || `exit code ${r.exitCode}`}`;
+    this.log(`${name} did not shut down within ${Math.round(timeoutMs / 1000)} s (${said}; still ${after.state || 'listed'}): destroying it`);
     await this.destroy(name);
   }
 

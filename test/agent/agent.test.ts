@@ -179,6 +179,25 @@ test('a version whose guest crashes and is restarted before it is ready is rolle
   t.is(backend.starts.at(-1)!.tscMode, 'native');
 });
 
+test('an upgrade whose stop leaves the old guest running does not take it for the new version: an error, the old one stays current', async (t) => {
+  const { fx, keyFile, backend, agent } = await setup(t);
+  await publishExt4(fx, '1.0.0', { channel: 'stable' });
+  await agent.init({ repos: [fx.repoDir], rootKeyFile: keyFile });
+  await agent.install('sbc');
+  await publishExt4(fx, '2.0.0', { channel: 'stable' });
+  backend.stopLeavesRunning.add('sbc');
+  const err = await t.throwsAsync(agent.upgrade('sbc'));
+  t.regex(err!.message, /upgrade of sbc to 2\.0\.0 not started: sbc 1\.0\.0 is still running after it was stopped/);
+  const [st] = await agent.status('sbc');
+  t.like(st, { current: '1.0.0', running: true, pending_upgrade: null, failed_versions: [] });
+  t.deepEqual(backend.starts.map((s) => s.version), ['1.0.0'], '2.0.0 was never booted');
+  // once stop works again, the upgrade goes through
+  backend.stopLeavesRunning.delete('sbc');
+  const up = await agent.upgrade('sbc');
+  t.like(up[0], { from: '1.0.0', to: '2.0.0', status: 'upgraded' });
+  t.deepEqual(backend.starts.map((s) => s.version), ['1.0.0', '2.0.0']);
+});
+
 test('start of a guest already running but crash-looping fails at once (restarted), not after the timeout', async (t) => {
   const { fx, configPath, keyFile, backend, stateDir } = await setup(t);
   await writeFile(configPath, (await readFile(configPath, 'utf8')).replace('health_timeout_s: 2', 'health_timeout_s: 120'));

@@ -17,6 +17,8 @@ export class FakeBackend implements Backend {
   readonly bad = new Set<string>();
   /** versions whose guest crashes at once and is brought up again, again and again (xl's on_crash = "restart") */
   readonly crashLoop = new Set<string>();
+  /** names whose stop returns while the guest stays up (a stop that returned early, seen on real Xen) */
+  readonly stopLeavesRunning = new Set<string>();
   private readonly instances = new Map<string, number>();
   private nextInstance = 1;
   constructor(readonly logDir: string, readonly marker = 'LOOPSHIP-READY') {}
@@ -43,6 +45,7 @@ export class FakeBackend implements Backend {
     }, 50);
   }
   async stop(name: string): Promise<void> {
+    if (this.stopLeavesRunning.has(name)) return;
     if (this.running.delete(name)) this.stops.push(name);
   }
   async isRunning(name: string): Promise<boolean> {

@@ -176,20 +176,51 @@ test.serial('a destroy that loses the race with the xl that created the domain i
   // the guest ignores the shutdown and is destroyed; ours fails while the creating xl's removes it
   await writeFile(join(dir, 'xlstate', 'ignore-shutdown'), '');
   await writeFile(join(dir, 'xlstate', 'destroy-race'), '');
-  await backend.stop('sbc');
+  await backend.stop('sbc', { timeoutMs: 10_000 });
   t.false(await backend.isRunning('sbc'));
   t.is((await calls()).filter((a) => a[0] === 'destroy').length, 1);
-  t.deepEqual(sleeps.filter((ms) => ms === 2000), [], 'gone at the first look: no waiting');
+  t.is(sleeps.filter((ms) => ms === 2000).length, 5, 'the guest had the rest of the 10 s to go, then was destroyed');
+  t.true(logged.some((l) => /^sbc did not shut down within 10 s \(xl shutdown -w: Domain sbc did not shut down in time; still -b----\): destroying it/.test(l)), logged.join('\n'));
   t.true(logged.some((l) => /^xl destroy sbc failed, but the domain is gone .*Unable to destroy guest/.test(l)), logged.join('\n'));
 
   // a destroy that fails and leaves the domain: stop fails with xl's own words, after a few looks
   await rm(join(dir, 'xlstate', 'destroy-race'));
   await backend.start(spec);
   await writeFile(join(dir, 'xlstate', 'destroy-stuck'), '');
-  const err = await t.throwsAsync(backend.stop('sbc'));
+  sleeps.length = 0;
+  const err = await t.throwsAsync(backend.stop('sbc', { timeoutMs: 10_000 }));
   t.regex(err!.message, /xl destroy sbc failed .*Unable to destroy guest/s);
-  t.is(sleeps.filter((ms) => ms === 2000).length, 5);
+  t.is(sleeps.filter((ms) => ms === 2000).length, 5 + 5, 'the rest of the timeout, then 5 looks after the failed destroy');
   t.true(existsSync(join(dir, 'xlstate', 'dom-sbc')), 'the domain is still there');
+});
+
+test.serial('stop ends only when the domain has left the list: xl shutdown -w returning while the guest still shuts down is waited out, not taken for gone', async (t) => {
+  const { dir, spec, backend, calls, sleeps } = await setup(t);
+  await mkdir(join(dir, 'xlstate'), { recursive: true });
+  await backend.start(spec);
+  await writeFile(join(dir, 'xlstate', 'early-return'), '');
+  await backend.stop('sbc');
+  t.false(await backend.isRunning('sbc'));
+  t.false(existsSync(join(dir, 'xlstate', 'dom-sbc')));
+  t.deepEqual((await calls()).filter((a) => a[0] === 'destroy'), [], 'not destroyed mid-shutdown: it had time left');
+  t.deepEqual(sleeps.filter((ms) => ms === 2000), [2000, 2000], 'looked until it left the list');
+});
+
+test.serial('an xl list that fails for another reason than "no such domain" is asked again, then an error: never taken for a domain that is gone', async (t) => {
+  const { dir, spec, backend, calls, sleeps } = await setup(t);
+  await mkdir(join(dir, 'xlstate'), { recursive: true });
+  await backend.start(spec);
+  await writeFile(join(dir, 'xlstate', 'list-failures'), '2');
+  t.true(await backend.isRunning('sbc'), 'two failures, then the answer');
+  t.deepEqual(sleeps.filter((ms) => ms === 1000), [1000, 1000]);
+  await writeFile(join(dir, 'xlstate', 'list-failures'), '3');
+  const err = await t.throwsAsync(backend.stop('sbc'));
+  t.regex(err!.message, /xl list sbc failed 3 times, so whether the domain exists is unknown: .*Resource temporarily unavailable/);
+  t.deepEqual((await calls()).filter((a) => a[0] === 'shutdown' || a[0] === 'destroy'), [], 'nothing done on an unknown');
+  t.true(await backend.isRunning('sbc'), 'and it still runs');
+  await rm(join(dir, 'xlstate', 'list-failures'));
+  await backend.stop('sbc');
+  t.false(await backend.isRunning('sbc'), 'a real "invalid domain identifier" is gone');
 });
 
 test.serial('a toolstack that never answers is a clear error, after the timeout, without xl create', async (t) => {
