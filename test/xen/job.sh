@@ -37,7 +37,7 @@ agent() {
   echo "$rc" >"$d/rc"; echo $((SECONDS - t0)) >"$d/seconds"; echo "$attempt" >"$d/attempts"
   say "$step: rc=$rc after $((SECONDS - t0)) s"
   # the guest's boot time and any xl trouble, also when the step passed
-  grep -h 'is ready after\|did not become ready\|xl create\|installed \|switching back' "$d/stderr" | cut -c1-300 | sed "s/^/XENJOB: $step: /"
+  grep -h 'is ready after\|did not become ready\|xl create\|xl destroy\|did not shut down\|still running\|already running\|installed \|switching back' "$d/stderr" | cut -c1-300 | sed "s/^/XENJOB: $step: /"
   [ "$rc" = 0 ] || sed "s/^/XENJOB: $step stderr: /" "$d/stderr" | tail -n 15
   snapshot "$step" "${SNAPSHOT_STATUS:-}"
   return "$rc"

@@ -8,7 +8,7 @@
 // recorded after each step. Slow (tens of minutes cold): skipped when LOOPSHIP_FAST is set.
 import test from 'ava';
 import { execa, type ResultPromise } from 'execa';
-import { cp, mkdir, mkdtemp, readFile, readdir, rename, rm, writeFile, copyFile } from 'node:fs/promises';
+import { cp, mkdir, mkdtemp, readFile, readdir, rename, rm, writeFile, copyFile, stat } from 'node:fs/promises';
 import { existsSync, readFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { createInterface } from 'node:readline';
@@ -141,6 +141,11 @@ async function builtRepository(): Promise<{ dir: string; seconds: number[] }> {
     return { dir, seconds: [] };
   }
   await mkdir(XEN_CACHE, { recursive: true });
+  // what an interrupted run left (its finally never ran); a day old cannot be another run's
+  for (const e of await readdir(XEN_CACHE)) {
+    const p = join(XEN_CACHE, e);
+    if (e.startsWith('repo-build-') && Date.now() - (await stat(p)).mtimeMs > 86_400_000) await rm(p, { recursive: true, force: true });
+  }
   const tmp = await mkdtemp(join(XEN_CACHE, 'repo-build-'));
   try {
     await loopship(['keys', 'init', '--dir', join(tmp, 'keys')]);
