@@ -440,8 +440,9 @@ export class Agent {
     // a new one, and a guest that restarts before it is ready is not healthy (a crash loop
     // would otherwise look alive until the timeout)
     const aliveAs = (instance: string | null) => async () => {
-      // a toolstack that cannot say (xl list failing) is no reason to call the guest dead
-      const now = await backend.instanceId(name).catch(() => instance ?? 'unknown');
+      const now = await backend.instanceId(name).catch(() => undefined);
+      // a toolstack that cannot say (xl list failing) is no reason to call the guest dead: the timeout still bounds the wait
+      if (now === undefined) return true;
       return now === null ? false : instance === null || now === instance ? true : ('restarted' as const);
     };
     const running = await backend.instanceId(name);
@@ -556,8 +557,6 @@ export class Agent {
       await this.state.updateAppliance(name, (a) => { a.pending_upgrade = null; });
       throw new LoopshipError('EXEC_FAILED', `${why} ${name} to ${to} not started: ${(err as Error).message}`, { where: name, cause: err });
     }
-    // the old version's health is not the new one's
-    await this.state.updateAppliance(name, (a) => { a.health = 'unknown'; });
     await this.state.setCurrent(name, to);
     let health: WaitReadyResult;
     try {

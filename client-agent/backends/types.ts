@@ -25,7 +25,10 @@ export interface Backend {
   readonly kind: 'xl' | 'qemu';
   /** Boots the domain (no-op if it already runs). */
   start(spec: DomainSpec): Promise<void>;
-  /** Graceful shutdown, then forced after `timeoutMs` (no-op if not running). */
+  /**
+   * Graceful shutdown, then forced after `timeoutMs` (no-op if not running). Returns only once
+   * the domain no longer runs, else throws: an upgrade boots the new version right after it.
+   */
   stop(name: string, opts?: { timeoutMs?: number }): Promise<void>;
   isRunning(name: string): Promise<boolean>;
   /**

@@ -136,13 +136,18 @@ export class XlBackend implements Backend {
     return join(this.etcXen, 'auto', `${name}.cfg`);
   }
 
+  /** One xl command whose failure is an answer too: a run that could not start or was killed is exit code -1 with the reason as stderr. */
+  private ask(args: string[], timeoutMs: number): Promise<ExecResult> {
+    return this.exec(this.xl, args, { timeoutMs }).catch((e: Error) => ({ exitCode: -1, stdout: '', stderr: e.message }));
+  }
+
   /** Polls `xl info` with backoff until it answers: xenstored/xenconsoled may still be starting. */
   async waitToolstack(): Promise<void> {
     const t0 = this.now();
     let delay = 100;
     let last = '';
     for (;;) {
-      const r = await this.exec(this.xl, ['info'], { timeoutMs: 30_000 }).catch((e: Error) => ({ exitCode: -1, stdout: '', stderr: e.message }));
+      const r = await this.ask(['info'], 30_000);
       if (r.exitCode === 0) return;
       last = (r.stderr || r.stdout).trim().split('\n').pop() ?? '';
       if (this.now() - t0 >= this.toolstackTimeoutMs) {
@@ -275,7 +280,7 @@ export class XlBackend implements Backend {
    */
   private async domain(name: string): Promise<{ id: string; state: string } | null> {
     for (let attempt = 1; ; attempt++) {
-      const r = await this.exec(this.xl, ['list', name], { timeoutMs: 60_000 }).catch((e: Error) => ({ exitCode: -1, stdout: '', stderr: e.message }));
+      const r = await this.ask(['list', name], 60_000);
       let why: string;
       if (r.exitCode === 0) {
         const row = r.stdout.split('\n').map((l) => l.trim().split(/\s+/)).find((f) => f[0] === name);
@@ -322,17 +327,12 @@ export class XlBackend implements Backend {
    * while theirs succeeds: a domain gone now, or soon after, is destroyed either way.
    */
   private async destroy(name: string): Promise<void> {
-    try {
-      await run(this.exec, this.xl, ['destroy', name]);
-    } catch (err) {
-      if ((await this.domain(name)) !== null && !(await this.gone(name))) throw err;
-      this.log(`xl destroy ${name} failed, but the domain is gone (destroyed by the xl that created it): ${(err as Error).message}`);
-      return;
-    }
+    const failure = await run(this.exec, this.xl, ['destroy', name]).then(() => null, (err: Error) => err);
     const still = await this.domain(name);
     if (still && !(await this.gone(name))) {
-      throw new ExecError(`${this.xl} destroy ${name} succeeded but the domain is still listed (${still.state || 'no state'})`, { where: this.xl });
+      throw failure ?? new ExecError(`${this.xl} destroy ${name} succeeded but the domain is still listed (${still.state || 'no state'})`, { where: this.xl });
     }
+    if (failure) this.log(`xl destroy ${name} failed, but the domain is gone (destroyed by the xl that created it): ${failure.message}`);
   }
 
   /**
@@ -349,7 +349,7 @@ export class XlBackend implements Backend {
     if (leftOver(d.state)) return this.destroyLeftOver(name, d.state);
     const timeoutMs = opts.timeoutMs ?? 120_000;
     const t0 = this.now();
-    const r = await this.exec(this.xl, ['shutdown', '-w', name], { timeoutMs }).catch((e: Error) => ({ exitCode: -1, stdout: '', stderr: e.message }));
+    const r = await this.ask(['shutdown', '-w', name], timeoutMs);
     let after = await this.domain(name);
     for (let looks = Math.ceil((timeoutMs - (this.now() - t0)) / 2000); after && !leftOver(after.state) && looks > 0; looks--) {
       await this.sleep(2000);

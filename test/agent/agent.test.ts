@@ -191,11 +191,36 @@ test('an upgrade whose stop leaves the old guest running does not take it for th
   const [st] = await agent.status('sbc');
   t.like(st, { current: '1.0.0', running: true, pending_upgrade: null, failed_versions: [] });
   t.deepEqual(backend.starts.map((s) => s.version), ['1.0.0'], '2.0.0 was never booted');
-  // once stop works again, the upgrade goes through
+  // a stop that fails outright: the same, with its cause
   backend.stopLeavesRunning.delete('sbc');
+  backend.stopFails.set('sbc', new Error('xl destroy sbc failed with exit code 1: destroy failed (rc=-15)'));
+  const failed = await t.throwsAsync(agent.upgrade('sbc'));
+  t.regex(failed!.message, /upgrade of sbc to 2\.0\.0 not started: xl destroy sbc failed with exit code 1/);
+  t.like((await agent.status('sbc'))[0], { current: '1.0.0', running: true, pending_upgrade: null, failed_versions: [] });
+  t.deepEqual(backend.starts.map((s) => s.version), ['1.0.0']);
+  // once stop works again, the upgrade goes through
+  backend.stopFails.delete('sbc');
   const up = await agent.upgrade('sbc');
   t.like(up[0], { from: '1.0.0', to: '2.0.0', status: 'upgraded' });
   t.deepEqual(backend.starts.map((s) => s.version), ['1.0.0', '2.0.0']);
+});
+
+test('a health wait whose liveness ask fails (toolstack busy) keeps waiting for the marker until its timeout, instead of failing on the ask', async (t) => {
+  const { fx, keyFile, backend, agent } = await setup(t); // health_timeout_s: 2
+  await publishExt4(fx, '1.0.0', { channel: 'stable' });
+  await agent.init({ repos: [fx.repoDir], rootKeyFile: keyFile });
+  backend.bad.add('1.0.0'); // never prints the marker: the wait asks about liveness until the timeout
+  // the boot's own ask (its domid) is answered; every liveness ask after it fails
+  const ask = backend.instanceId.bind(backend);
+  let asksAfterStart = -1;
+  backend.instanceId = async (n) => {
+    if (backend.starts.length && ++asksAfterStart > 0) throw new Error('xl list sbc failed 3 times, so whether the domain exists is unknown');
+    return ask(n);
+  };
+  const err = await t.throwsAsync(agent.install('sbc'));
+  t.regex(err!.message, /sbc 1\.0\.0 did not become ready \(timeout after 2 s\)/);
+  t.true(asksAfterStart > 1, `liveness asked ${asksAfterStart} times`);
+  t.true(await backend.isRunning('sbc'));
 });
 
 test('start of a guest already running but crash-looping fails at once (restarted), not after the timeout', async (t) => {

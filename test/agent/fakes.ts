@@ -19,6 +19,9 @@ export class FakeBackend implements Backend {
   readonly crashLoop = new Set<string>();
   /** names whose stop returns while the guest stays up (a stop that returned early, seen on real Xen) */
   readonly stopLeavesRunning = new Set<string>();
+  /** names whose stop throws this (xl destroy failing, say) */
+  readonly stopFails = new Map<string, Error>();
+
   private readonly instances = new Map<string, number>();
   private nextInstance = 1;
   constructor(readonly logDir: string, readonly marker = 'LOOPSHIP-READY') {}
@@ -45,6 +48,8 @@ export class FakeBackend implements Backend {
     }, 50);
   }
   async stop(name: string): Promise<void> {
+    const failure = this.stopFails.get(name);
+    if (failure) throw failure;
     if (this.stopLeavesRunning.has(name)) return;
     if (this.running.delete(name)) this.stops.push(name);
   }

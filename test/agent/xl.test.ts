@@ -51,7 +51,9 @@ async function setup(t: import('ava').ExecutionContext) {
   const consoleDir = process.env.FAKE_XL_CONSOLE_DIR;
   const procDir = await fakeProc(dir, ['--log=guest', `--log-dir=${consoleDir}`, '--pid-file', '/run/xenconsoled.pid']);
   const logged: string[] = [];
-  const backend = new XlBackend({ etcXen: join(dir, 'etc-xen'), consoleDir, procDir, sleep: async (ms) => { sleeps.push(ms); }, toolstackTimeoutMs: 60_000, log: (l) => logged.push(l) });
+  // time passes only in the backend's sleeps: "the rest of the timeout" is a fixed number of looks
+  let clock = 0;
+  const backend = new XlBackend({ etcXen: join(dir, 'etc-xen'), consoleDir, procDir, now: () => clock, sleep: async (ms) => { sleeps.push(ms); clock += ms; }, toolstackTimeoutMs: 60_000, log: (l) => logged.push(l) });
   const calls = async () => (await readFile(join(dir, 'xlstate', 'calls.log'), 'utf8').catch(() => '')).trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as string[]);
   return { dir, spec, backend, sleeps, calls, consoleDir, procDir, logged };
 }
@@ -192,6 +194,13 @@ test.serial('a destroy that loses the race with the xl that created the domain i
   t.regex(err!.message, /xl destroy sbc failed .*Unable to destroy guest/s);
   t.is(sleeps.filter((ms) => ms === 2000).length, 5 + 5, 'the rest of the timeout, then 5 looks after the failed destroy');
   t.true(existsSync(join(dir, 'xlstate', 'dom-sbc')), 'the domain is still there');
+
+  // a destroy that says it worked while the domain stays listed is no stop either
+  await rm(join(dir, 'xlstate', 'destroy-stuck'));
+  await writeFile(join(dir, 'xlstate', 'destroy-noop'), '');
+  const noop = await t.throwsAsync(backend.stop('sbc', { timeoutMs: 10_000 }));
+  t.regex(noop!.message, /xl destroy sbc succeeded but the domain is still listed \(-b----\)/);
+  t.true(await backend.isRunning('sbc'));
 });
 
 test.serial('stop ends only when the domain has left the list: xl shutdown -w returning while the guest still shuts down is waited out, not taken for gone', async (t) => {
