@@ -1,17 +1,16 @@
 // Files every loopship image gets, whatever its recipe: what the image is, the
 // filesystem table, the ready marker on the console, and the unit that applies the host
 // settings the agent writes into /etc/loopship/host.json (hostname, network, SSH keys,
-// users). Pure: returns path -> content; the pipeline writes them.
+// users). With boot.init busybox, also busybox init's inittab and the boot and shutdown
+// scripts that stand in for systemd. Pure: returns path -> content; the pipeline writes them.
 import type { Recipe } from './recipe.js';
 
-export interface GuestFile {
-  content: string;
-  mode: number;
-}
+export type GuestFile = { content: string; mode: number } | { link: string };
 
 export function guestFiles(recipe: Recipe, facts: { uuid: string; digest: string }): Map<string, GuestFile> {
   const files = new Map<string, GuestFile>();
   const add = (path: string, content: string, mode = 0o644) => files.set(path, { content, mode });
+  const link = (path: string, target: string) => files.set(path, { link: target });
   const marker = recipe.boot.ready_marker;
 
   add('etc/loopship/image.json', JSON.stringify({ name: recipe.name, version: recipe.version, arch: recipe.arch, recipe_digest: facts.digest }, null, 2) + '\n');
@@ -32,9 +31,25 @@ echo "$line"
 `,
     0o755,
   );
-  add(
-    'usr/lib/systemd/system/loopship-ready.service',
-    `[Unit]
+  add('usr/lib/loopship/host-config', HOST_CONFIG_SCRIPT, 0o755);
+  if (recipe.boot.init === 'systemd') {
+    add('usr/lib/systemd/system/loopship-ready.service', READY_UNIT);
+    add('usr/lib/systemd/system/loopship-host-config.service', HOST_CONFIG_UNIT);
+  } else {
+    // busybox decides what to be by the name it is called by: init as PID 1, poweroff for
+    // the kernel's orderly shutdown (xl shutdown runs /sbin/poweroff in the guest), and
+    // acpid's handler under QEMU (system_powerdown is an ACPI power button press)
+    for (const applet of ['init', 'poweroff', 'reboot', 'halt']) link(`usr/sbin/${applet}`, '/bin/busybox');
+    add('etc/inittab', INITTAB);
+    add('usr/lib/loopship/rc.sysinit', RC_SYSINIT, 0o755);
+    add('usr/lib/loopship/rc.shutdown', RC_SHUTDOWN, 0o755);
+    add('usr/lib/loopship/udhcpc.script', UDHCPC_SCRIPT, 0o755);
+    add('etc/acpi/PWRF/00000080', '#!/bin/sh\n# ACPI power button (QEMU system_powerdown): an orderly shutdown\nexec /usr/sbin/poweroff\n', 0o755);
+  }
+  return files;
+}
+
+const READY_UNIT = `[Unit]
 Description=Announce that the loopship appliance reached multi-user
 After=multi-user.target loopship-host-config.service
 
@@ -45,13 +60,9 @@ StandardOutput=journal
 
 [Install]
 WantedBy=multi-user.target
-`,
-  );
+`;
 
-  add('usr/lib/loopship/host-config', HOST_CONFIG_SCRIPT, 0o755);
-  add(
-    'usr/lib/systemd/system/loopship-host-config.service',
-    `[Unit]
+const HOST_CONFIG_UNIT = `[Unit]
 Description=Apply loopship host settings (/etc/loopship/host.json)
 DefaultDependencies=no
 After=local-fs.target systemd-remount-fs.service
@@ -65,10 +76,79 @@ ExecStart=/usr/lib/loopship/host-config
 
 [Install]
 WantedBy=sysinit.target
-`,
-  );
-  return files;
-}
+`;
+
+// boot.init busybox: what systemd does for a loopship image, in the same order, as three
+// small scripts. busybox init runs sysinit first and waits for it, then the ready marker.
+const INITTAB = `# loopship (boot.init: busybox): written by the builder
+::sysinit:/usr/lib/loopship/rc.sysinit
+::wait:/bin/sh -c '/usr/lib/loopship/ready >/dev/null'
+::ctrlaltdel:/usr/sbin/reboot
+::shutdown:/usr/lib/loopship/rc.shutdown
+`;
+
+const RC_SYSINIT = `#!/bin/sh
+# busybox init's sysinit (boot.init: busybox): filesystems, modules, host name, host
+# settings (network included), then the appliance's own programs in /etc/loopship/init.d/
+# (run in name order with "start"; each returns, leaving its daemon in the background).
+PATH=/usr/sbin:/usr/bin:/sbin:/bin; export PATH
+bb=/bin/busybox
+log() { echo "loopship-rc: $*"; }
+# (an initramfs moves its /proc, /sys and /dev here; a boot without one has none)
+mounted() { $bb grep -qs "^[^ ]* $1 " /proc/mounts; }
+mounted /proc || $bb mount -t proc -o nosuid,nodev,noexec proc /proc
+mounted /sys || $bb mount -t sysfs -o nosuid,nodev,noexec sysfs /sys
+mounted /dev || $bb mount -t devtmpfs -o mode=755,nosuid devtmpfs /dev
+$bb mkdir -p /dev/pts /dev/shm
+$bb mount -t devpts -o gid=5,mode=620,ptmxmode=000 devpts /dev/pts
+$bb mount -t tmpfs -o nosuid,nodev tmpfs /dev/shm
+$bb mount -t tmpfs -o mode=755,nosuid,nodev tmpfs /run && $bb mkdir -p /run/lock
+$bb mount -o remount,rw / || log "cannot remount / read-write"
+$bb mount -a 2>/dev/null
+# drivers for the devices present (no udev here): NICs, the ACPI power button (evdev for
+# acpid); not the CPU's feature modules (kvm and the like), which cost seconds under emulation
+modprobe=modprobe; command -v modprobe >/dev/null || modprobe="$bb modprobe"
+$bb find /sys/devices -name modalias -exec $bb cat {} + 2>/dev/null | $bb grep -v '^cpu:' | $bb sort -u | $bb xargs $modprobe -qab 2>/dev/null
+$modprobe -q evdev 2>/dev/null
+$bb hostname -F /etc/hostname 2>/dev/null
+$bb ip link set lo up
+/usr/lib/loopship/host-config
+$bb acpid -c /etc/acpi -l /dev/null 2>/dev/null || true
+for f in /etc/loopship/init.d/*; do
+  [ -x "$f" ] && { "$f" start || log "$f start failed ($?)"; }
+done
+exit 0
+`;
+
+const RC_SHUTDOWN = `#!/bin/sh
+# busybox init runs this on poweroff or reboot, before it signals every process: stop the
+# appliance's programs, then leave the filesystem clean.
+PATH=/usr/sbin:/usr/bin:/sbin:/bin; export PATH
+bb=/bin/busybox
+for f in $($bb ls -r /etc/loopship/init.d/ 2>/dev/null); do
+  [ -x "/etc/loopship/init.d/$f" ] && "/etc/loopship/init.d/$f" stop
+done
+$bb sync
+$bb umount -a -r 2>/dev/null
+$bb mount -o remount,ro / 2>/dev/null
+exit 0
+`;
+
+// udhcpc calls this with the lease in its environment (ip, mask, router, dns, interface)
+const UDHCPC_SCRIPT = `#!/bin/sh
+bb=/bin/busybox
+case "$1" in
+  deconfig) $bb ip addr flush dev "$interface"; $bb ip link set "$interface" up ;;
+  bound|renew)
+    $bb ip addr flush dev "$interface"
+    $bb ip addr add "$ip/\${mask:-24}" dev "$interface"
+    for r in $router; do $bb ip route replace default via "$r" dev "$interface"; break; done
+    if [ -n "$dns" ] && [ ! -L /etc/resolv.conf ]; then
+      for d in $dns; do echo "nameserver $d"; done > /etc/resolv.conf.udhcpc && $bb mv /etc/resolv.conf.udhcpc /etc/resolv.conf
+    fi ;;
+esac
+exit 0
+`;
 
 // POSIX sh + jq (when installed). Runs every boot and is idempotent: the agent may change
 // host.json between boots. Settings it understands: hostname, network.address (CIDR;
@@ -106,7 +186,8 @@ if [ -n "$h" ]; then
 fi
 
 # Network for systemd-networkd, in /run: files the agent wrote into /etc take precedence.
-if [ -d /usr/lib/systemd/network ] || [ -x /lib/systemd/systemd-networkd ]; then
+# (udev ships .link files in /usr/lib/systemd/network too: the daemon is what tells)
+if [ -x /lib/systemd/systemd-networkd ]; then
   mkdir -p /run/systemd/network
   {
     echo "[Match]"; echo "Name=en* eth*"; echo; echo "[Network]"
@@ -118,10 +199,25 @@ if [ -d /usr/lib/systemd/network ] || [ -x /lib/systemd/systemd-networkd ]; then
       echo "DHCP=yes"
     fi
   } > /run/systemd/network/90-loopship.network
-  dns=$(echo "$dns" | tr ',\\n' '  ')
-  if [ -n "$dns" ] && [ ! -L /etc/resolv.conf ]; then
-    : > /etc/resolv.conf.loopship && for d in $dns; do echo "nameserver $d" >> /etc/resolv.conf.loopship; done && mv /etc/resolv.conf.loopship /etc/resolv.conf || true
+elif [ -x /usr/lib/loopship/udhcpc.script ]; then
+  # boot.init busybox (no network daemon): the first NIC, now; DHCP waits in the background
+  nic=''
+  for n in /sys/class/net/*; do
+    if [ -e "$n/device" ]; then nic=\${n##*/}; break; fi
+  done
+  if [ -n "$nic" ]; then
+    busybox ip link set "$nic" up
+    if [ -n "$addr" ]; then
+      busybox ip addr replace "$addr" dev "$nic" && log "$nic: $addr"
+      [ -z "$gw" ] || busybox ip route replace default via "$gw" dev "$nic"
+    else
+      busybox udhcpc -b -S -i "$nic" -s /usr/lib/loopship/udhcpc.script >/dev/null 2>&1 &
+    fi
   fi
+fi
+dns=$(echo "$dns" | tr ',\\n' '  ')
+if [ -n "$dns" ] && [ ! -L /etc/resolv.conf ]; then
+  : > /etc/resolv.conf.loopship && for d in $dns; do echo "nameserver $d" >> /etc/resolv.conf.loopship; done && mv /etc/resolv.conf.loopship /etc/resolv.conf || true
 fi
 
 if [ -n "$keys" ]; then

@@ -2,12 +2,13 @@
 // the chroot, clean, clamp times, measure. Each step is a function of (root, recipe,
 // exec), so the pipeline stays a readable list and tests can drive steps alone.
 import { lstatSync, lutimesSync, readdirSync, readlinkSync } from 'node:fs';
-import { cp, copyFile, lstat, mkdir, readdir, readFile, rm, writeFile, chmod } from 'node:fs/promises';
+import { cp, copyFile, lstat, mkdir, readdir, readFile, rm, writeFile, chmod, symlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Exec } from './exec.js';
 import type { BootstrapCache, BootstrapKey } from './cache.js';
 import { withChroot, exists, type Chroot } from './chroot.js';
 import { guestFiles } from './guest-files.js';
+import { minimalInitrdScript } from './minimal-initrd.js';
 import type { Recipe } from './recipe.js';
 
 /** Fills `root` from the cache or by running debootstrap (then stores it). Returns where it came from. */
@@ -227,7 +228,7 @@ export async function customizeRoot(o: CustomizeOptions): Promise<void> {
   // final configuration (each generation costs many seconds).
   const env = { SOURCE_DATE_EPOCH: String(o.sourceDateEpoch), INITRD: 'No' };
   await withChroot(root, exec, env, async (c) => {
-    await aptInstall(c, { root, exec, arch: recipe.arch, debCache: o.debCache, packages: [recipe.boot.kernel, ...recipe.packages], recommends: recipe.install_recommends, step });
+    await aptInstall(c, { root, exec, arch: recipe.arch, debCache: o.debCache, packages: imagePackages(recipe), recommends: recipe.install_recommends, step });
 
     if (o.overlayDir) {
       step('overlay');
@@ -238,6 +239,10 @@ export async function customizeRoot(o: CustomizeOptions): Promise<void> {
       const abs = join(root, path);
       await mkdir(join(abs, '..'), { recursive: true });
       await rm(abs, { force: true });
+      if ('link' in f) {
+        await symlink(f.link, abs);
+        continue;
+      }
       await writeFile(abs, f.content);
       await chmod(abs, f.mode);
     }
@@ -255,10 +260,13 @@ export async function customizeRoot(o: CustomizeOptions): Promise<void> {
       await c.run('useradd', [...args, u.name], { stage: `users (${u.name})` });
     }
 
-    step('services');
-    const enable = ['loopship-host-config.service', 'loopship-ready.service', ...recipe.services.enable];
-    await c.run('systemctl', ['enable', ...enable], { stage: 'services' });
-    if (recipe.services.disable.length) await c.run('systemctl', ['disable', ...recipe.services.disable], { stage: 'services' });
+    // (busybox init has no units: its inittab is among the guest files)
+    if (recipe.boot.init === 'systemd') {
+      step('services');
+      const enable = ['loopship-host-config.service', 'loopship-ready.service', ...recipe.services.enable];
+      await c.run('systemctl', ['enable', ...enable], { stage: 'services' });
+      if (recipe.services.disable.length) await c.run('systemctl', ['disable', ...recipe.services.disable], { stage: 'services' });
+    }
 
     for (const [i, cmd] of recipe.commands.entries()) {
       step(`command ${i + 1}/${recipe.commands.length}`);
@@ -267,7 +275,10 @@ export async function customizeRoot(o: CustomizeOptions): Promise<void> {
 
     // Regenerate the initramfs now that the overlay may have changed its config; with
     // SOURCE_DATE_EPOCH set, initramfs-tools makes it reproducible.
-    if (await exists(join(root, 'usr/sbin/update-initramfs'))) {
+    if (recipe.boot.initrd === 'minimal') {
+      step('initrd');
+      await c.sh(minimalInitrdScript(), { stage: 'initrd (minimal)' });
+    } else if (await exists(join(root, 'usr/sbin/update-initramfs'))) {
       step('initramfs');
       // update-initramfs ends with `sync -f` on the new file: a syncfs of the build host's
       // whole filesystem (the scratch tree's), ~1 s on this shared disk and unbounded on a
@@ -281,6 +292,12 @@ export async function customizeRoot(o: CustomizeOptions): Promise<void> {
       await rm(join(root, 'tmp/loopship-nosync'), { recursive: true, force: true });
     }
   });
+}
+
+/** What apt installs into the image: the kernel, busybox when it is the init or the initrd's shell, the recipe's packages. */
+export function imagePackages(recipe: Pick<Recipe, 'boot' | 'packages'>): string[] {
+  const init = (recipe.boot.init === 'busybox' || recipe.boot.initrd === 'minimal') && !recipe.packages.some((p) => /^busybox(-static)?(=|$)/.test(p)) ? ['busybox'] : [];
+  return [recipe.boot.kernel, ...init, ...recipe.packages];
 }
 
 /** Installed packages with versions, sorted: the manifest's build facts. */

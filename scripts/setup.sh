@@ -11,6 +11,7 @@ DEBIAN_PACKAGES=(
   qemu-utils                                          # qemu-img: the Xen test's throw-away dom0 layer (only Recommended by qemu-system-x86)
   chromium                                            # dashboard test in a real browser
   curl nginx-light                                    # benchmarks: the plain pipeline and nginx as peers
+  busybox                                             # the shell of boot.init busybox images: the tests parse their scripts with it, list the minimal initrd
   build-essential python3                             # node-gyp: loopship serve's optional sendfile addon
   freerdp2-x11 xvfb ovmf openssh-client openssl       # appliance tests: RDP client in a virtual display, UEFI for the kiosk's framebuffer
 )

@@ -84,22 +84,29 @@ slowTest('tiny builds into a repository: signed, indexed, clean reproducible ext
   t.true(mtime <= built.sourceDateEpoch, 'mtimes clamped to SOURCE_DATE_EPOCH');
 });
 
-slowTest('the image boots under QEMU to the ready marker and applies host settings from /etc/loopship/host.json', async (t) => {
-  t.truthy(built, 'needs the previous test');
-  const disk = join(work, 'boot.img');
-  await execa('cp', ['--sparse=always', built.image.path!, disk]);
+/**
+ * Boots a built image (a sparse copy) under QEMU TCG with host.json written in as the agent
+ * would, until the ready marker; then `after` runs with the QMP socket, and QEMU is killed.
+ */
+async function bootImage(b: BuildResult, name: string, settings: Record<string, string>, after?: (qmp: string, log: string) => Promise<void>): Promise<{ console: string; seconds: number; disk: string }> {
+  const disk = join(work, `${name}.img`);
+  await execa('cp', ['--sparse=always', b.image.path!, disk]);
   // what the agent writes (client-agent/configure.ts): settings as strings under "settings"
-  const hostJson = join(work, 'host.json');
-  await writeFile(hostJson, JSON.stringify({ appliance: 'tiny', version: '1.0.0', settings: { hostname: 'qemu-tiny', 'ssh.authorized_keys': 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBuildTestKeyOnly test@loopship' } }));
+  const hostJson = join(work, `${name}.host.json`);
+  await writeFile(hostJson, JSON.stringify({ appliance: b.manifest!.name, version: b.manifest!.version, settings }));
   await execa('debugfs', ['-w', '-R', `write ${hostJson} /etc/loopship/host.json`, disk]);
-  const log = join(work, 'console.log');
+  const log = join(work, `${name}.console.log`);
+  const qmp = join(work, `${name}.qmp`);
   const t0 = Date.now();
   const qemu = execa('qemu-system-x86_64', [
     '-accel', 'tcg', '-m', '512', '-nographic', '-no-reboot', '-display', 'none', '-monitor', 'none',
-    '-kernel', built.kernel.path!, '-initrd', built.initrd.path!,
-    '-append', `${built.cmdline} console=ttyS0`,
+    '-kernel', b.kernel.path!, '-initrd', b.initrd.path!,
+    '-append', `${b.cmdline} console=ttyS0`,
     '-drive', `file=${disk},format=raw,if=virtio`,
+    // a NIC the cloud kernel drives, on a network of its own (no route anywhere)
+    '-nic', 'user,model=virtio-net-pci,restrict=on',
     '-serial', `file:${log}`,
+    '-qmp', `unix:${qmp},server=on,wait=off`,
   ], { reject: false });
   try {
     let text = '';
@@ -108,18 +115,75 @@ slowTest('the image boots under QEMU to the ready marker and applies host settin
       if (/LOOPSHIP-READY/.test(text) || qemu.exitCode !== null) break;
       await new Promise((r) => setTimeout(r, 1000));
     }
-    t.log(`boot to marker: ${((Date.now() - t0) / 1000).toFixed(0)} s (TCG)`);
-    t.regex(text, /LOOPSHIP-READY hostname=qemu-tiny version=1\.0\.0/);
+    const seconds = (Date.now() - t0) / 1000;
+    await after?.(qmp, log);
+    return { console: await readFile(log, 'utf8'), seconds, disk };
   } finally {
     qemu.kill('SIGKILL');
     await qemu;
   }
+}
+
+slowTest('the image boots under QEMU to the ready marker and applies host settings from /etc/loopship/host.json', async (t) => {
+  t.truthy(built, 'needs the previous test');
+  const boot = await bootImage(built, 'boot', { hostname: 'qemu-tiny', 'ssh.authorized_keys': 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBuildTestKeyOnly test@loopship' });
+  t.log(`boot to marker: ${boot.seconds.toFixed(0)} s (TCG)`);
+  t.regex(boot.console, /LOOPSHIP-READY hostname=qemu-tiny version=1\.0\.0/);
+  const disk = boot.disk;
   // first boot made this host's SSH keys and installed the authorized key (replay the
   // journal first: the VM was killed, and debugfs reads without replaying)
   const fsck = await execa('e2fsck', ['-fy', disk], { reject: false });
   t.true([0, 1].includes(fsck.exitCode ?? -1), fsck.stdout);
   t.regex(await debugfs(disk, 'ls /etc/ssh'), /ssh_host_ed25519_key/);
   t.regex(await debugfs(disk, 'cat /root/.ssh/authorized_keys'), /BuildTestKeyOnly/);
+});
+
+slowTest('boot.init busybox + boot.initrd minimal: no systemd, the builder\'s initrd; boots to the marker with host settings and powers off cleanly on an ACPI request', async (t) => {
+  const dir = join(work, 'tiny-busybox');
+  await cp(TINY, dir, { recursive: true });
+  const recipe = (await readFile(join(dir, 'recipe.yaml'), 'utf8'))
+    .replace('version: 1.0.0', 'version: 1.0.2')
+    .replace(/packages:\n(  - .*\n)+/, 'packages: [jq]\n')
+    .replace(/services:\n(  .*\n)+/, '')
+    .replace('  cmdline: quiet\n', '  cmdline: quiet\n  init: busybox\n  initrd: minimal\n');
+  await writeFile(join(dir, 'recipe.yaml'), recipe);
+  const b = await build({
+    recipe: dir,
+    output: { kind: 'repo', repoDir: fx.repoDir, publisherKey: await fx.keystore.privateKey(fx.keystore.find('publisher')), indexKeys: await fx.keystore.signingKeys('index') },
+    cacheDir: CACHE,
+    workDir: work,
+    keepWork: true,
+  });
+  const names = b.manifest!.build.packages.map((p) => p.name);
+  t.true(names.includes('busybox'), 'busybox installed as the init');
+  t.false(names.includes('systemd-sysv'));
+  t.is(await debugfs(b.image.path!, 'stat /usr/sbin/init').then((s) => /Type: symlink/.test(s) && /Fast link dest: "\/bin\/busybox"/.test(s)), true);
+  // the builder's initrd: busybox, its libraries and the block drivers; a fraction of Debian's
+  const initrd = (await stat(b.initrd.path!)).size;
+  t.true(initrd < 4 * 2 ** 20, `minimal initrd is ${initrd} bytes`);
+  const list = (await execa('sh', ['-c', `zcat '${b.initrd.path}' | busybox cpio -it`])).stdout.split('\n');
+  for (const f of ['init', 'bin/busybox', 'modules.order']) t.true(list.includes(f), `initrd has ${f}`);
+  t.true(list.some((f) => f.endsWith('/xen-blkfront.ko')) && list.some((f) => f.endsWith('/virtio_blk.ko')), 'block drivers for Xen and QEMU');
+
+  let exited = false;
+  const boot = await bootImage(b, 'busybox', { hostname: 'bb-tiny', 'network.address': '192.0.2.7/24' }, async (qmp) => {
+    // QEMU's system_powerdown (the agent's qemu backend stop): ACPI power button -> acpid ->
+    // poweroff -> busybox init's shutdown; QEMU exits when the guest powers off (-no-reboot)
+    const { qmpCommand } = await import('../../client-agent/backends/qemu.js');
+    await qmpCommand(qmp, 'system_powerdown', 5000);
+    for (let i = 0; i < 60 && !exited; i++) {
+      await new Promise((r) => setTimeout(r, 1000));
+      exited = await qmpCommand(qmp, 'query-status', 2000).then(() => false, () => true);
+    }
+  });
+  t.log(`busybox boot to marker: ${boot.seconds.toFixed(0)} s (TCG)`);
+  t.is(boot.console.match(/LOOPSHIP-READY hostname=bb-tiny version=1\.0\.2/g)?.length, 1, boot.console.slice(-2000));
+  t.regex(boot.console, /loopship-host-config: eth0: 192\.0\.2\.7\/24/);
+  t.true(exited, `the guest did not power off after system_powerdown:\n${boot.console.slice(-1500)}`);
+  t.regex(boot.console, /reboot: Power down/);
+  // an orderly shutdown left the filesystem clean: no journal to replay, nothing to fix
+  const fsck = await execa('e2fsck', ['-fn', boot.disk], { reject: false });
+  t.is(fsck.exitCode, 0, fsck.stdout);
 });
 
 slowTest('a failing chroot command: stage named, nothing mounted, scratch removed, cache and repository untouched', async (t) => {

@@ -29,6 +29,7 @@ test('a minimal recipe gets its defaults', (t) => {
   t.is(r.image.fs, 'ext4');
   t.is(r.boot.type, 'pvh');
   t.is(r.boot.ready_marker, 'LOOPSHIP-READY');
+  t.is(r.boot.init, 'systemd');
   t.deepEqual(r.xen, { memory: 512, vcpus: 1, network: { nics: 1 } });
   t.deepEqual(r.services, { enable: [], disable: [] });
   t.false(r.install_recommends);
@@ -65,6 +66,9 @@ test('YAML syntax errors give the line', (t) => {
 test('cross-field rules: duplicates, enable+disable, escaping overlay, required+default', (t) => {
   rejects(t, MINIMAL + 'services:\n  enable: [a.service]\n  disable: [a.service]\n', 'a.service both enabled and disabled');
   rejects(t, MINIMAL + 'files: ../../etc\n', 'files', 'inside the recipe');
+  rejects(t, MINIMAL + '  init: busybox\nservices:\n  disable: [apt-daily.timer]\n', 'services: apt-daily.timer cannot be enabled or disabled with boot.init busybox');
+  rejects(t, MINIMAL + '  init: runit\n', 'boot.init');
+  t.is(parseRecipe(MINIMAL + '  init: busybox\n', 'x.yaml').boot.init, 'busybox');
   rejects(t, MINIMAL + 'users: [{name: bob}, {name: bob}]\n', 'duplicate user');
   rejects(t, MINIMAL + 'settings:\n  x: {type: string, required: true, default: a}\n', 'settings.x');
 });
