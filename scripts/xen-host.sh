@@ -15,8 +15,8 @@
 # networking), so a repository served on 127.0.0.1:PORT is http://10.0.2.2:PORT inside.
 #
 # Environment: LOOPSHIP_XEN_CACHE (default /var/cache/loopship/xen), LOOPSHIP_MIRROR (Debian
-# mirror; default: this machine's apt sources), LOOPSHIP_AGENT_DEB (install this .deb
-# instead of the built tree), XEN_QEMU_MEM (MiB, default 2560), XEN_DOM0_MEM (default
+# mirror; default: this machine's apt sources), LOOPSHIP_AGENT_DEB (this .deb installed in
+# the dom0 image instead of the built tree copied in at boot), XEN_QEMU_MEM (MiB, default 2560), XEN_DOM0_MEM (default
 # 1024M), XEN_TIMEOUT (seconds for a run, default 3600), XEN_SMP (default 2), XEN_CPU
 # (QEMU -cpu, default below), XEN_NICE (QEMU's nice value for runs, default 0).
 # Needs root, debootstrap, qemu-system-x86, e2fsprogs, zstd, and `npm run build` done.
@@ -42,10 +42,18 @@ need_root() { [ "$(id -u)" -eq 0 ] || die "must run as root (debootstrap, chroot
 sha() { sha256sum | cut -c1-16; }
 root_key() { printf '%s\n' "$SUITE" "$ROOT_RECIPE" "${DOM0_PACKAGES[@]}" | sha; }
 node_bin() { command -v node || die "node not found"; }
-# The image adds the overlay, the Node.js binary and the harness's settings to the root.
+# The image adds the overlay, the Node.js binary, the harness's settings and the agent's
+# package (when given) to the root.
 image_key() {
   { root_key; (cd "$OVERLAY" && find . -type f -print0 | sort -z | xargs -0 sha256sum);
-    sha256sum "$(node_bin)"; sed -n '/^# ---- image steps/,/^# ---- end image steps/p' "${BASH_SOURCE[0]}"; } | sha
+    sha256sum "$(node_bin)"; sed -n '/^# ---- image steps/,/^# ---- end image steps/p' "${BASH_SOURCE[0]}"; deb_identity; } | sha
+}
+# what a .deb installs: its control files (name, version, maintainer scripts, the md5sums of
+# every file); the .deb's own bytes change with each build's timestamps
+deb_identity() {
+  [ -n "${LOOPSHIP_AGENT_DEB:-}" ] || return 0
+  [ -f "$LOOPSHIP_AGENT_DEB" ] || die "LOOPSHIP_AGENT_DEB=$LOOPSHIP_AGENT_DEB: no such file"
+  dpkg-deb --ctrl-tarfile "$LOOPSHIP_AGENT_DEB" | tar -xO
 }
 
 mirror() {
@@ -114,6 +122,15 @@ build_image() {
   grep -q '^XENCONSOLED_ARGS=' "$r/etc/default/xen" 2>/dev/null ||
     echo 'XENCONSOLED_ARGS="--log=guest --log-dir=/var/log/xen/console"' >>"$r/etc/default/xen"
   mkdir -p "$r/var/log/xen/console" "$r/etc/xen/auto"
+  # The agent's package is installed the way a site's installer does it (d-i's `in-target
+  # dpkg -i`: a chroot into the new root), once per package, instead of at every boot: dpkg
+  # in the emulated dom0 took 1-4 minutes of each run.
+  if [ -n "${LOOPSHIP_AGENT_DEB:-}" ]; then
+    cp "$LOOPSHIP_AGENT_DEB" "$r/tmp/loopship-agent.deb"
+    chroot "$r" dpkg --force-unsafe-io -i /tmp/loopship-agent.deb >"$work/dpkg.log" 2>&1 ||
+      { cat "$work/dpkg.log" >&2; die "dpkg -i of $LOOPSHIP_AGENT_DEB in the dom0 root failed"; }
+    rm -f "$r/tmp/loopship-agent.deb"
+  fi
   systemctl --root="$r" enable loopship-xen-job.service loopship-xen-shell.service >/dev/null 2>&1
   systemctl --root="$r" mask serial-getty@hvc0.service apt-daily.timer apt-daily-upgrade.timer e2scrub_reap.service >/dev/null 2>&1 || true
   mkfs.ext4 -q -F -L dom0root -E lazy_itable_init=1,nodiscard -d "$r" "$work/out/dom0.img" 6G >/dev/null
@@ -131,13 +148,11 @@ build_image() {
   echo "$dir"
 }
 
-# The agent as a site installs it: its .deb, else the built tree (dist/, production
-# node_modules, package.json, the systemd unit) under agent/ in the job tar.
+# The agent: its .deb is already installed in the image (build_image); else the built tree
+# (dist/, production node_modules, package.json, the systemd unit) under agent/ in the job tar.
 add_agent() { # job.tar
   local tar=$1
-  if [ -n "${LOOPSHIP_AGENT_DEB:-}" ]; then
-    tar -rf "$tar" -C "$(dirname "$LOOPSHIP_AGENT_DEB")" "$(basename "$LOOPSHIP_AGENT_DEB")"; return
-  fi
+  [ -z "${LOOPSHIP_AGENT_DEB:-}" ] || return 0
   [ -f "$PROJECT/dist/bin/loopship-agent.js" ] || die "no dist/bin/loopship-agent.js: run npm run build first"
   local list
   list=$(mktemp)

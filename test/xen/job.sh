@@ -73,7 +73,8 @@ await_stable() {
 
 mkdir -p "$OUT"
 say "job: $APP from $REPO_URL, hostname $GUEST_HOSTNAME"
-# how the agent got here: its Debian package (loopship-xen-job ran dpkg -i), as at a site
+# how the agent got here: its Debian package, installed into the dom0 image by xen-host.sh
+# (dpkg -i in a chroot of the new root, as a site's installer does)
 mkdir -p "$OUT/00-agent"
 dpkg-query -W -f='${Package} ${Version} ${db:Status-Abbrev}\n' loopship-agent >"$OUT/00-agent/dpkg" 2>&1
 dpkg -S "$(command -v loopship-agent)" >"$OUT/00-agent/owner" 2>&1

@@ -86,9 +86,24 @@ async function recipeVariant(dir: string, v: Variant): Promise<string> {
   doc.setIn(['boot', 'type'], v.type);
   // not quiet: the guest console is the run's evidence of where a slow boot spent its time
   doc.setIn(['boot', 'cmdline'], v.broken ? `init=${BROKEN_INIT}` : '');
+  // Lean for a host emulated twice over (Xen under TCG, the guest under Xen), where every
+  // boot, every MiB downloaded and every MiB verified costs seconds: busybox as init and the
+  // builder's minimal initrd instead of systemd and initramfs-tools' udev, no SSH server,
+  // no translations, and only the drivers a Xen or QEMU guest of it loads.
+  doc.setIn(['boot', 'init'], 'busybox');
+  doc.setIn(['boot', 'initrd'], 'minimal');
+  doc.set('packages', []);
+  doc.delete('services');
+  doc.set('cleanup', { docs: true, locales: true });
+  const commands = [
+    "find /lib/modules -name '*.ko' ! -name '*xen*' ! -name '*virtio*' ! -name '*failover*' ! -name button.ko ! -name evdev.ko -delete && depmod -a $(ls /lib/modules)",
+    // udev never runs with busybox init: its hardware database is 12 MB of nothing
+    'rm -f /usr/lib/udev/hwdb.bin',
+  ];
   // broken: its init says so and powers the guest off at once (the agent sees the domain
   // gone and rolls back), instead of idling through the whole health timeout under emulation
-  if (v.broken) doc.set('commands', [`printf '#!/bin/sh\\necho "LOOPSHIP-BROKEN: this version powers off at boot"\\necho o >/proc/sysrq-trigger\\nsleep 600\\n' >${BROKEN_INIT} && chmod 755 ${BROKEN_INIT}`]);
+  if (v.broken) commands.push(`printf '#!/bin/sh\\necho "LOOPSHIP-BROKEN: this version powers off at boot"\\necho o >/proc/sysrq-trigger\\nsleep 600\\n' >${BROKEN_INIT} && chmod 755 ${BROKEN_INIT}`);
+  doc.set('commands', commands);
   await writeFile(file, doc.toString());
   return dest;
 }
@@ -115,11 +130,11 @@ async function startServer(repo: string, keys: string, stateDir: string): Promis
   });
 }
 
-/** sha256 over the files under `dirs` (paths and contents, sorted). */
-async function treeDigest(dirs: string[], extra: string): Promise<string> {
+/** sha256 over `paths`: files, and the files under directories (paths and contents, sorted). */
+async function treeDigest(paths: string[], extra: string): Promise<string> {
   const h = createHash('sha256').update(extra);
-  for (const dir of dirs) {
-    const files = (await readdir(dir, { recursive: true, withFileTypes: true })).filter((e) => e.isFile()).map((e) => join(e.parentPath ?? e.path, e.name)).sort();
+  for (const p of paths) {
+    const files = (await stat(p)).isFile() ? [p] : (await readdir(p, { recursive: true, withFileTypes: true })).filter((e) => e.isFile()).map((e) => join(e.parentPath ?? e.path, e.name)).sort();
     for (const f of files) h.update(`${f.slice(PROJECT.length)}\0`).update(await readFile(f)).update('\0');
   }
   return h.digest('hex').slice(0, 16);
@@ -131,10 +146,12 @@ async function treeDigest(dirs: string[], extra: string): Promise<string> {
  * the builds (LOOPSHIP_XEN_REBUILD=1 forces them).
  */
 async function builtRepository(): Promise<{ dir: string; seconds: number[] }> {
-  // not keyed by the builder's code: what is under test here is the agent, and a builder edit
+  // not keyed by the whole builder: what is under test here is the agent, and a builder edit
   // would cost three image builds per run (the builder's own tests cover it); the package
-  // format and the keys code are what the agent reads
-  const key = await treeDigest(['recipes/tiny', 'dist/format', 'dist/keys'].map((d) => join(PROJECT, d)), JSON.stringify([V1, V2, VBAD]));
+  // format and the keys code are what the agent reads, the guest files and the initrd what
+  // boots in the domU, recipeVariant what makes the three versions
+  const files = ['recipes/tiny', 'dist/format', 'dist/keys', 'dist/builder/guest-files.js', 'dist/builder/minimal-initrd.js'];
+  const key = await treeDigest(files.map((d) => join(PROJECT, d)), JSON.stringify([V1, V2, VBAD]) + recipeVariant.toString());
   const dir = join(XEN_CACHE, `repo-tiny-${key}`);
   if (!process.env.LOOPSHIP_XEN_REBUILD && existsSync(join(dir, 'done.json'))) {
     progress(`repository with tiny ${V1.version}, ${V2.version}, ${VBAD.version}: cached ${dir}`);
