@@ -36,13 +36,24 @@ export class DecodePool {
   /** Decodes and verifies a frame in a worker, then writes the chunk at each (fd, offset). */
   decode(frame: Uint8Array, c: Pick<Chunk, 'length' | 'sha256'>, where: string, writes: { fd: number; offset: number }[]): Promise<void> {
     if (this.broken) return Promise.reject(this.broken);
-    const id = this.nextId++;
     const copy = new Uint8Array(frame.length);
     copy.set(frame);
-    const job: DecodeJob = { id, frame: copy, length: c.length, sha256: c.sha256, where, writes };
+    return this.post({ id: this.nextId++, frame: copy, length: c.length, sha256: c.sha256, where, writes }, [copy.buffer]);
+  }
+
+  /**
+   * Reads a chunk from a local file (fd at offset) in a worker, re-hashes it, then writes it
+   * at each (fd, offset). Rejects with a VerificationError when the local bytes are not the chunk.
+   */
+  copy(seed: { fd: number; offset: number }, c: Pick<Chunk, 'length' | 'sha256'>, where: string, writes: { fd: number; offset: number }[]): Promise<void> {
+    return this.post({ id: this.nextId++, seed, length: c.length, sha256: c.sha256, where, writes });
+  }
+
+  private post(job: DecodeJob, transfer: ArrayBuffer[] = []): Promise<void> {
+    if (this.broken) return Promise.reject(this.broken);
     return new Promise((resolve, reject) => {
-      this.pending.set(id, { resolve, reject });
-      this.workers[id % this.workers.length].postMessage(job, [copy.buffer]);
+      this.pending.set(job.id, { resolve, reject });
+      this.workers[job.id % this.workers.length].postMessage(job, transfer);
     });
   }
 

@@ -271,6 +271,9 @@ export async function installVersion(opts: InstallOptions): Promise<InstallResul
 
   const handles = new Map<BlobName | 'boot', FileHandle>();
   let bootDisk: FileHandle | undefined;
+  // decode/verify/write workers, for seed copies and pack frames alike (opts.decodeWorkers 0: none)
+  const started: { workers?: DecodePool } = {};
+  const workerPool = (): DecodePool | null => (opts.decodeWorkers === 0 ? null : (started.workers ??= new DecodePool(opts.decodeWorkers)));
   const seeds = await seedIndex(state, { name: m.name, version: m.version });
   const progress: InstallProgress = { doneBytes: 0, totalBytes: 0, fetchedBytes: 0, reusedBytes: 0 };
   for (const w of plan.values()) progress.totalBytes += w.chunk.length * w.targets.length;
@@ -368,16 +371,42 @@ export async function installVersion(opts: InstallOptions): Promise<InstallResul
     };
 
     // 1. what this host already has (any installed version), re-hashed: bit rot in an old
-    //    version must not spread into the new one
+    //    version must not spread into the new one. On the workers (read, hash, write there:
+    //    a slow host's upgrade is mostly this), each seed file opened once.
     const remote: string[] = [];
     const pending = [...plan.keys()].filter((sha) => !done.has(sha));
-    await pool(pending, concurrency, async (sha) => {
-      const w = plan.get(sha)!;
-      const seed = seeds.get(sha);
-      const bytes = seed && seed.length === w.chunk.length ? await readExactly(seed.path, seed.offset, seed.length) : null;
-      if (bytes && sha256(bytes) === sha) await commit(sha, w, bytes, true);
-      else remote.push(sha);
-    });
+    const seedFiles = new Map<string, Promise<FileHandle | null>>();
+    const seedFile = (path: string): Promise<FileHandle | null> => {
+      let f = seedFiles.get(path);
+      if (!f) seedFiles.set(path, (f = open(path, 'r').catch(() => null)));
+      return f;
+    };
+    try {
+      await pool(pending, concurrency, async (sha) => {
+        const w = plan.get(sha)!;
+        const seed = seeds.get(sha);
+        if (!seed || seed.length !== w.chunk.length) return void remote.push(sha);
+        const copier = workerPool();
+        if (!copier) {
+          const bytes = await readExactly(seed.path, seed.offset, seed.length);
+          if (bytes && sha256(bytes) === sha) await commit(sha, w, bytes, true);
+          else remote.push(sha);
+          return;
+        }
+        const fh = await seedFile(seed.path);
+        if (!fh) return void remote.push(sha);
+        try {
+          await copier.copy({ fd: fh.fd, offset: seed.offset }, w.chunk, w.where, writesOf(w));
+        } catch (err) {
+          // not the bytes the manifest names (bit rot, a shorter file): fetch this one
+          if (err instanceof VerificationError) return void remote.push(sha);
+          throw err;
+        }
+        account(sha, w, true);
+      });
+    } finally {
+      for (const f of seedFiles.values()) await (await f)?.close();
+    }
 
     // 2. the rest from the version's pack: one Range request per run of missing chunks
     const delivered = new Set<string>();
@@ -388,7 +417,7 @@ export async function installVersion(opts: InstallOptions): Promise<InstallResul
       let writeFailed = false;
       // Decoding and hashing on worker threads when the source hands out raw frames: the
       // main thread then only moves bytes. At most `inFlight` frames wait for a worker.
-      const decoders = source.packFrames && opts.decodeWorkers !== 0 ? new DecodePool(opts.decodeWorkers) : null;
+      const decoders = source.packFrames ? workerPool() : null;
       const inFlight = new Semaphore(64);
       const fetchRange = async (range: PackRange): Promise<void> => {
         if (!decoders) {
@@ -436,7 +465,7 @@ export async function installVersion(opts: InstallOptions): Promise<InstallResul
         if (failed) throw failed;
         if (badFrame) throw badFrame;
       };
-      try {
+      {
         await pool(ranges, Math.min(concurrency, 4), async (range) => {
           if (packGone) return;
           try {
@@ -456,8 +485,6 @@ export async function installVersion(opts: InstallOptions): Promise<InstallResul
             }
           }
         });
-      } finally {
-        await decoders?.close();
       }
     }
 
@@ -471,11 +498,13 @@ export async function installVersion(opts: InstallOptions): Promise<InstallResul
     await flush();
     if (failed) throw failed;
   } catch (err) {
+    await started.workers?.close().catch(() => {});
     for (const fh of handles.values()) await fh.close().catch(() => {});
     handles.clear();
     if (err instanceof LoopshipError) throw err;
     throw ioError(err, staging, 'install failed');
   }
+  await started.workers?.close();
   for (const fh of handles.values()) await fh.close();
   await fsyncDir(staging);
   await mkdir(state.applianceDir(m.name), { recursive: true });

@@ -70,20 +70,28 @@ test('an installed version is the seed: a one-block change fetches only the chan
   t.true(r.fetchedBytes < r.fullCompressedBytes / 5, `fetched ${r.fetchedBytes} of ${r.fullCompressedBytes}`);
 });
 
-test('a damaged seed is not spread: its chunk is re-hashed and fetched instead', async (t) => {
-  const { v2, state, client } = await setup(t);
-  await installVersion({ state, verified: await client.manifest('tiny', '1.0.0'), source: client });
-  const m1 = (await client.manifest('tiny', '1.0.0')).manifest;
-  // bit rot in the old version, in a chunk the new version shares
-  const victim = m1.image.chunks.at(-1)!;
-  const fh = await open(join(state.versionDir('tiny', '1.0.0'), 'verified.img'), 'r+');
-  await fh.write(Buffer.from([0xde, 0xad]), 0, 2, victim.offset + 10);
-  await fh.close();
-  const { source, fetched } = countingSource(client);
-  await installVersion({ state, verified: await client.manifest('tiny', '2.0.0'), source });
-  t.true(fetched.includes(victim.sha256));
-  t.is(await sha256File(join(state.versionDir('tiny', '2.0.0'), 'verified.img')), sha256Of(await readFile(v2.imagePath)));
-});
+for (const [how, decodeWorkers] of [['on the workers', undefined], ['on the main thread', 0]] as const) {
+  test(`a damaged seed is not spread: its chunk is re-hashed and fetched instead (${how})`, async (t) => {
+    const { v2, state, client } = await setup(t);
+    await installVersion({ state, verified: await client.manifest('tiny', '1.0.0'), source: client });
+    const m1 = (await client.manifest('tiny', '1.0.0')).manifest;
+    const m2 = (await client.manifest('tiny', '2.0.0')).manifest;
+    const shared = m1.image.chunks.filter((c) => m2.image.chunks.some((d) => d.sha256 === c.sha256));
+    // bit rot in the old version, in a chunk the new version shares, and the old image cut
+    // short inside another shared chunk: both are fetched, everything else is reused
+    const [victim, last] = [shared[0], shared.at(-1)!];
+    const fh = await open(join(state.versionDir('tiny', '1.0.0'), 'verified.img'), 'r+');
+    await fh.write(Buffer.from([0xde, 0xad]), 0, 2, victim.offset + 10);
+    await fh.truncate(last.offset + 100);
+    await fh.close();
+    const { source, fetched } = countingSource(client);
+    const r = await installVersion({ state, verified: await client.manifest('tiny', '2.0.0'), source, decodeWorkers });
+    t.true(fetched.includes(victim.sha256), 'the damaged chunk came from the repository');
+    t.true(fetched.includes(last.sha256), 'the chunk past the end of the cut seed came from the repository');
+    t.true(r.reusedChunks > 10, `reused ${r.reusedChunks}`);
+    t.is(await sha256File(join(state.versionDir('tiny', '2.0.0'), 'verified.img')), sha256Of(await readFile(v2.imagePath)));
+  });
+}
 
 test('an interrupted install resumes: verified chunks are not fetched again', async (t) => {
   const { v1, state, client } = await setup(t);
