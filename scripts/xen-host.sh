@@ -29,9 +29,10 @@ CACHE=${LOOPSHIP_XEN_CACHE:-/var/cache/loopship/xen}
 SUITE=bookworm
 # What dom0 is made of. linux-image-amd64 because the cloud kernel lacks CONFIG_XEN_DOM0;
 # e2fsprogs/util-linux for the agent's images and loop mounts; iproute2 for the bridge and
-# the vif hotplug script; libstdc++6 for the Node.js runtime copied in.
+# the vif hotplug script; libstdc++6 for the Node.js runtime copied in; jq for the test's job
+# (a Node.js start costs seconds of emulated CPU).
 DOM0_PACKAGES=(xen-system-amd64 linux-image-amd64 initramfs-tools systemd-sysv udev kmod procps
-  iproute2 e2fsprogs util-linux libstdc++6 ca-certificates less)
+  iproute2 e2fsprogs util-linux libstdc++6 ca-certificates less jq)
 # Bump when the steps that make the root change (part of the cache key, with the packages).
 ROOT_RECIPE=1
 

@@ -15,8 +15,9 @@ CMD_TIMEOUT=${CMD_TIMEOUT:-2400}
 CONSOLE=/var/log/xen/console/guest-$APP.log
 
 say() { echo "XENJOB: [$(cut -d' ' -f1 /proc/uptime)] $*"; }
-# jget KEY...: a value from the JSON on stdin (empty if absent)
-jget() { node -e 'let v; try { v = JSON.parse(require("fs").readFileSync(0, "utf8")); } catch {} for (const k of process.argv.slice(1)) v = v?.[k]; console.log(v ?? "")' "$@"; }
+# jget KEY...: a value from the JSON on stdin (empty if absent). jq, not node: every Node.js
+# start costs seconds of emulated CPU here
+jget() { local path=''; for k in "$@"; do path="$path[\"$k\"]"; done; jq -r "try (.$path // \"\") catch \"\"" 2>/dev/null; }
 
 # agent STEP ARGS...: one agent command, bounded (xl create can hang), with its evidence.
 # A download cut off by the network is retried (installs resume where they stopped, as the
@@ -81,9 +82,18 @@ dpkg -S "$(command -v loopship-agent)" >"$OUT/00-agent/owner" 2>&1
 systemctl is-enabled loopship-agent.service >"$OUT/00-agent/unit-enabled" 2>&1
 loopship-agent --version >"$OUT/00-agent/version" 2>&1
 
-# 0. the repository server answers (node's fetch: no curl in dom0)
+# 0. the repository server answers (bash's /dev/tcp: no curl in dom0, and no Node.js start)
+root_json_ok() {
+  local hp=${REPO_URL#http://} status=''
+  hp=${hp%%/*}
+  { exec 3<>"/dev/tcp/${hp%:*}/${hp##*:}"; } 2>/dev/null || return 1
+  printf 'GET /root.json HTTP/1.0\r\nHost: %s\r\n\r\n' "$hp" >&3
+  read -r -t 20 _ status _ <&3
+  exec 3<&-
+  [ "$status" = 200 ]
+}
 t0=$SECONDS
-until node -e 'fetch(process.argv[1] + "/root.json").then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))' "$REPO_URL" || [ $((SECONDS - t0)) -gt 300 ]; do sleep 3; done
+until root_json_ok || [ $((SECONDS - t0)) -gt 300 ]; do sleep 3; done
 # 1. trust: pin the root by its fingerprint (the install media's only secret-free fact)
 agent 01-init init --repo "$REPO_URL" --root-fingerprint "$ROOT_FPR" --backend xl || exit 1
 # emulated guests boot slowly: a longer health check than the default (init writes no default)
