@@ -147,6 +147,9 @@ slowTest('boot.init busybox + boot.initrd minimal: no systemd, the builder\'s in
     .replace(/services:\n(  .*\n)+/, '')
     .replace('  cmdline: quiet\n', '  cmdline: quiet\n  init: busybox\n  initrd: minimal\n');
   await writeFile(join(dir, 'recipe.yaml'), recipe);
+  // an appliance's own program: started at boot before the marker, stopped at shutdown
+  await mkdir(join(dir, 'overlay/etc/loopship/init.d'), { recursive: true });
+  await writeFile(join(dir, 'overlay/etc/loopship/init.d/50-demo'), '#!/bin/sh\necho "demo-service: $1" >/dev/console\n', { mode: 0o755 });
   const b = await build({
     recipe: dir,
     output: { kind: 'repo', repoDir: fx.repoDir, publisherKey: await fx.keystore.privateKey(fx.keystore.find('publisher')), indexKeys: await fx.keystore.signingKeys('index') },
@@ -178,6 +181,9 @@ slowTest('boot.init busybox + boot.initrd minimal: no systemd, the builder\'s in
   });
   t.log(`busybox boot to marker: ${boot.seconds.toFixed(0)} s (TCG)`);
   t.is(boot.console.match(/LOOPSHIP-READY hostname=bb-tiny version=1\.0\.2/g)?.length, 1, boot.console.slice(-2000));
+  const at = (s: string) => boot.console.indexOf(s);
+  t.true(at('demo-service: start') >= 0 && at('demo-service: start') < at('LOOPSHIP-READY'), 'init.d programs start before the marker');
+  t.true(at('demo-service: stop') > at('LOOPSHIP-READY'), 'and stop at shutdown');
   t.regex(boot.console, /loopship-host-config: eth0: 192\.0\.2\.7\/24/);
   t.true(exited, `the guest did not power off after system_powerdown:\n${boot.console.slice(-1500)}`);
   t.regex(boot.console, /reboot: Power down/);

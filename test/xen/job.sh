@@ -29,16 +29,21 @@ agent() {
   while :; do
     say "$step: loopship-agent $* (attempt $attempt)"
     rc=0
-    timeout --kill-after=20 "$CMD_TIMEOUT" loopship-agent --json "$@" >"$d/stdout" 2>"$d/stderr" || rc=$?
+    # stderr with dom0's uptime on each line (stderr.timed: where a step spends its time),
+    # and as the agent wrote it (stderr)
+    timeout --kill-after=20 "$CMD_TIMEOUT" loopship-agent --json "$@" 2>&1 >"$d/stdout" |
+      while IFS= read -r line; do read -r up _ </proc/uptime; printf '[%s] %s\n' "$up" "$line"; done >"$d/stderr.timed"
+    rc=${PIPESTATUS[0]}
+    sed 's/^\[[0-9.]*\] //' "$d/stderr.timed" >"$d/stderr"
     # only the final error counts: a notice such as "cannot use the pack (...no data for 30 s)" does not
     [ "$rc" != 0 ] && [ $attempt -lt 5 ] && grep 'loopship-agent: error:' "$d/stderr" | tail -n 1 | grep -q 'request failed\|download failed\|connection closed\|no data for' || break
     say "$step: network failure, retrying: $(tail -n 1 "$d/stderr")"
-    cp "$d/stderr" "$d/stderr.$attempt"; attempt=$((attempt + 1))
+    cp "$d/stderr.timed" "$d/stderr.$attempt"; attempt=$((attempt + 1))
   done
   echo "$rc" >"$d/rc"; echo $((SECONDS - t0)) >"$d/seconds"; echo "$attempt" >"$d/attempts"
   say "$step: rc=$rc after $((SECONDS - t0)) s"
   # the guest's boot time and any xl trouble, also when the step passed
-  grep -h 'is ready after\|did not become ready\|xl create\|xl destroy\|did not shut down\|still running\|already running\|installed \|switching back' "$d/stderr" | cut -c1-300 | sed "s/^/XENJOB: $step: /"
+  grep -h 'is ready after\|did not become ready\|xl create\|xl destroy\|did not shut down\|still running\|already running\|installed \|configured \|starting \|switching back' "$d/stderr.timed" | cut -c1-300 | sed "s/^/XENJOB: $step: /"
   [ "$rc" = 0 ] || sed "s/^/XENJOB: $step stderr: /" "$d/stderr" | tail -n 15
   snapshot "$step" "${SNAPSHOT_STATUS:-}"
   return "$rc"
