@@ -465,27 +465,25 @@ export async function installVersion(opts: InstallOptions): Promise<InstallResul
         if (failed) throw failed;
         if (badFrame) throw badFrame;
       };
-      {
-        await pool(ranges, Math.min(concurrency, 4), async (range) => {
-          if (packGone) return;
-          try {
-            result.rangeRequests++;
-            await fetchRange(range);
-          } catch (err) {
-            // our own write failing (disk full) is fatal; a missing or bad pack is not: its
-            // chunks are fetched one by one below, each verified as always
-            if (writeFailed) throw err;
-            if (err instanceof FetchError) {
-              // no pack, no Range support, or the mirror failing: the other runs would fare no better
-              if (!packGone) opts.onNotice?.(err.code === 'NOT_FOUND' ? `no pack for ${label} on the repository; fetching chunks one by one` : `cannot use the pack of ${label} (${err.message}); fetching chunks one by one`);
-              packGone = true;
-            } else {
-              result.packFallbacks++;
-              opts.onNotice?.(`pack range ${range.start}-${range.end - 1} of ${label} failed (${(err as Error).message}); fetching its remaining chunks one by one`);
-            }
+      await pool(ranges, Math.min(concurrency, 4), async (range) => {
+        if (packGone) return;
+        try {
+          result.rangeRequests++;
+          await fetchRange(range);
+        } catch (err) {
+          // our own write failing (disk full) is fatal; a missing or bad pack is not: its
+          // chunks are fetched one by one below, each verified as always
+          if (writeFailed) throw err;
+          if (err instanceof FetchError) {
+            // no pack, no Range support, or the mirror failing: the other runs would fare no better
+            if (!packGone) opts.onNotice?.(err.code === 'NOT_FOUND' ? `no pack for ${label} on the repository; fetching chunks one by one` : `cannot use the pack of ${label} (${err.message}); fetching chunks one by one`);
+            packGone = true;
+          } else {
+            result.packFallbacks++;
+            opts.onNotice?.(`pack range ${range.start}-${range.end - 1} of ${label} failed (${(err as Error).message}); fetching its remaining chunks one by one`);
           }
-        });
-      }
+        }
+      });
     }
 
     // 3. chunk by chunk: without a pack, or what a pack failed to deliver

@@ -134,8 +134,9 @@ slowTest('the image boots under QEMU to the ready marker and applies host settin
   // journal first: the VM was killed, and debugfs reads without replaying)
   const fsck = await execa('e2fsck', ['-fy', disk], { reject: false });
   t.true([0, 1].includes(fsck.exitCode ?? -1), fsck.stdout);
-  t.regex(await debugfs(disk, 'ls /etc/ssh'), /ssh_host_ed25519_key/);
-  t.regex(await debugfs(disk, 'cat /root/.ssh/authorized_keys'), /BuildTestKeyOnly/);
+  const consoleTail = `console:\n${boot.console.slice(-3000)}`;
+  t.regex(await debugfs(disk, 'ls /etc/ssh'), /ssh_host_ed25519_key/, consoleTail);
+  t.regex(await debugfs(disk, 'cat /root/.ssh/authorized_keys'), /BuildTestKeyOnly/, consoleTail);
 });
 
 slowTest('boot.init busybox + boot.initrd minimal: no systemd, the builder\'s initrd; boots to the marker with host settings and powers off cleanly on an ACPI request', async (t) => {
