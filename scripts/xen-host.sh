@@ -49,12 +49,16 @@ image_key() {
   { root_key; (cd "$OVERLAY" && find . -type f -print0 | sort -z | xargs -0 sha256sum);
     sha256sum "$(node_bin)"; sed -n '/^# ---- image steps/,/^# ---- end image steps/p' "${BASH_SOURCE[0]}"; deb_identity; } | sha
 }
-# what a .deb installs: its control files (name, version, maintainer scripts, the md5sums of
-# every file); the .deb's own bytes change with each build's timestamps
+# what a .deb installs: its control files (name, version, maintainer scripts) and the contents
+# of its files (the version alone stays the same while the code changes; the .deb's own bytes
+# change with each build's timestamps). A failure here must not give a key without the package.
 deb_identity() {
   [ -n "${LOOPSHIP_AGENT_DEB:-}" ] || return 0
   [ -f "$LOOPSHIP_AGENT_DEB" ] || die "LOOPSHIP_AGENT_DEB=$LOOPSHIP_AGENT_DEB: no such file"
-  dpkg-deb --ctrl-tarfile "$LOOPSHIP_AGENT_DEB" | tar -xO
+  local ctrl data
+  ctrl=$(dpkg-deb --ctrl-tarfile "$LOOPSHIP_AGENT_DEB" | tar -xOf - | sha256sum) || die "cannot read the control files of $LOOPSHIP_AGENT_DEB"
+  data=$(dpkg-deb --fsys-tarfile "$LOOPSHIP_AGENT_DEB" | tar -xOf - | sha256sum) || die "cannot read the files of $LOOPSHIP_AGENT_DEB"
+  echo "agent package: $ctrl $data"
 }
 
 mirror() {
