@@ -4,33 +4,35 @@
 // switch to it. initramfs-tools does that through udev (udevd, trigger, settle), which
 // took 18 of the 33 s before the root was mounted under QEMU's software emulation; this one
 // is busybox, its libraries and the block drivers (~1.5 MB). Made in the chroot by
-// MAKE_SCRIPT; pure text here, run by the customize stage.
+// minimalInitrdScript(); pure text here, run by the customize stage.
 
 /** Block drivers (with what they depend on): Xen's blkfront, virtio for QEMU. */
 export const INITRD_MODULES = ['xen-blkfront', 'virtio_blk', 'virtio_pci'];
 
 // /init of the initrd. Kernel arguments it reads: root= (UUID=, LABEL= or a device), init=,
-// rw. A root that never appears is reported and the guest powers off: the agent's health
-// check then sees it stopped at once instead of waiting for a marker.
+// rw, loopship.rootwait= (seconds, default 60). A root that never appears is reported and the
+// guest powers off: the agent's health check then sees it stopped at once instead of waiting
+// for a marker.
 const INIT = `#!/bin/busybox sh
 bb=/bin/busybox
 $bb mount -t proc proc /proc
 $bb mount -t sysfs sysfs /sys
 $bb mount -t devtmpfs -o mode=755,nosuid devtmpfs /dev
-root='' init=/sbin/init mode=ro
+root='' init=/sbin/init mode=ro wait=60
 for a in $($bb cat /proc/cmdline); do
-  case $a in root=*) root=\${a#root=};; init=*) init=\${a#init=};; rw) mode=rw;; esac
+  case $a in root=*) root=\${a#root=};; init=*) init=\${a#init=};; rw) mode=rw;; loopship.rootwait=*) wait=\${a#*=};; esac
 done
+case $wait in ''|*[!0-9]*) wait=60;; esac
 fail() { echo "loopship-initrd: $*" >/dev/console; $bb sleep 2; $bb poweroff -f; }
 [ -n "$root" ] || fail "no root= on the kernel command line"
 # in dependency order; a driver whose hardware is absent loads and finds nothing
 while read -r m; do $bb insmod "$m" 2>/dev/null; done </modules.order
 uptime() { read -r u _ </proc/uptime; echo "\${u%.*}"; }
-deadline=$(($(uptime) + 60)) dev=''
+deadline=$(($(uptime) + wait)) dev=''
 while :; do
   case $root in UUID=*|LABEL=*) dev=$($bb findfs "$root" 2>/dev/null);; *) dev=$root;; esac
   [ -n "$dev" ] && [ -b "$dev" ] && break
-  [ "$(uptime)" -lt $deadline ] || fail "root $root did not appear within 60 s"
+  [ "$(uptime)" -lt $deadline ] || fail "root $root did not appear within $wait s"
   $bb usleep 100000
 done
 $bb mount -t ext4 -o $mode "$dev" /newroot || fail "cannot mount $dev ($root) on /"

@@ -88,7 +88,7 @@ slowTest('tiny builds into a repository: signed, indexed, clean reproducible ext
  * Boots a built image (a sparse copy) under QEMU TCG with host.json written in as the agent
  * would, until the ready marker; then `after` runs with the QMP socket, and QEMU is killed.
  */
-async function bootImage(b: BuildResult, name: string, settings: Record<string, string>, after?: (qmp: string, log: string) => Promise<void>): Promise<{ console: string; seconds: number; disk: string }> {
+async function bootImage(b: BuildResult, name: string, settings: Record<string, string>, after?: (qmp: string, log: string) => Promise<void>, cmdline = b.cmdline): Promise<{ console: string; seconds: number; disk: string; exited: boolean }> {
   const disk = join(work, `${name}.img`);
   await execa('cp', ['--sparse=always', b.image.path!, disk]);
   // what the agent writes (client-agent/configure.ts): settings as strings under "settings"
@@ -101,7 +101,7 @@ async function bootImage(b: BuildResult, name: string, settings: Record<string, 
   const qemu = execa('qemu-system-x86_64', [
     '-accel', 'tcg', '-m', '512', '-nographic', '-no-reboot', '-display', 'none', '-monitor', 'none',
     '-kernel', b.kernel.path!, '-initrd', b.initrd.path!,
-    '-append', `${b.cmdline} console=ttyS0`,
+    '-append', `${cmdline} console=ttyS0`,
     '-drive', `file=${disk},format=raw,if=virtio`,
     // a NIC the cloud kernel drives, on a network of its own (no route anywhere)
     '-nic', 'user,model=virtio-net-pci,restrict=on',
@@ -116,8 +116,9 @@ async function bootImage(b: BuildResult, name: string, settings: Record<string, 
       await new Promise((r) => setTimeout(r, 1000));
     }
     const seconds = (Date.now() - t0) / 1000;
+    const exited = qemu.exitCode !== null;
     await after?.(qmp, log);
-    return { console: await readFile(log, 'utf8'), seconds, disk };
+    return { console: await readFile(log, 'utf8'), seconds, disk, exited };
   } finally {
     qemu.kill('SIGKILL');
     await qemu;
@@ -191,6 +192,15 @@ slowTest('boot.init busybox + boot.initrd minimal: no systemd, the builder\'s in
   // an orderly shutdown left the filesystem clean: no journal to replay, nothing to fix
   const fsck = await execa('e2fsck', ['-fn', boot.disk], { reject: false });
   t.is(fsck.exitCode, 0, fsck.stdout);
+
+  // a root filesystem that never appears: the initrd says which and powers the guest off
+  // (QEMU exits: -no-reboot) instead of hanging until a health timeout
+  const wrong = b.cmdline.replace(/root=UUID=[0-9a-f-]+/, 'root=UUID=00000000-0000-4000-8000-000000000000');
+  t.not(wrong, b.cmdline);
+  const lost = await bootImage(b, 'no-root', {}, undefined, `${wrong} loopship.rootwait=3`);
+  t.true(lost.exited, `the guest did not power off:\n${lost.console.slice(-1500)}`);
+  t.regex(lost.console, /loopship-initrd: root UUID=00000000-0000-4000-8000-000000000000 did not appear within 3 s/);
+  t.notRegex(lost.console, /LOOPSHIP-READY/);
 });
 
 slowTest('a failing chroot command: stage named, nothing mounted, scratch removed, cache and repository untouched', async (t) => {
