@@ -1,6 +1,6 @@
 #!/bin/bash
-# Builds dist/loopship-agent_<version>_amd64.deb from the compiled project (dist/) and the
-# production node_modules the agent imports at run time. See docs/remote-sites.md.
+# Builds dist/loopship-agent_<version>_amd64.deb from the compiled project (dist/), bundled into
+# one file with the packages it imports (esbuild), and the native zstd binding. See docs/remote-sites.md.
 #
 #   packaging/build-deb.sh [--version VER] [--bundle-node [PATH]] [--no-build] [--out DIR] [--compress xz|zstd|gzip]
 #
@@ -13,7 +13,7 @@
 #   --compress TYPE      dpkg-deb compression: xz (default, smallest), zstd (much faster to
 #                        build, needs dpkg >= 1.21.18 on the host, bookworm has it), gzip
 #
-# Needs: dpkg-deb, npm, node. Runs as any user (ownership is set to root by dpkg-deb --root-owner-group).
+# Needs: dpkg-deb, npm, node, the project's node_modules (npm ci: esbuild). Runs as any user (ownership is set to root by dpkg-deb --root-owner-group).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -63,7 +63,7 @@ if [ "$build" = 1 ]; then
   # own files must be there, which is checked below
   npm run --silent build >&2 || echo "build-deb: warning: tsc reported errors (checked below that the agent's files were emitted)" >&2
 fi
-for f in dist/bin/loopship-agent.js dist/bin/run.js dist/client-agent/cli.js dist/format/index.js dist/keys/index.js; do
+for f in dist/bin/loopship-agent.js dist/client-agent/cli.js dist/client-agent/decode-worker.js; do
   [ -f "$f" ] || die "$f is missing: run npm run build"
 done
 
@@ -71,52 +71,38 @@ stage=$(mktemp -d "${TMPDIR:-/tmp}/loopship-deb.XXXXXX")
 trap 'rm -rf "$stage"' EXIT
 pkg="$stage/pkg"
 lib="$pkg/usr/lib/loopship-agent"
-mkdir -p "$lib/dist" "$pkg/DEBIAN"
+mkdir -p "$lib" "$pkg/DEBIAN"
 
-# --- the compiled agent: only the parts it imports (no builder, repo server, bench)
-for d in bin client-agent format keys; do
-  mkdir -p "$lib/dist/$d"
-  (cd "dist/$d" && find . -name '*.js' -print0 | xargs -0 cp --parents -t "$lib/dist/$d")
-done
-rm -f "$lib/dist/bin/loopship.js"   # the publisher CLI is not part of the agent
-
-# --- run-time node_modules: the packages the agent's code imports, and what they need.
-# A package.json listing only those, pruned from a copy of the project's tree (no registry access).
-needed=$(grep -rhoE "(from|import\(|require\() ?'[^./'][^']*'" "$lib/dist" \
-  | sed -E "s/^[^']*'([^']*)'.*/\1/" | grep -v '^node:' \
-  | sed -E 's#^(@[^/]+/[^/]+|[^@/][^/]*).*#\1#' | sort -u)
-[ -n "$needed" ] || die "found no imports in the compiled agent"
-mkdir -p "$stage/npm"
-cp package.json package-lock.json "$stage/npm/"
-# hard links when on the same file system: prune only unlinks, it never writes into a file
-cp -al node_modules "$stage/npm/node_modules" 2>/dev/null || { rm -rf "$stage/npm/node_modules"; cp -a node_modules "$stage/npm/node_modules"; }
-NEEDED="$needed" node -e '
-  const fs = require("fs"); const p = process.argv[1];
-  const pkg = JSON.parse(fs.readFileSync(p, "utf8"));
-  const keep = new Set(process.env.NEEDED.split("\n"));
-  const missing = [...keep].filter((n) => !(n in pkg.dependencies));
-  if (missing.length) { console.error("build-deb: error: imported but not in dependencies: " + missing.join(", ")); process.exit(2); }
-  pkg.dependencies = Object.fromEntries(Object.entries(pkg.dependencies).filter(([n]) => keep.has(n)));
-  delete pkg.devDependencies; delete pkg.scripts;
-  fs.writeFileSync(p, JSON.stringify(pkg, null, 2));
-' "$stage/npm/package.json"
-(cd "$stage/npm" && npm prune --omit=dev --ignore-scripts --no-audit --no-fund --offline --silent >&2)
-mv "$stage/npm/node_modules" "$lib/node_modules"
-# native zstd: only the compiled binding is needed, not its sources or static library
-z="$lib/node_modules/zstd-napi"
-if [ -d "$z" ]; then
-  [ -f "$z/build/Release/binding.node" ] || die "zstd-napi has no compiled binding (npm rebuild zstd-napi)"
-  rm -rf "$z/deps" "$z/src" "$z/build/Release/obj.target" "$z/build/Release/.deps" "$z/build/Release/zstd.a" "$z/build/Release/obj" "$z/build/"*.mk "$z/build/Makefile" "$z/build/config.gypi"
-fi
-# type declarations, source maps, docs and tests are not needed at run time
-find "$lib/node_modules" \( -name '*.d.ts' -o -name '*.d.mts' -o -name '*.d.cts' -o -name '*.map' -o -name '*.md' -o -name '*.markdown' \) -type f -delete
-find "$lib/node_modules" -depth -type d \( -name test -o -name tests -o -name __tests__ -o -name docs -o -name example -o -name examples \) -exec rm -rf {} +
-rm -rf "$lib/node_modules/.package-lock.json" "$lib/node_modules/.bin" "$lib/node_modules/.cache"
-find "$lib/node_modules" -depth -type d -empty -delete
+# --- the agent as one bundled ES module plus its decode worker (packaging/bundle-agent.mjs:
+# a start reads one file instead of ~700), and the one package that cannot be bundled: the
+# native zstd binding, only what it loads at run time
+command -v node >/dev/null && [ -f node_modules/esbuild/package.json ] || die "esbuild is missing: npm ci (it is a devDependency)"
+bundled=$(node "$here/bundle-agent.mjs" "$lib") || die "bundling the agent failed"
+[ -f "$lib/loopship-agent.js" ] && [ -f "$lib/decode-worker.js" ] || die "the bundle is incomplete"
+z=node_modules/zstd-napi
+[ -f "$z/build/Release/binding.node" ] || die "zstd-napi has no compiled binding (npm rebuild zstd-napi)"
+mkdir -p "$lib/node_modules/zstd-napi/build/Release"
+cp -a "$z/package.json" "$z/binding.js" "$z/dist" "$z/LICENSE" "$lib/node_modules/zstd-napi/"
+[ -f "$z/NOTICE" ] && cp -a "$z/NOTICE" "$lib/node_modules/zstd-napi/"
+cp -a "$z/build/Release/binding.node" "$lib/node_modules/zstd-napi/build/Release/"
+find "$lib/node_modules" \( -name '*.d.ts' -o -name '*.map' \) -type f -delete
 node -e '
   const pkg = require(process.argv[1]);
   process.stdout.write(JSON.stringify({ name: "loopship-agent", version: pkg.version, private: true, type: "module" }, null, 2) + "\n");
 ' "$top/package.json" > "$lib/package.json"
+# the bundled packages' licences (their files are no longer shipped as such)
+licences="$pkg/usr/share/doc/loopship-agent/licenses"
+while IFS= read -r dir; do
+  [ -n "$dir" ] || continue
+  name=${dir#node_modules/}
+  found=0
+  for f in "$dir"/LICEN[CS]E* "$dir"/license* "$dir"/COPYING* "$dir"/NOTICE*; do
+    [ -f "$f" ] || continue
+    install -D -m 0644 "$f" "$licences/$name/$(basename "$f")"; found=1
+  done
+  # a package without a licence file: its package.json names the licence
+  [ "$found" = 1 ] || install -D -m 0644 "$dir/package.json" "$licences/$name/package.json"
+done <<<"$bundled"
 
 # --- the runtime, if carried
 if [ -n "$bundle_node" ]; then
@@ -133,7 +119,7 @@ install -D -m 0755 /dev/stdin "$pkg/usr/bin/loopship-agent" <<'EOF'
 # loopship-agent: runs the agent with the node the package carries, else Debian's
 lib=/usr/lib/loopship-agent
 if [ -x "$lib/node/bin/node" ]; then node="$lib/node/bin/node"; else node=/usr/bin/node; fi
-exec "$node" "$lib/dist/bin/loopship-agent.js" "$@"
+exec "$node" "$lib/loopship-agent.js" "$@"
 EOF
 # bookworm's systemd still looks in /lib as well; /usr/lib works with and without usrmerge
 install -D -m 0644 client-agent/loopship-agent.service "$pkg/usr/lib/systemd/system/loopship-agent.service"
@@ -150,6 +136,9 @@ install -d -m 0755 "$pkg/var/lib/loopship"
 
 for s in postinst prerm postrm; do install -m 0755 "$here/debian/$s" "$pkg/DEBIAN/$s"; done
 printf '/etc/loopship/agent.yaml\n' > "$pkg/DEBIAN/conffiles"
+# md5sums of every shipped file but the conffiles (as dh_md5sums): `dpkg --verify loopship-agent`
+(cd "$pkg" && find . -path ./DEBIAN -prune -o -type f -print | sed 's#^\./##' | grep -vxF -f <(sed 's#^/##' DEBIAN/conffiles) |
+  LC_ALL=C sort | xargs -d '\n' md5sum) > "$pkg/DEBIAN/md5sums"
 
 installed_kib=$(du -sk --apparent-size "$pkg" | cut -f1)
 cat > "$pkg/DEBIAN/control" <<EOF

@@ -36,6 +36,8 @@ function lastLines(text: string, n: number): string {
  * (find_domain), or "Domain 'NAME' does not exist" (xl list on a domid that just went).
  */
 const NO_SUCH_DOMAIN = /invalid domain identifier|does not exist/i;
+/** how long an answer of `xl info` is taken as the toolstack's (see waitToolstack) */
+const TOOLSTACK_ANSWER_HOLDS_MS = 60_000;
 
 /** Shut down, crashed or dying: listed, but running nothing (xl list's s, c and d flags). */
 function leftOver(state: string): boolean {
@@ -110,6 +112,7 @@ export class XlBackend implements Backend {
   private readonly consoleDir: string;
   private readonly procDir: string;
   private readonly toolstackTimeoutMs: number;
+  private toolstackAnsweredAt: number | null = null;
   private readonly createTimeoutMs: number;
   private readonly log: (line: string) => void;
   private readonly sleep: (ms: number) => Promise<void>;
@@ -141,14 +144,22 @@ export class XlBackend implements Backend {
     return this.exec(this.xl, args, { timeoutMs }).catch((e: Error) => ({ exitCode: -1, stdout: '', stderr: e.message }));
   }
 
-  /** Polls `xl info` with backoff until it answers: xenstored/xenconsoled may still be starting. */
+  /**
+   * Polls `xl info` with backoff until it answers: xenstored/xenconsoled may still be starting.
+   * An answer holds for a minute: an upgrade's stop and start (and a rollback's) ask once, not
+   * each time (an xl run costs seconds on a slow dom0); the daemon's next round asks again.
+   */
   async waitToolstack(): Promise<void> {
+    if (this.toolstackAnsweredAt !== null && this.now() - this.toolstackAnsweredAt < TOOLSTACK_ANSWER_HOLDS_MS) return;
     const t0 = this.now();
     let delay = 100;
     let last = '';
     for (;;) {
       const r = await this.ask(['info'], 30_000);
-      if (r.exitCode === 0) return;
+      if (r.exitCode === 0) {
+        this.toolstackAnsweredAt = this.now();
+        return;
+      }
       last = (r.stderr || r.stdout).trim().split('\n').pop() ?? '';
       if (this.now() - t0 >= this.toolstackTimeoutMs) {
         throw new LoopshipError('EXEC_FAILED', `the Xen toolstack did not answer within ${Math.round(this.toolstackTimeoutMs / 1000)} s (xl info: ${last || 'no output'})`, { where: this.xl });

@@ -1,14 +1,37 @@
-// The loopship-agent command line as a real process: exit codes, --json, error lines.
-import test from 'ava';
+// The loopship-agent command line as a real process: exit codes, --json, error lines. Run
+// twice: from the sources, and as the .deb ships it (one bundled file, packaging/bundle-agent.mjs,
+// beside the zstd binding: a package the bundling lost or a dynamic require shows up here).
+import test, { type ExecutionContext } from 'ava';
 import { execa } from 'execa';
-import { writeFile, mkdtemp, open, readFile } from 'node:fs/promises';
+import { writeFile, mkdtemp, mkdir, open, readFile, rm, symlink } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { makeRepo } from '../helpers/repo.js';
 import { publishExt4 } from './ext4.js';
 
-const BIN = join(process.cwd(), 'bin', 'loopship-agent.ts');
+const top = process.cwd();
+const SOURCE = ['--import', 'tsx', join(top, 'bin', 'loopship-agent.ts')];
 
-test('init, install, status, verify and their exit codes, as a user runs them', async (t) => {
+let bundleDir = '';
+test.before(async () => {
+  if (!existsSync(join(top, 'dist/bin/loopship-agent.js'))) return; // npm test builds first
+  bundleDir = await mkdtemp(join(tmpdir(), 'loopship-bundle-'));
+  await execa('node', [join(top, 'packaging/bundle-agent.mjs'), bundleDir], { cwd: top });
+  await mkdir(join(bundleDir, 'node_modules'));
+  await symlink(join(top, 'node_modules/zstd-napi'), join(bundleDir, 'node_modules/zstd-napi'));
+});
+test.after.always(async () => {
+  if (bundleDir) await rm(bundleDir, { recursive: true, force: true });
+});
+
+test('init, install, status, verify and their exit codes, as a user runs them (sources)', (t) => cliSession(t, SOURCE));
+test('the same as the .deb ships it: one bundled file', async (t) => {
+  if (!bundleDir) return t.fail('no dist/: run npm run build first');
+  await cliSession(t, [join(bundleDir, 'loopship-agent.js')]);
+});
+
+async function cliSession(t: ExecutionContext, BIN: string[]) {
   const fx = await makeRepo();
   t.teardown(fx.cleanup);
   await publishExt4(fx, 'sbc', '1.0.0', { channel: 'stable' });
@@ -16,7 +39,7 @@ test('init, install, status, verify and their exit codes, as a user runs them', 
   const keyFile = join(dir, 'root.asc');
   await writeFile(keyFile, fx.rootKeyArmored);
   const g = ['--config', join(dir, 'agent.yaml'), '--state-dir', join(dir, 'state')];
-  const agent = (args: string[], extra: string[] = g) => execa('node', ['--import', 'tsx', BIN, ...extra, ...args], { reject: false });
+  const agent = (args: string[], extra: string[] = g) => execa('node', [...BIN, ...extra, ...args], { reject: false });
 
   const help = await agent(['--help']);
   t.is(help.exitCode, 0);
@@ -79,4 +102,4 @@ test('init, install, status, verify and their exit codes, as a user runs them', 
   const spec = await agent(['install', 'Sbc@@1']);
   t.is(spec.exitCode, 2);
   t.regex(spec.stderr, /appliance: expected NAME, NAME@VERSION or NAME:CHANNEL/);
-});
+}

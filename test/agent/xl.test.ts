@@ -55,7 +55,8 @@ async function setup(t: import('ava').ExecutionContext) {
   let clock = 0;
   const backend = new XlBackend({ etcXen: join(dir, 'etc-xen'), consoleDir, procDir, now: () => clock, sleep: async (ms) => { sleeps.push(ms); clock += ms; }, toolstackTimeoutMs: 60_000, log: (l) => logged.push(l) });
   const calls = async () => (await readFile(join(dir, 'xlstate', 'calls.log'), 'utf8').catch(() => '')).trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as string[]);
-  return { dir, spec, backend, sleeps, calls, consoleDir, procDir, logged };
+  const advance = (ms: number) => void (clock += ms);
+  return { dir, spec, backend, sleeps, calls, consoleDir, procDir, logged, advance };
 }
 
 test.serial('the generated config follows xl.cfg syntax and says what the spec says', async (t) => {
@@ -89,7 +90,7 @@ test('stable MACs: in the Xen range, the same for the same host and appliance, d
 });
 
 test.serial('start waits for the toolstack, writes the config, xl create, autostart link; stop shuts down', async (t) => {
-  const { dir, spec, backend, sleeps, calls } = await setup(t);
+  const { dir, spec, backend, sleeps, calls, advance } = await setup(t);
   await mkdir(join(dir, 'xlstate'), { recursive: true });
   await writeFile(join(dir, 'xlstate', 'info-failures'), '3'); // xenstored still starting
   t.false(await backend.isRunning('sbc'));
@@ -112,6 +113,11 @@ test.serial('start waits for the toolstack, writes the config, xl create, autost
   await backend.stop('sbc');
   t.false(await backend.isRunning('sbc'));
   t.truthy((await calls()).find((a) => a[0] === 'shutdown' && a.includes('-w') && a.includes('sbc')));
+  t.is((await calls()).filter((a) => a[0] === 'info').length, 4, 'the toolstack answered a moment ago: not asked again');
+  // a minute later (the daemon's next round) it is asked again
+  advance(61_000);
+  await backend.stop('sbc');
+  t.is((await calls()).filter((a) => a[0] === 'info').length, 5);
   await backend.forget('sbc');
   t.false(existsSync(cfgPath));
   t.false(existsSync(join(dir, 'etc-xen', 'auto', 'sbc.cfg')));
