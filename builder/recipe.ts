@@ -5,7 +5,7 @@ import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { lstat, readdir, readFile, readlink, stat } from 'node:fs/promises';
 import { basename, dirname, join, relative, resolve, sep } from 'node:path';
-import { z } from 'zod';
+import * as z from 'zod';
 import { LineCounter, parseDocument, type Document } from 'yaml';
 import { LoopshipError } from '../format/errors.js';
 import { arch, imageName, imageVersion, settingType } from '../format/schema.js';

@@ -4,7 +4,7 @@
 import { readFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { delimiter, join } from 'node:path';
-import { z } from 'zod';
+import * as z from 'zod';
 import YAML from 'yaml';
 import { ConfigError } from '../format/index.js';
 import { imageName, imageVersion, channelName, describeIssues } from '../format/index.js';

@@ -5,7 +5,7 @@
 import { mkdir, readFile, readdir, rm, rmdir } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { z } from 'zod';
+import * as z from 'zod';
 import { LoopshipError } from '../format/index.js';
 import type { StateDir } from './state.js';
 import { processAlive } from './state.js';

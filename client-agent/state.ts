@@ -11,7 +11,7 @@
 // A version directory exists only once complete: it is renamed into place from staging.
 import { mkdir, readFile, readdir, rm, stat, open, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { z } from 'zod';
+import * as z from 'zod';
 import { LoopshipError } from '../format/index.js';
 import { imageName, imageVersion, compareVersions } from '../format/index.js';
 import { writeFileAtomic, symlinkAtomic, readLinkOrNull, fsyncDir } from './fsutil.js';

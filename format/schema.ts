@@ -1,6 +1,6 @@
 // The repository's metadata: types and validation, no I/O. Every metadata file is
 // JSON, signed detached (file.asc) over its exact bytes. Unknown fields are errors.
-import { z } from 'zod';
+import * as z from 'zod';
 import { MetadataError } from './errors.js';
 import { LIMITS, BLOCK_SIZE, zstdCompressBound } from './limits.js';
 

@@ -3,7 +3,7 @@
 // It knows nothing of repositories; roots are built from it in keys/root.ts.
 import { chmod, mkdir, readFile, writeFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { z } from 'zod';
+import * as z from 'zod';
 import { LoopshipError } from '../format/errors.js';
 import { describeIssues } from '../format/schema.js';
 import { generateKey, readPrivateKey, readPublicKey, fingerprintOf, type PrivateKey, type PublicKey } from './pgp.js';

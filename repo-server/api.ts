@@ -2,7 +2,7 @@
 // tokens), and fleet reports (site tokens). Each handler validates, then hands over to an
 // injected writer or store: the verification itself lives in format/ (RepositoryWriter).
 import { Router, json, type Request, type Response, type NextFunction, type RequestHandler } from 'express';
-import { z } from 'zod';
+import * as z from 'zod';
 import { imageName, imageVersion, channelName, describeIssues, type RepositoryWriter } from '../format/index.js';
 import { ApiError, sendError } from './api-error.js';
 import { requireToken, principalOf } from './auth.js';

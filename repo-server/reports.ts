@@ -5,7 +5,7 @@
 import { mkdir, open, readdir, readFile, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { z } from 'zod';
+import * as z from 'zod';
 import { imageName, imageVersion, channelName } from '../format/index.js';
 import { LoopshipError } from '../format/index.js';
 import { ApiError } from './api-error.js';
