@@ -1,11 +1,17 @@
 // Thin layer over openpgp.js: every signature in loopship is a detached, armored
 // OpenPGP signature over the exact bytes of a file, so that `gpg --verify f.asc f`
 // works on anything we publish. Keys are v4 Ed25519 (EdDSA), which GnuPG 2.2 reads.
-import * as openpgp from 'openpgp';
+import type * as OpenPGP from 'openpgp';
 import { LoopshipError, SignatureError } from '../format/errors.js';
 
-export type PublicKey = openpgp.PublicKey;
-export type PrivateKey = openpgp.PrivateKey;
+export type PublicKey = OpenPGP.PublicKey;
+export type PrivateKey = OpenPGP.PrivateKey;
+
+// Loaded on first use: openpgp.js is ~40% of the agent's bundle and builds tables when it
+// loads, and `status`, `stop` or `--version` check no signature (a start of the agent costs
+// seconds on a slow dom0). The bundle keeps it in a chunk of its own (packaging/bundle-agent.mjs).
+let loading: Promise<typeof OpenPGP> | undefined;
+const pgp = (): Promise<typeof OpenPGP> => (loading ??= import('openpgp'));
 
 export interface GeneratedKey {
   fingerprint: string;
@@ -14,6 +20,7 @@ export interface GeneratedKey {
 }
 
 export async function generateKey(userName: string, passphrase?: string): Promise<GeneratedKey> {
+  const openpgp = await pgp();
   const { privateKey, publicKey } = await openpgp.generateKey({
     type: 'ecc',
     curve: 'ed25519Legacy',
@@ -26,6 +33,7 @@ export async function generateKey(userName: string, passphrase?: string): Promis
 }
 
 export async function readPublicKey(armored: string, where?: string): Promise<PublicKey> {
+  const openpgp = await pgp();
   try {
     const key = await openpgp.readKey({ armoredKey: armored });
     return key.isPrivate() ? key.toPublic() : key;
@@ -36,6 +44,7 @@ export async function readPublicKey(armored: string, where?: string): Promise<Pu
 
 /** Reads an armored or binary public key (as `gpg --export` or `--export --armor` writes it). */
 export async function readPublicKeyBytes(bytes: Uint8Array, where?: string): Promise<PublicKey> {
+  const openpgp = await pgp();
   const text = Buffer.from(bytes).toString('utf8');
   if (text.includes('-----BEGIN PGP')) return readPublicKey(text, where);
   try {
@@ -47,6 +56,7 @@ export async function readPublicKeyBytes(bytes: Uint8Array, where?: string): Pro
 }
 
 export async function readPrivateKey(armored: string, passphrase: string | undefined, where?: string): Promise<PrivateKey> {
+  const openpgp = await pgp();
   let key: PrivateKey;
   try {
     key = await openpgp.readPrivateKey({ armoredKey: armored });
@@ -68,6 +78,7 @@ export function fingerprintOf(key: PublicKey | PrivateKey): string {
 
 /** One detached armored signature holding one signature packet per key. */
 export async function signDetached(data: Uint8Array, keys: PrivateKey[]): Promise<string> {
+  const openpgp = await pgp();
   const message = await openpgp.createMessage({ binary: data });
   return (await openpgp.sign({ message, signingKeys: keys, detached: true, format: 'armored' })) as string;
 }
@@ -82,7 +93,8 @@ export async function validSigners(
   trusted: PublicKey[],
   where?: string,
 ): Promise<Set<string>> {
-  let signature: openpgp.Signature;
+  const openpgp = await pgp();
+  let signature: OpenPGP.Signature;
   try {
     signature = await openpgp.readSignature({ armoredSignature });
   } catch (cause) {
@@ -91,7 +103,7 @@ export async function validSigners(
   const signers = new Set<string>();
   if (trusted.length === 0) return signers;
   const message = await openpgp.createMessage({ binary: data });
-  let result: Awaited<ReturnType<typeof openpgp.verify>>;
+  let result: Awaited<ReturnType<typeof OpenPGP.verify>>;
   try {
     result = await openpgp.verify({ message, signature, verificationKeys: trusted, format: 'binary' });
   } catch (cause) {

@@ -73,8 +73,8 @@ pkg="$stage/pkg"
 lib="$pkg/usr/lib/loopship-agent"
 mkdir -p "$lib" "$pkg/DEBIAN"
 
-# --- the agent as one bundled ES module plus its decode worker (packaging/bundle-agent.mjs:
-# a start reads one file instead of ~700), and the one package that cannot be bundled: the
+# --- the agent bundled: one ES module, its decode worker and chunks loaded on first use
+# (packaging/bundle-agent.mjs: a start reads a few files instead of ~700), and the one package that cannot be bundled: the
 # native zstd binding, only what it loads at run time
 command -v node >/dev/null && [ -f node_modules/esbuild/package.json ] || die "esbuild is missing: npm ci (it is a devDependency)"
 bundled=$(node "$here/bundle-agent.mjs" "$lib") || die "bundling the agent failed"

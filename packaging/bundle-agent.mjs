@@ -1,4 +1,5 @@
-// Bundles the compiled agent (dist/) into one ES module and its decode worker, for the .deb.
+// Bundles the compiled agent (dist/) into one ES module and its decode worker (plus a chunk
+// for what is loaded on first use), for the .deb.
 //
 //   node packaging/bundle-agent.mjs OUTDIR
 //
@@ -29,6 +30,10 @@ const result = await build({
   format: 'esm',
   target: 'node20',
   external: ['zstd-napi'],
+  // what is imported on first use only (openpgp.js, keys/pgp.ts) goes into a chunk file of
+  // its own (chunk-HASH.js beside the entries), read only by commands that check signatures
+  splitting: true,
+  chunkNames: 'chunk-[hash]',
   // CommonJS packages inside an ES module bundle call require() for Node's own modules
   banner: { js: "import { createRequire as __loopshipCreateRequire } from 'node:module'; const require = __loopshipCreateRequire(import.meta.url);" },
   // smaller to read and compile; names kept for readable stack traces
