@@ -3,12 +3,13 @@
 // Each component registers its own subcommands; this file only assembles them.
 import { Command } from 'commander';
 import { runCli } from './run.js';
+import { programVersion } from './version.js';
 import { registerKeysCommands } from '../keys/cli.js';
 import { registerFormatCommands } from '../format/cli.js';
 
 const program = new Command('loopship')
   .description('Build, sign, publish and verify loopback appliance images')
-  .version(process.env.npm_package_version ?? '0.1.0');
+  .version(programVersion());
 
 registerKeysCommands(program);
 registerFormatCommands(program);

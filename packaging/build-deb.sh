@@ -77,7 +77,7 @@ mkdir -p "$lib" "$pkg/DEBIAN"
 # (packaging/bundle-agent.mjs: a start reads a few files instead of ~700), and the one package that cannot be bundled: the
 # native zstd binding, only what it loads at run time
 command -v node >/dev/null && [ -f node_modules/esbuild/package.json ] || die "esbuild is missing: npm ci (it is a devDependency)"
-bundled=$(node "$here/bundle-agent.mjs" "$lib") || die "bundling the agent failed"
+bundled=$(LOOPSHIP_PACKAGE_VERSION=$version node "$here/bundle-agent.mjs" "$lib") || die "bundling the agent failed"
 [ -f "$lib/loopship-agent.js" ] && [ -f "$lib/decode-worker.js" ] || die "the bundle is incomplete"
 z=node_modules/zstd-napi
 [ -f "$z/build/Release/binding.node" ] || die "zstd-napi has no compiled binding (npm rebuild zstd-napi)"

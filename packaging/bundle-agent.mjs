@@ -1,7 +1,7 @@
 // Bundles the compiled agent (dist/) into one ES module and its decode worker (plus a chunk
 // for what is loaded on first use), for the .deb.
 //
-//   node packaging/bundle-agent.mjs OUTDIR
+//   [LOOPSHIP_PACKAGE_VERSION=VER] node packaging/bundle-agent.mjs OUTDIR
 //
 // Why: the unbundled agent loads ~700 files (execa, zod, yaml, openpgp, ... one file each) on
 // every start. On a dom0 that is slow to open files (the emulated Xen host of test/xen: seconds
@@ -40,6 +40,8 @@ const result = await build({
   minifyWhitespace: true,
   minifySyntax: true,
   legalComments: 'none', // the licences themselves are shipped (see above)
+  // the package's own version for --version (bin/version.ts); unset: package.json's
+  define: process.env.LOOPSHIP_PACKAGE_VERSION ? { LOOPSHIP_PACKAGE_VERSION: JSON.stringify(process.env.LOOPSHIP_PACKAGE_VERSION) } : {},
   metafile: true,
   logLevel: 'warning',
 });

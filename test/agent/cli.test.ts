@@ -4,7 +4,7 @@
 import test, { type ExecutionContext } from 'ava';
 import { execa } from 'execa';
 import { writeFile, mkdtemp, mkdir, open, readFile, rm, symlink } from 'node:fs/promises';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { makeRepo } from '../helpers/repo.js';
@@ -14,10 +14,13 @@ const top = process.cwd();
 const SOURCE = ['--import', 'tsx', join(top, 'bin', 'loopship-agent.ts')];
 
 let bundleDir = '';
+// what build-deb.sh stamps into the bundle: its Debian version
+const BUNDLE_VERSION = '0.1.0-7+test';
+const SOURCE_VERSION = (JSON.parse(readFileSync(join(top, 'package.json'), 'utf8')) as { version: string }).version;
 test.before(async () => {
   if (!existsSync(join(top, 'dist/bin/loopship-agent.js'))) return; // npm test builds first
   bundleDir = await mkdtemp(join(tmpdir(), 'loopship-bundle-'));
-  await execa('node', [join(top, 'packaging/bundle-agent.mjs'), bundleDir], { cwd: top });
+  await execa('node', [join(top, 'packaging/bundle-agent.mjs'), bundleDir], { cwd: top, env: { LOOPSHIP_PACKAGE_VERSION: BUNDLE_VERSION } });
   await mkdir(join(bundleDir, 'node_modules'));
   await symlink(join(top, 'node_modules/zstd-napi'), join(bundleDir, 'node_modules/zstd-napi'));
 });
@@ -25,13 +28,13 @@ test.after.always(async () => {
   if (bundleDir) await rm(bundleDir, { recursive: true, force: true });
 });
 
-test('init, install, status, verify and their exit codes, as a user runs them (sources)', (t) => cliSession(t, SOURCE));
+test('init, install, status, verify and their exit codes, as a user runs them (sources)', (t) => cliSession(t, SOURCE, SOURCE_VERSION));
 test('the same as the .deb ships it: one bundled file', async (t) => {
   if (!bundleDir) return t.fail('no dist/: run npm run build first');
-  await cliSession(t, [join(bundleDir, 'loopship-agent.js')]);
+  await cliSession(t, [join(bundleDir, 'loopship-agent.js')], BUNDLE_VERSION);
 });
 
-async function cliSession(t: ExecutionContext, BIN: string[]) {
+async function cliSession(t: ExecutionContext, BIN: string[], version: string) {
   const fx = await makeRepo();
   t.teardown(fx.cleanup);
   await publishExt4(fx, 'sbc', '1.0.0', { channel: 'stable' });
@@ -41,6 +44,8 @@ async function cliSession(t: ExecutionContext, BIN: string[]) {
   const g = ['--config', join(dir, 'agent.yaml'), '--state-dir', join(dir, 'state')];
   const agent = (args: string[], extra: string[] = g) => execa('node', [...BIN, ...extra, ...args], { reject: false });
 
+  const v = await agent(['--version']);
+  t.is(v.stdout.trim(), version, '--version');
   const help = await agent(['--help']);
   t.is(help.exitCode, 0);
   for (const c of ['init', 'update', 'install', 'configure', 'start', 'stop', 'restart', 'status', 'upgrade', 'rollback', 'remove', 'gc', 'verify', 'import', 'daemon']) t.regex(help.stdout, new RegExp(`\\n  ${c}\\b`));

@@ -109,7 +109,9 @@ maybe('install, --help, systemd-analyze verify, upgrade keeps the edited config,
     t.is(await readFile(join(root, 'etc/loopship/agent.yaml'), 'utf8'), edited);
     t.true(existsSync(join(root, 'var/lib/loopship/appliances/tiny/1.0.0/disk.img')), 'state survives an upgrade');
     t.true((await lstat(join(root, WANTS))).isSymbolicLink(), 'still enabled after the upgrade');
-    ok(t, await inRoot(root, ['loopship-agent', '--version']), 'agent after upgrade');
+    const version = await inRoot(root, ['loopship-agent', '--version']);
+    ok(t, version, 'agent after upgrade');
+    t.is(version.stdout.trim(), v.stdout, '--version names the installed package');
     t.is((await inRoot(root, ['/bin/sh', '-c', 'grep -Eq "^repos:" /etc/loopship/agent.yaml'])).exitCode, 0, 'configured: the unit would start');
 
     // remove keeps config and state; purge removes them, and only what the agent generated in /etc/xen
