@@ -3,13 +3,13 @@
 // Each component registers its own subcommands; this file only assembles them.
 import { Command } from 'commander';
 import { runCli } from './run.js';
-import { programVersion } from './version.js';
+import { packageVersion } from '../format/version.js';
 import { registerKeysCommands } from '../keys/cli.js';
 import { registerFormatCommands } from '../format/cli.js';
 
 const program = new Command('loopship')
   .description('Build, sign, publish and verify loopback appliance images')
-  .version(programVersion());
+  .version(packageVersion());
 
 registerKeysCommands(program);
 registerFormatCommands(program);

@@ -2,11 +2,11 @@
 // package (tar, or chunks straight into a repository). A list of stages, each timed and
 // reported; the outside world (programs, clock, environment, key material) comes in
 // through the options so tests can drive every failure path.
-import { access, constants, mkdtemp, mkdir, readFile, rm, stat } from 'node:fs/promises';
+import { access, constants, mkdtemp, mkdir, rm, stat } from 'node:fs/promises';
 import { rmSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { createPackage, RepositoryWriter, SPEC_VERSION, LoopshipError, sha256Hex, type Manifest, type PackageStats, type PublishResult } from '../format/index.js';
+import { packageVersion } from '../format/version.js';
 import type { PrivateKey } from '../keys/index.js';
 import { BootstrapCache, DEFAULT_CACHE_DIR, type BootstrapKey } from './cache.js';
 import { defaultExec, type Exec } from './exec.js';
@@ -85,16 +85,9 @@ export interface BuildResult {
 const silent: BuildReporter = { stageStart: () => undefined, stageEnd: () => undefined };
 
 export async function builderVersion(): Promise<string> {
-  for (const rel of ['../package.json', '../../package.json']) {
-    try {
-      const pkg = JSON.parse(await readFile(fileURLToPath(new URL(rel, import.meta.url)), 'utf8')) as { name?: string; version?: string };
-      if (pkg.name === 'loopship') return `loopship/${pkg.version}`;
-    } catch {
-      /* try the next layout (tsx vs dist/) */
-    }
-  }
-  return 'loopship/unknown';
+  return `loopship/${packageVersion()}`;
 }
+
 
 /** SOURCE_DATE_EPOCH from the environment, the recipe, the snapshot, else the archive's Release date. */
 export function chooseEpoch(env: NodeJS.ProcessEnv, loaded: LoadedRecipe, archive: number | null): number {

@@ -1,6 +1,6 @@
 #!/bin/bash
-# Builds dist/loopship-agent_<version>_amd64.deb from the compiled project (dist/), bundled into
-# one file with the packages it imports (esbuild), and the native zstd binding. See docs/remote-sites.md.
+# Builds dist/loopship-agent_<version>_amd64.deb from the compiled project (dist/), bundled with
+# the packages it imports (esbuild: packaging/bundle-agent.mjs), and the native zstd binding. See docs/remote-sites.md.
 #
 #   packaging/build-deb.sh [--version VER] [--bundle-node [PATH]] [--no-build] [--out DIR] [--compress xz|zstd|gzip]
 #

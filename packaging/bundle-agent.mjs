@@ -5,7 +5,7 @@
 //
 // Why: the unbundled agent loads ~700 files (execa, zod, yaml, openpgp, ... one file each) on
 // every start. On a dom0 that is slow to open files (the emulated Xen host of test/xen: seconds
-// per start) a start is mostly that. One file is read and compiled instead.
+// per start) a start is mostly that. A few files are read and compiled instead.
 // The native zstd binding cannot be bundled: it stays a package under OUTDIR/node_modules
 // (copied by build-deb.sh), found by the bundle's own require.
 // Prints the bundled npm packages' directories (node_modules/NAME), one per line, so that their
@@ -40,7 +40,7 @@ const result = await build({
   minifyWhitespace: true,
   minifySyntax: true,
   legalComments: 'none', // the licences themselves are shipped (see above)
-  // the package's own version for --version (bin/version.ts); unset: package.json's
+  // the package's own version for --version (format/version.ts); unset: package.json's
   define: process.env.LOOPSHIP_PACKAGE_VERSION ? { LOOPSHIP_PACKAGE_VERSION: JSON.stringify(process.env.LOOPSHIP_PACKAGE_VERSION) } : {},
   metafile: true,
   logLevel: 'warning',

@@ -72,7 +72,7 @@ await_stable() {
   local want=$1 t0=$SECONDS got=''
   say "WANT promote $APP $want"
   while [ $((SECONDS - t0)) -lt 600 ]; do
-    got=$(http_get /index.json | jq -r --arg app "$APP" 'try (.images[$app].channels.stable // "") catch ""' 2>/dev/null)
+    got=$(http_get /index.json | jget images "$APP" channels stable)
     [ "$got" = "$want" ] && { say "stable is $want"; return 0; }
     sleep 2
   done
