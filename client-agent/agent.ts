@@ -25,6 +25,7 @@ import { waitReady, fileSize, type WaitReadyResult } from './health.js';
 import { verifyVersionDir, type VersionCheck } from './verify.js';
 import { writeFileAtomic } from './fsutil.js';
 import { pauseAt } from './pause.js';
+import { decideMove, type Move } from './policy.js';
 
 export const AGENT_VERSION = '0.1.0';
 
@@ -40,8 +41,8 @@ export interface AgentDeps {
   /** human-readable progress lines (stderr in the CLI) */
   log?: (line: string) => void;
   onInstallProgress?: (p: InstallProgress, label: string) => void;
-  /** for reports: the global fetch by default */
-  httpPost?: (url: string, body: unknown, token?: string) => Promise<number>;
+  /** for reports and enrolment (report.ts): the global fetch by default */
+  httpPost?: import('./report.js').HttpPost;
 }
 
 export interface InstallSpec {
@@ -132,11 +133,8 @@ export class Agent {
   }
 
   async trustedRoot(): Promise<Root> {
-    try {
-      return parseMetadata('root', await readFile(this.state.rootFile), this.state.rootFile);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-    }
+    const trusted = await this.readTrustedRoot();
+    if (trusted) return trusted;
     // unattended installs write the config with the pin; the first run establishes trust
     const cfg = await this.config();
     const root = await this.pin(cfg);
@@ -151,7 +149,7 @@ export class Agent {
     let firstErr: unknown;
     for (const f of this.fetchers(cfg)) {
       try {
-        return await RepoClient.pin(f, pin);
+        return await RepoClient.pin(f, pin, { now: this.now() });
       } catch (err) {
         firstErr ??= err;
         this.log(`pinning the root from ${f.source} failed: ${(err as Error).message}`);
@@ -162,7 +160,12 @@ export class Agent {
 
   // ---------- init / update ----------
 
-  async init(opts: { repos: string[]; rootKeyFile?: string; rootFingerprint?: string; backend?: 'xl' | 'qemu' }): Promise<{ root_version: number; config: string; fingerprint?: string }> {
+  /**
+   * Writes the repositories and the pin into agent.yaml and establishes trust. Trust only
+   * moves forward: a pin of the repository already trusted keeps the trusted root and the
+   * rollback floor; a pin of another repository replaces them only with `force`, and says so.
+   */
+  async init(opts: { repos: string[]; rootKeyFile?: string; rootFingerprint?: string; backend?: 'xl' | 'qemu'; force?: boolean }): Promise<{ root_version: number; config: string; fingerprint?: string; repository: string; kept: boolean; reset: string | null }> {
     if (!opts.repos.length) throw new UsageError('at least one --repo is needed', { where: 'init' });
     if (Boolean(opts.rootKeyFile) === Boolean(opts.rootFingerprint)) throw new UsageError('give exactly one of --root-key FILE or --root-fingerprint FPR', { where: 'init' });
     const fields = {
@@ -175,14 +178,39 @@ export class Agent {
     const current = await readFile(this.deps.configPath, 'utf8').then((t) => (YAML.parse(t) as Record<string, unknown>) ?? {}, () => ({}));
     const cfg = parseConfig({ ...current, ...fields }, this.deps.configPath);
     return this.locked(async () => {
-      const root = await this.pin(cfg);
+      const pinned = await this.pin(cfg);
+      const trusted = await this.readTrustedRoot();
+      const floor = await this.state.readIndexVersion();
+      let reset: string | null = null;
+      const kept = trusted !== null && trusted.repository === pinned.repository;
+      if (trusted && !kept) {
+        const what = `the trusted root (repository ${trusted.repository}, root version ${trusted.version}) and the rollback floor (index version ${floor ?? 'none'})`;
+        if (!opts.force) {
+          throw new UsageError(`this host trusts another repository already; init --force replaces ${what} with repository ${pinned.repository}`, { where: this.state.rootFile });
+        }
+        reset = what;
+      }
       this.configCache = await updateConfigFile(this.deps.configPath, fields);
-      // a new pin replaces what was trusted before, and the rollback floor with it
-      await writeFileAtomic(this.state.rootFile, serialize(root), { mkdir: true });
-      await rm(this.state.indexVersionFile, { force: true });
-      this.log(`pinned root version ${root.version}; wrote ${this.deps.configPath}`);
-      return { root_version: root.version, config: this.deps.configPath, fingerprint: cfg.trust.root_fingerprint };
+      if (!kept) {
+        await writeFileAtomic(this.state.rootFile, serialize(pinned), { mkdir: true });
+        await rm(this.state.indexVersionFile, { force: true });
+      }
+      const root = kept ? trusted! : pinned;
+      this.log(kept
+        ? `repository ${root.repository} is trusted already: kept root version ${root.version} and index version ${floor ?? 'none'} as the floor; wrote ${this.deps.configPath}`
+        : `pinned repository ${root.repository} at root version ${root.version}${reset ? `, replacing ${reset}` : ''}; wrote ${this.deps.configPath}`);
+      return { root_version: root.version, config: this.deps.configPath, fingerprint: cfg.trust.root_fingerprint, repository: root.repository, kept, reset };
     });
+  }
+
+  /** trust/root.json, or null on a host that trusts nothing yet. */
+  private async readTrustedRoot(): Promise<Root | null> {
+    try {
+      return parseMetadata('root', await readFile(this.state.rootFile), this.state.rootFile);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+      throw err;
+    }
   }
 
   /** Verifies root chain and index; keeps the new root and the index version. */
@@ -224,14 +252,19 @@ export class Agent {
     return resolveSettings(manifest.settings, given, `${manifest.name} ${manifest.version}`);
   }
 
-  private async fetchManifest(spec: InstallSpec): Promise<VerifiedManifest> {
+  /** The version a spec (or, without one, agent.yaml) names now, and whose word that is. */
+  private async resolveTarget(spec: InstallSpec): Promise<{ name: string; version: string; via: Move['via'] }> {
     const client = await this.repo();
     const cfgApp = this.applianceConfig(await this.config(), spec.name);
-    const r = client.resolve(spec.name, {
-      version: spec.version ?? (spec.channel ? undefined : cfgApp?.version),
-      channel: spec.channel ?? (spec.version ? undefined : cfgApp?.channel),
-    });
-    return client.manifest(r.name, r.version);
+    const version = spec.version ?? (spec.channel ? undefined : cfgApp?.version);
+    const channel = spec.channel ?? (spec.version ? undefined : cfgApp?.channel);
+    const r = client.resolve(spec.name, { version, channel });
+    return { name: r.name, version: r.version, via: version ? { version } : { channel: channel ?? 'stable' } };
+  }
+
+  private async fetchManifest(spec: InstallSpec): Promise<VerifiedManifest> {
+    const t = await this.resolveTarget(spec);
+    return (await this.repo()).manifest(t.name, t.version);
   }
 
   private async installVerified(verified: VerifiedManifest, source: ChunkSource): Promise<InstallResult> {
@@ -262,13 +295,15 @@ export class Agent {
   }
 
   private async ensureDataDisk(name: string, size: number | undefined): Promise<void> {
+    // fsutil's safe opens, imported here: this method is their only user in this file
+    const { ownFileOrNull, createOwnFile } = await import('./fsutil.js');
     const path = this.state.dataDisk(name);
-    if (size === undefined || (await stat(path).catch(() => null))) return;
+    // one there must be ours: a planted data.img (a link to a host disk) is refused, not booted
+    if ((await ownFileOrNull(path)) || size === undefined) return;
     const tmp = `${path}.new`;
-    await rm(tmp, { force: true });
-    const fh = await open(tmp, 'w', 0o600);
-    await fh.truncate(size);
-    await fh.close();
+    await rm(tmp, { force: true }); // a killed run's leftover (rm never follows a link)
+    const fh = await createOwnFile(tmp, 0o600); // exclusive, not through a link planted since
+    await fh.truncate(size).finally(() => fh.close());
     await run(this.exec, 'mkfs.ext4', ['-q', '-F', '-L', 'data', '-E', 'lazy_itable_init=1,nodiscard', tmp]);
     const { rename } = await import('node:fs/promises');
     await rename(tmp, path);
@@ -329,6 +364,7 @@ export class Agent {
         const seeds = await seedIndex(this.state);
         const pkg = await readPackage(createReadStream(file), {
           root,
+          rootWhere: this.state.rootFile,
           where: file,
           lastIndexVersion: await this.state.readIndexVersion(),
           now: this.now,
@@ -397,7 +433,12 @@ export class Agent {
   // ---------- boot ----------
 
   private async domainSpec(name: string, version: string): Promise<DomainSpec> {
-    const m = await this.versionManifest(name, version);
+    return this.domainSpecFor(await this.versionManifest(name, version));
+  }
+
+  /** What booting `m` hands the backend: the manifest's boot and Xen fields with this host's overrides. */
+  private async domainSpecFor(m: Manifest): Promise<DomainSpec> {
+    const { name, version } = m;
     const dir = this.state.versionDir(name, version);
     const data = this.state.dataDisk(name);
     const local = this.applianceConfig(await this.config().catch(() => undefined), name)?.xen ?? {};
@@ -416,6 +457,19 @@ export class Agent {
       macs: Array.from({ length: m.xen.network.nics }, (_, i) => stableMac(this.host, name, i)),
       ...(local.tsc_mode ? { tscMode: local.tsc_mode } : {}),
     };
+  }
+
+  /**
+   * Throws unless the backend would take `m` as it is (rendered config, exec arguments):
+   * run before anything running is stopped, so a version the toolstack refuses costs no outage.
+   */
+  private async checkBootable(m: Manifest): Promise<void> {
+    const backend = await this.backend();
+    try {
+      backend.validate(await this.domainSpecFor(m));
+    } catch (err) {
+      throw new ConfigError(`${m.name} ${m.version} cannot be booted here: ${(err as Error).message}`, { where: `${m.name} ${m.version}`, cause: err });
+    }
   }
 
   private async healthTimeoutMs(): Promise<number> {
@@ -545,6 +599,8 @@ export class Agent {
   /** Switches to `to` and checks it; on failure switches back to `from` and boots it. */
   private async switchAndCheck(name: string, from: string | null, to: string, why: string): Promise<{ ok: boolean; health: WaitReadyResult }> {
     const backend = await this.backend();
+    // planned before anything is stopped: a version the backend would refuse leaves `from` running
+    await this.checkBootable(await this.versionManifest(name, to));
     await this.state.updateAppliance(name, (a) => {
       a.pending_upgrade = { from, to, started_at: this.now().toISOString() };
     });
@@ -607,23 +663,33 @@ export class Agent {
     const cfg = await this.config();
     await this.update();
     const names = name ? [name] : [...new Set([...cfg.appliances.map((a) => a.name), ...(await this.state.applianceNames())])];
-    const results: { name: string; from: string | null; to: string; status: 'up-to-date' | 'upgraded' | 'installed' | 'skipped' | 'rolled-back' | 'error'; message?: string }[] = [];
+    const results: { name: string; from: string | null; to: string; status: 'up-to-date' | 'upgraded' | 'installed' | 'skipped' | 'held' | 'rolled-back' | 'error'; message?: string }[] = [];
     const failures: string[] = [];
     for (const n of names) {
       const from = await this.state.currentVersion(n);
       try {
-        const verified = await this.fetchManifest({ name: n });
-        const to = verified.manifest.version;
-        if (from === to) {
-          results.push({ name: n, from, to, status: 'up-to-date' });
+        const target = await this.resolveTarget({ name: n });
+        if (from === target.version) {
+          results.push({ name: n, from, to: target.version, status: 'up-to-date' });
           continue;
         }
+        const decision = decideMove({ name: n, from, to: target.version, via: target.via }, this.applianceConfig(cfg, n));
+        if (!decision.move) {
+          this.log(`${n}: ${decision.reason}`);
+          results.push({ name: n, from, to: target.version, status: 'held', message: decision.reason });
+          await this.state.updateAppliance(n, (a) => { a.last_error = decision.reason; });
+          continue;
+        }
+        const verified = await (await this.repo()).manifest(target.name, target.version);
+        const to = verified.manifest.version;
         const a = (await this.state.readState()).appliances[n];
         if (!opts.force && a?.failed_versions.includes(to)) {
           results.push({ name: n, from, to, status: 'skipped', message: `${to} failed before (upgrade --force to retry)` });
           continue;
         }
         await this.effectiveSettings(n, verified.manifest);
+        // everything the switch will hand the toolstack, checked before a byte is fetched
+        await this.checkBootable(verified.manifest);
         await this.installVerified(verified, await this.repo());
         if (!from) {
           await this.activate(verified.manifest, {}, { alreadyInstalled: true } as InstallResult);
@@ -774,54 +840,27 @@ export class Agent {
   }
 
   /**
-   * POSTs this host's state to the repo server, if `report` is configured. A bare server
-   * URL gets the server's report endpoint (/api/v1/reports) appended.
+   * POSTs this host's state to the repo server, if `report` is configured: with this host's
+   * own token, enrolling with the site token the first time (report.ts).
    */
   async report(lastError: string | null): Promise<boolean> {
     const cfg = await this.config().catch(() => undefined);
     if (!cfg?.report) return false;
-    const st = await this.status();
-    const body = {
+    const body = reportBody({
       host: this.host,
-      site: cfg.report.site ?? null,
-      agent_version: AGENT_VERSION,
-      time: this.now().toISOString(),
-      appliances: st.map((a) => {
-        const channel = this.applianceConfig(cfg, a.name)?.channel;
-        return {
-          name: a.name,
-          version: a.current,
-          ...(channel ? { channel } : {}),
-          running: a.running,
-          health: !a.running && a.health !== 'unhealthy' ? 'stopped' : a.health,
-          verified: a.verified,
-          error: a.last_error ? a.last_error.slice(0, 2000) : null,
-        };
-      }),
-      last_error: lastError ? lastError.slice(0, 4000) : null,
-    };
-    const post = this.deps.httpPost ?? defaultPost;
-    const status = await post(reportUrl(cfg.report.url), body, cfg.report.token);
-    if (status < 200 || status >= 300) throw new LoopshipError('FETCH_FAILED', `report answered HTTP ${status}`, { where: cfg.report.url });
+      site: cfg.report.site,
+      now: this.now(),
+      lastError,
+      appliances: await this.status(),
+      channelOf: (name) => this.applianceConfig(cfg, name)?.channel,
+    });
+    await sendReport(body, { report: cfg.report, host: this.host, tokenFile: reportTokenFile(this.state.trustDir), post: this.deps.httpPost ?? defaultPost, log: this.log });
     return true;
   }
 }
 
-export function reportUrl(url: string): string {
-  const u = new URL(url);
-  if (u.pathname === '/' || u.pathname === '') u.pathname = '/api/v1/reports';
-  return u.toString();
-}
-
-async function defaultPost(url: string, body: unknown, token?: string): Promise<number> {
-  const res = await fetch(url, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}) },
-    body: JSON.stringify(body),
-    signal: AbortSignal.timeout(30_000),
-  });
-  await res.arrayBuffer().catch(() => {});
-  return res.status;
-}
+// fleet reports (the body, enrolment, the host's token, the POST) are report.ts's
+import { reportBody, sendReport, defaultPost, tokenFile as reportTokenFile } from './report.js';
+export { reportUrl } from './report.js';
 
 const mib = (n: number): string => (n / 1024 / 1024).toFixed(1);

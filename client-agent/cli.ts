@@ -75,9 +75,11 @@ export function register(program: Command): void {
     .option('--root-key <file>', 'root public key (armored or binary) from the install media')
     .option('--root-fingerprint <fpr>', 'root key fingerprint; the key is fetched from the repository and checked against it')
     .addOption(new Option('--backend <kind>', 'boot backend').choices(['xl', 'qemu']))
+    .option('--force', 'pin another repository than the one trusted now (resets the trusted root and the rollback floor)')
+    .addHelpText('after', '\nRun again with the same pin, init keeps what the host trusts (root version, rollback floor).\nExample:\n  loopship-agent init --repo http://repo:8080 --repo http://mirror:8080 --root-key /media/root.asc')
     .action(async (o, cmd) => {
       const { agent, g } = agentFor(cmd);
-      const r = await agent.init({ repos: o.repo, rootKeyFile: o.rootKey, rootFingerprint: o.rootFingerprint, backend: o.backend });
+      const r = await agent.init({ repos: o.repo, rootKeyFile: o.rootKey, rootFingerprint: o.rootFingerprint, backend: o.backend, force: o.force });
       // the agent's log (stderr) already says "pinned root version N; wrote FILE": no second line
       if (g.json) print(g, r, () => '');
     });

@@ -7,7 +7,7 @@ import { delimiter, join } from 'node:path';
 import * as z from 'zod';
 import YAML from 'yaml';
 import { ConfigError } from '../format/index.js';
-import { imageName, imageVersion, channelName, describeIssues } from '../format/index.js';
+import { imageName, imageVersion, channelName, bridgeName, describeIssues } from '../format/index.js';
 import { writeFileAtomic } from './fsutil.js';
 
 export const DEFAULT_CONFIG = '/etc/loopship/agent.yaml';
@@ -61,10 +61,12 @@ const appliance = z
     settings: z.record(z.string(), settingValue).default({}),
     data_size: sizeField.optional(),
     autostart: z.boolean().default(true),
+    /** follow a channel to an older version too (default: a channel moves this host forward only) */
+    allow_downgrade: z.boolean().default(false),
     /** this host's overrides of the manifest's Xen defaults (bridge names differ between sites) */
     xen: z
       .strictObject({
-        bridge: z.string().regex(/^[A-Za-z0-9_.-]{1,15}$/, 'expected a network interface name').optional(),
+        bridge: bridgeName.optional(),
         memory: z.number().int().min(32).optional(),
         vcpus: z.number().int().min(1).max(512).optional(),
         /** xl.cfg tsc_mode; unset: Xen's default (RDTSC emulated when the host TSC is not invariant) */
@@ -151,7 +153,8 @@ export async function updateConfigFile(path: string, fields: Record<string, unkn
   }
   const text = doc.toString();
   const parsed = parseConfig(YAML.parse(text), path);
-  await writeFileAtomic(path, text, { mode: 0o644, mkdir: true });
+  // report.token is a secret; writeFileAtomic also keeps an admin's narrower mode
+  await writeFileAtomic(path, text, { mode: parsed.report?.token ? 0o600 : 0o644, mkdir: true });
   return parsed;
 }
 

@@ -58,8 +58,8 @@ export function registerFormatCommands(program: Command): void {
       const root = await buildRoot(store, 1);
       const signed = await signRoot(root, await store.signingKeys('root', passphrase));
       await RepositoryWriter.init(o.dir, signed, { indexKeys: await store.signingKeys('index', passphrase), expiresDays: o.expiresDays });
-      const result = { dir: o.dir, rootVersion: 1, rootKeys: root.roles.root.keys };
-      process.stdout.write(o.json ? JSON.stringify(result) + '\n' : `repository created in ${o.dir}\npin this root fingerprint on clients: ${root.roles.root.keys.join(', ')}\n`);
+      const result = { dir: o.dir, rootVersion: 1, repository: root.repository, rootKeys: root.roles.root.keys };
+      process.stdout.write(o.json ? JSON.stringify(result) + '\n' : `repository ${root.repository} created in ${o.dir}\npin this root fingerprint on clients: ${root.roles.root.keys.join(', ')}\n`);
     });
   repo
     .command('resign')

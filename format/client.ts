@@ -1,36 +1,19 @@
 // The verifier: what a client checks, in order (DESIGN.md "Trust"). Each step is a
 // small function over bytes already fetched; RepoClient is the thin I/O shell that
 // walks them against one or more mirrors.
-import { FetchError, ExpiredError, RollbackError, RootChainError, DigestError, VerificationError, LoopshipError, MetadataError } from './errors.js';
+import { FetchError, RootChainError, DigestError, VerificationError, LoopshipError, MetadataError } from './errors.js';
 import { LIMITS, zstdCompressBound } from './limits.js';
 import { INDEX_FILE, ROOT_FILE, indexHistoryPath, chunkPath, manifestPath, packPath, rootHistoryPath, sigPath } from './paths.js';
 import { readPackRange, splitPackRange, frameWhere, type PackEntry, type PackRange } from './pack.js';
 import { parseMetadata, latestVersion, type Root, type Index, type Manifest, type Chunk, type IndexVersion } from './schema.js';
-import { verifyRole, verifyRootTransition, verifyManifestSignature } from './trust.js';
+import { verifyRole, verifyRootTransition, verifyManifestSignature, verifyIndex, checkRootInForce, checkRootKeys } from './trust.js';
+
+export { verifyIndex, checkNotExpired } from './trust.js';
 import { decodeChunk, sha256Hex } from './codec.js';
 import { readPublicKey, requireThreshold, fingerprintOf } from '../keys/pgp.js';
 import type { Fetcher } from './fetcher.js';
 
 // ---------- pure steps ----------
-
-export function checkNotExpired(kind: string, expires: string, now: Date, where: string): void {
-  if (new Date(expires).getTime() <= now.getTime()) {
-    throw new ExpiredError('EXPIRED', `${kind} expired at ${expires} (now ${now.toISOString()})`, { where });
-  }
-}
-
-export async function verifyIndex(bytes: Buffer, signature: string, root: Root, opts: { now: Date; lastVersion?: number; where: string }): Promise<Index> {
-  await verifyRole(bytes, signature, root, 'index', opts.where);
-  const index = parseMetadata('index', bytes, opts.where);
-  checkNotExpired('index', index.expires, opts.now, opts.where);
-  if (opts.lastVersion !== undefined && index.version < opts.lastVersion) {
-    throw new RollbackError('ROLLBACK', `index version ${index.version} is older than version ${opts.lastVersion} already seen`, { where: opts.where });
-  }
-  if (index.root_version > root.version) {
-    throw new RootChainError('ROOT_CHAIN', `index was signed under root version ${index.root_version}, newer than the trusted root ${root.version}`, { where: opts.where });
-  }
-  return index;
-}
 
 export async function verifyManifest(
   bytes: Buffer,
@@ -38,6 +21,7 @@ export async function verifyManifest(
   root: Root,
   expect: { name: string; version: string; entry: IndexVersion },
   where: string,
+  now: Date = new Date(),
 ): Promise<Manifest> {
   if (bytes.length !== expect.entry.size) {
     throw new DigestError('SIZE_MISMATCH', `${bytes.length} bytes, the index says ${expect.entry.size}`, { where });
@@ -46,7 +30,7 @@ export async function verifyManifest(
   if (digest !== expect.entry.manifest) {
     throw new DigestError('DIGEST_MISMATCH', `sha256 ${digest} does not match the index's ${expect.entry.manifest}`, { where });
   }
-  await verifyManifestSignature(bytes, signature, root, where);
+  await verifyManifestSignature(bytes, signature, root, where, { now });
   const manifest = parseMetadata('manifest', bytes, where);
   if (manifest.name !== expect.name || manifest.version !== expect.version || manifest.arch !== expect.entry.arch) {
     throw new VerificationError('MIX_AND_MATCH', `manifest is for ${manifest.name} ${manifest.version} (${manifest.arch}), the index entry is ${expect.name} ${expect.version} (${expect.entry.arch})`, { where });
@@ -127,7 +111,8 @@ export class RepoClient {
    * install media): the lowest root version whose root role holds the pinned key and
    * that this key signed. Nothing from the network is trusted before that check.
    */
-  static async pin(fetcher: Fetcher, pin: RootPin): Promise<Root> {
+  static async pin(fetcher: Fetcher, pin: RootPin, opts: { now?: Date } = {}): Promise<Root> {
+    const now = opts.now ?? new Date();
     const pinnedKey = 'keyArmored' in pin ? await readPublicKey(pin.keyArmored, 'pinned root key') : undefined;
     const fpr = pinnedKey ? fingerprintOf(pinnedKey) : (pin as { fingerprint: string }).fingerprint.toLowerCase().replace(/\s+/g, '');
     if (!/^[0-9a-f]{40}([0-9a-f]{24})?$/.test(fpr)) throw new LoopshipError('USAGE', `not an OpenPGP fingerprint: ${fpr}`);
@@ -141,8 +126,9 @@ export class RepoClient {
       const sig = (await fetcher.get(sigPath(rootHistoryPath(v)), LIMITS.signatureBytes)).toString('utf8');
       const key = pinnedKey ?? (await readPublicKey(root.keys[fpr].public_key, where));
       if (fingerprintOf(key) !== fpr) throw new MetadataError('METADATA_INVALID', `key listed as ${fpr} has fingerprint ${fingerprintOf(key)}`, { where });
-      await requireThreshold(bytes, sig, [key], 1, where, 'pinned root');
-      await verifyRole(bytes, sig, root, 'root', where);
+      await checkRootKeys(root, where);
+      await requireThreshold(bytes, sig, [key], 1, where, 'pinned root', { now });
+      await verifyRole(bytes, sig, root, 'root', where, { now });
       return root;
     }
     throw new RootChainError('ROOT_CHAIN', 'root chain too long', { where: fetcher.source });
@@ -181,7 +167,7 @@ export class RepoClient {
       const found = await fetchRootVersion(fetcher, root.version + 1, true);
       if (!found) break;
       const { root: next, bytes, signature: sig, where } = found;
-      await verifyRootTransition(root, next, bytes, sig!, where);
+      await verifyRootTransition(root, next, bytes, sig!, where, { now });
       root = next;
       rootBytes = bytes;
       accepted.push(next.version);
@@ -196,7 +182,7 @@ export class RepoClient {
       if (!(err instanceof FetchError && err.code === 'NOT_FOUND')) throw err;
     }
     // Checked after the walk: an expired root may be replaced by a newer one in the chain.
-    checkNotExpired('root', root.expires, now, `${fetcher.source}/${accepted.length ? rootHistoryPath(root.version) : ROOT_FILE}`);
+    checkRootInForce(root, now, `${fetcher.source}/${accepted.length ? rootHistoryPath(root.version) : ROOT_FILE}`);
 
     const where = `${fetcher.source}/${INDEX_FILE}`;
     const indexBytes = await fetcher.get(INDEX_FILE, LIMITS.indexBytes);
@@ -254,7 +240,7 @@ export class RepoClient {
       const where = `${fetcher.source}/${path}`;
       const bytes = await fetcher.get(path, entry.size);
       const signature = (await fetcher.get(sigPath(path), LIMITS.signatureBytes)).toString('utf8');
-      const manifest = await verifyManifest(bytes, signature, this.root, { name, version, entry }, where);
+      const manifest = await verifyManifest(bytes, signature, this.root, { name, version, entry }, where, this.now());
       return { manifest, sha256: entry.manifest, bytes, signature };
     });
   }

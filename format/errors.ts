@@ -19,6 +19,7 @@ export type ErrorCode =
   | 'EXPIRED'
   | 'ROLLBACK'
   | 'ROOT_CHAIN'
+  | 'WRONG_REPOSITORY'
   | 'DIGEST_MISMATCH'
   | 'SIZE_MISMATCH'
   | 'MIX_AND_MATCH'
@@ -31,6 +32,8 @@ export type ErrorCode =
   | 'LOCKED'
   | 'CONFLICT'
   | 'IO'
+  /** something in the agent's state dir it did not make (a planted symlink, hard link, fifo...) */
+  | 'STATE_UNSAFE'
   | 'INTERNAL';
 
 export class LoopshipError extends Error {
@@ -59,6 +62,12 @@ export class RollbackError extends VerificationError {}
 export class RootChainError extends VerificationError {}
 export class DigestError extends VerificationError {}
 export class PackageError extends VerificationError {}
+/** Files of another repository (same keys, other repository id): never mixed with ours. */
+export class RepositoryMismatchError extends VerificationError {
+  constructor(message: string, options: { where?: string; cause?: unknown } = {}) {
+    super('WRONG_REPOSITORY', message, options);
+  }
+}
 
 /** The network or disk did not give us what we asked for (not an attack, maybe transient). */
 export class FetchError extends LoopshipError {

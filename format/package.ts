@@ -19,7 +19,7 @@ import { PackageError, MetadataError, LoopshipError, VerificationError, Rollback
 import { LIMITS, zstdCompressBound } from './limits.js';
 import { chunkPath } from './paths.js';
 import { parseMetadata, serialize, ManifestSchema, describeIssues, type Manifest, type Blob, type Chunk, type Root, type Index } from './schema.js';
-import { verifyManifestSignature, verifyRootTransition, verifyRole } from './trust.js';
+import { verifyManifestSignature, verifyRootTransition, verifyIndex, checkRootInForce } from './trust.js';
 
 export const MANIFEST_ENTRY = 'manifest.json';
 export const SIGNATURE_ENTRY = 'manifest.json.asc';
@@ -401,6 +401,8 @@ export async function writePackageTar(tarPath: string, manifest: Manifest, manif
 export interface ReadPackageOptions {
   /** the receiver's trusted root: whose publisher keys may sign the manifest */
   root: Root;
+  /** where that root is kept (for error messages) */
+  rootWhere?: string;
   /** called with each verified chunk, in tar order */
   onChunk: (sha256: string, compressed: Buffer) => Promise<void>;
   /** chunks the package may leave out because the receiver has them already */
@@ -448,9 +450,12 @@ async function readEntry(stream: AsyncIterable<unknown>, max: number, where: str
  */
 export async function readPackage(input: NodeJS.ReadableStream, opts: ReadPackageOptions): Promise<ReadPackageResult> {
   const where = opts.where ?? 'package';
+  const now = opts.now ?? (() => new Date());
   const extract = tar.extract();
   let root = opts.root;
   const roots: ReadPackageResult['roots'] = [];
+  let rootChecked = false;
+  const rootWhere = () => (roots.length ? `${where}: root/${root.version}.json` : opts.rootWhere ?? `trusted root version ${root.version}`);
   let pendingRoot: { bytes: Buffer; name: string } | undefined;
   let pendingIndex: Buffer | undefined;
   let index: ReadPackageResult['index'];
@@ -481,7 +486,7 @@ export async function readPackage(input: NodeJS.ReadableStream, opts: ReadPackag
           // Already trusted (or older): skip, but never go backwards.
         } else {
           if (next.version !== root.version + 1) throw new PackageError('ROOT_CHAIN', `root version ${next.version} follows ${root.version}: a link is missing`, { where: rw });
-          await verifyRootTransition(root, next, pendingRoot.bytes, sig, rw);
+          await verifyRootTransition(root, next, pendingRoot.bytes, sig, rw, { now: now() });
           roots.push({ root: next, bytes: pendingRoot.bytes, signature: sig });
           root = next;
         }
@@ -489,12 +494,8 @@ export async function readPackage(input: NodeJS.ReadableStream, opts: ReadPackag
       } else if (pendingIndex) {
         const sig = (await readEntry(entry, LIMITS.signatureBytes, at)).toString('utf8');
         const iw = `${where}: index.json`;
-        await verifyRole(pendingIndex, sig, root, 'index', iw);
-        const idx = parseMetadata('index', pendingIndex, iw);
-        checkNotExpiredAt('index', idx.expires, (opts.now ?? (() => new Date()))(), iw);
-        if (opts.lastIndexVersion !== undefined && idx.version < opts.lastIndexVersion) {
-          throw new RollbackError('ROLLBACK', `index version ${idx.version} is older than version ${opts.lastIndexVersion} already seen`, { where: iw });
-        }
+        rootChecked ||= (checkRootInForce(root, now(), rootWhere()), true);
+        const idx = await verifyIndex(pendingIndex, sig, root, { now: now(), lastVersion: opts.lastIndexVersion, where: iw });
         index = { index: idx, bytes: pendingIndex, signature: sig };
         pendingIndex = undefined;
       } else if (!manifestBytes && /^root\/[1-9][0-9]{0,8}\.json$/.test(name) && !index) {
@@ -507,7 +508,9 @@ export async function readPackage(input: NodeJS.ReadableStream, opts: ReadPackag
       } else if (!signature) {
         signature = (await readEntry(entry, LIMITS.signatureBytes, at)).toString('utf8');
         const mw = `${where}: ${MANIFEST_ENTRY}`;
-        await verifyManifestSignature(manifestBytes, signature, root, mw);
+        // the same decision as an update over the network: the root trust ends on must be in force
+        rootChecked ||= (checkRootInForce(root, now(), rootWhere()), true);
+        await verifyManifestSignature(manifestBytes, signature, root, mw, { now: now() });
         manifest = parseMetadata('manifest', manifestBytes, mw);
         if (index) {
           const entryOf = index.index.images[manifest.name]?.versions[manifest.version];
@@ -543,10 +546,6 @@ export async function readPackage(input: NodeJS.ReadableStream, opts: ReadPackag
     // tar-stream's own errors (bad header, truncated archive) and stream errors
     throw new PackageError('PACKAGE_INVALID', `malformed tar (${(err as Error).message})`, { where, cause: err });
   }
-}
-
-function checkNotExpiredAt(kind: string, expires: string, now: Date, where: string): void {
-  if (new Date(expires).getTime() <= now.getTime()) throw new ExpiredError('EXPIRED', `${kind} expired at ${expires} (now ${now.toISOString()})`, { where });
 }
 
 export { DEFAULT_ZSTD_LEVEL };

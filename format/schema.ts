@@ -14,6 +14,15 @@ export const imageName = z.string().regex(/^[a-z0-9][a-z0-9._-]{0,63}$/, 'expect
 export const imageVersion = z.string().regex(/^[0-9A-Za-z][0-9A-Za-z.+~_-]{0,63}$/, 'expected a version such as 1.2.3 (letters, digits, . + ~ _ -)');
 export const channelName = z.string().regex(/^[a-z][a-z0-9_-]{0,31}$/, 'expected a channel name such as stable');
 export const arch = z.enum(['amd64', 'arm64', 'i386']);
+/** Made at `repo init`, kept by every root version, named by every index: files of two repositories never mix. */
+export const repositoryId = z.string().regex(/^[0-9a-f]{32}$/, 'expected a repository id (32 lowercase hex digits)');
+
+// Fields that reach dom0 (xl config, exec arguments, kernel command lines) are held to what
+// they can mean there: a signed manifest may describe a bad guest, never a dom0 program.
+/** A network interface name (IFNAMSIZ 16 with the NUL): no ",", "=", quote or space for xl's vif spec to split on. */
+export const bridgeName = z.string().regex(/^[A-Za-z0-9_.-]{1,15}$/, 'expected a network interface name (letters, digits, "_", ".", "-"; at most 15)');
+/** Printable text on one line: no control characters (a line break ends an xl.cfg value, a NUL a C string). */
+export const oneLine = (max: number) => z.string().max(max).regex(/^[^\x00-\x1f\x7f]*$/, 'expected one line of printable text (no control characters)');
 
 // ---------- root.json ----------
 
@@ -27,6 +36,7 @@ export const RootSchema = z
     type: z.literal('loopship/root'),
     spec_version: z.literal(SPEC_VERSION),
     version: z.number().int().min(1),
+    repository: repositoryId,
     expires: timestamp,
     keys: z.record(
       fingerprint,
@@ -71,6 +81,7 @@ export const IndexSchema = z
     type: z.literal('loopship/index'),
     spec_version: z.literal(SPEC_VERSION),
     version: z.number().int().min(1),
+    repository: repositoryId,
     expires: timestamp,
     root_version: z.number().int().min(1),
     images: z.record(imageName, imageEntry),
@@ -137,13 +148,13 @@ export const ManifestSchema = z.strictObject({
   initrd: FileBlobSchema.nullable(),
   boot: z.strictObject({
     type: z.enum(['pv', 'pvh']),
-    cmdline: z.string().max(4096),
-    ready_marker: z.string().min(1).max(200),
+    cmdline: oneLine(4096),
+    ready_marker: oneLine(200).min(1),
   }),
   xen: z.strictObject({
     memory: z.number().int().min(32).max(1024 * 1024),
     vcpus: z.number().int().min(1).max(512),
-    network: z.strictObject({ bridge: z.string().max(64).optional(), nics: z.number().int().min(0).max(8) }),
+    network: z.strictObject({ bridge: bridgeName.optional(), nics: z.number().int().min(0).max(8) }),
   }),
   settings: z.record(
     z.string().regex(/^[a-z][a-z0-9_.-]{0,63}$/),

@@ -1,12 +1,18 @@
-// Signature checks against a root's roles. Pure apart from openpgp's crypto: callers
-// pass bytes they already fetched.
+// Signature checks against a root's roles, and the trust decisions every reader of a
+// repository makes the same way (the client over HTTP, an offline package, a mirror, an
+// export): root transitions, the index against its root. Pure apart from openpgp's crypto:
+// callers pass bytes they already fetched and the verifier's clock.
 import { readPublicKey, requireThreshold, fingerprintOf, type PublicKey } from '../keys/pgp.js';
-import { MetadataError, SignatureError } from './errors.js';
-import type { Root, RoleName } from './schema.js';
+import { MetadataError, SignatureError, ExpiredError, RollbackError, RootChainError, RepositoryMismatchError } from './errors.js';
+import { parseMetadata, type Root, type RoleName, type Index } from './schema.js';
 
 const keyCache = new WeakMap<Root, Map<string, Promise<PublicKey>>>();
 
-/** The public keys of a role. Each key's real fingerprint must equal the one it is listed under. */
+/**
+ * The public keys of a role. Each key's real fingerprint must equal the one it is listed
+ * under. `where` names the root's own file: the first use of a root (its acceptance) decides
+ * what a bad key entry's error names.
+ */
 export async function roleKeys(root: Root, role: RoleName, where = 'root.json'): Promise<PublicKey[]> {
   let cache = keyCache.get(root);
   if (!cache) keyCache.set(root, (cache = new Map()));
@@ -28,27 +34,78 @@ export async function roleKeys(root: Root, role: RoleName, where = 'root.json'):
   return keys;
 }
 
-export async function verifyRole(data: Uint8Array, signature: string, root: Root, role: RoleName, where: string): Promise<Set<string>> {
-  const keys = await roleKeys(root, role);
-  return requireThreshold(data, signature, keys, root.roles[role].threshold, where, role);
+/** Every key of every role of `root` read and checked against its fingerprint; errors name `where`. */
+export async function checkRootKeys(root: Root, where: string): Promise<void> {
+  for (const role of ['root', 'index', 'publisher'] as RoleName[]) await roleKeys(root, role, where);
 }
 
-export async function verifyManifestSignature(bytes: Uint8Array, signature: string, root: Root, where: string): Promise<void> {
-  await verifyRole(bytes, signature, root, 'publisher', where);
+export interface VerifyOptions {
+  /** the verifier's clock: key expiry and revocation are judged at this time */
+  now?: Date;
+}
+
+export async function verifyRole(data: Uint8Array, signature: string, root: Root, role: RoleName, where: string, opts: VerifyOptions = {}): Promise<Set<string>> {
+  const keys = await roleKeys(root, role);
+  return requireThreshold(data, signature, keys, root.roles[role].threshold, where, role, { now: opts.now });
+}
+
+export async function verifyManifestSignature(bytes: Uint8Array, signature: string, root: Root, where: string, opts: VerifyOptions = {}): Promise<void> {
+  await verifyRole(bytes, signature, root, 'publisher', where, opts);
 }
 
 /**
- * A new root is accepted only when signed by the threshold of the trusted root's root
+ * A new root is accepted only when it is the next version of the same repository, its keys
+ * are what they claim to be, and it is signed by the threshold of the trusted root's root
  * keys AND by its own (so a rotation cannot be forged with old keys alone, nor new ones).
  */
-export async function verifyRootTransition(trusted: Root, next: Root, bytes: Uint8Array, signature: string, where: string): Promise<void> {
+export async function verifyRootTransition(trusted: Root, next: Root, bytes: Uint8Array, signature: string, where: string, opts: VerifyOptions = {}): Promise<void> {
+  if (next.version !== trusted.version + 1) {
+    throw new RootChainError('ROOT_CHAIN', `root version ${next.version} does not follow the trusted version ${trusted.version}`, { where });
+  }
+  await checkRootKeys(next, where);
   try {
-    await verifyRole(bytes, signature, trusted, 'root', where);
-    await verifyRole(bytes, signature, next, 'root', where);
+    await verifyRole(bytes, signature, trusted, 'root', where, opts);
+    await verifyRole(bytes, signature, next, 'root', where, opts);
   } catch (err) {
     if (err instanceof SignatureError) {
       throw new SignatureError(err.code, `root version ${next.version} is not signed by the root keys of versions ${trusted.version} and ${next.version}: ${err.message.replace(`${where}: `, '')}`, { where, cause: err });
     }
     throw err;
   }
+  checkSameRepository(trusted.repository, next.repository, `root version ${next.version}`, where);
+}
+
+export function checkSameRepository(trusted: string, claimed: string, what: string, where: string): void {
+  if (claimed !== trusted) {
+    throw new RepositoryMismatchError(`${what} belongs to repository ${claimed}, not to the trusted repository ${trusted}`, { where });
+  }
+}
+
+export function checkNotExpired(kind: string, expires: string, now: Date, where: string): void {
+  if (new Date(expires).getTime() <= now.getTime()) {
+    throw new ExpiredError('EXPIRED', `${kind} expired at ${expires} (now ${now.toISOString()})`, { where });
+  }
+}
+
+/**
+ * index.json's bytes against the (already accepted) root: signed by the index role as of
+ * now, of this repository, not expired, not older than what was seen, not from a newer root.
+ */
+export async function verifyIndex(bytes: Uint8Array, signature: string, root: Root, opts: { now: Date; lastVersion?: number; where: string }): Promise<Index> {
+  await verifyRole(bytes, signature, root, 'index', opts.where, { now: opts.now });
+  const index = parseMetadata('index', bytes, opts.where);
+  checkSameRepository(root.repository, index.repository, `index version ${index.version}`, opts.where);
+  checkNotExpired('index', index.expires, opts.now, opts.where);
+  if (opts.lastVersion !== undefined && index.version < opts.lastVersion) {
+    throw new RollbackError('ROLLBACK', `index version ${index.version} is older than version ${opts.lastVersion} already seen`, { where: opts.where });
+  }
+  if (index.root_version > root.version) {
+    throw new RootChainError('ROOT_CHAIN', `index was signed under root version ${index.root_version}, newer than the trusted root ${root.version}`, { where: opts.where });
+  }
+  return index;
+}
+
+/** The root that trust ends on after a walk must be in force: an expired root may only be left behind. */
+export function checkRootInForce(root: Root, now: Date, where: string): void {
+  checkNotExpired('root', root.expires, now, where);
 }

@@ -19,7 +19,7 @@ import { parallel } from './parallel.js';
 import { INDEX_FILE, ROOT_FILE, chunkPath, indexHistoryPath, manifestPath, packPath, rootHistoryPath, sigPath } from './paths.js';
 import { packLayout, writePack } from './pack.js';
 import { parseMetadata, serialize, SPEC_VERSION, channelName, type Index, type Manifest, type Root } from './schema.js';
-import { verifyManifestSignature, verifyRootTransition, verifyRole } from './trust.js';
+import { verifyManifestSignature, verifyRootTransition, verifyRole, checkSameRepository } from './trust.js';
 
 export const WRITER_DIR = '.loopship';
 const fdatasyncAsync = promisify(fdatasync);
@@ -82,7 +82,7 @@ export class RepositoryWriter {
       await writer.writeFile(sigPath(rootHistoryPath(1)), root.signature);
       await writer.writeFile(sigPath(ROOT_FILE), root.signature);
       await writer.writeFile(ROOT_FILE, root.bytes);
-      const index: Index = { type: 'loopship/index', spec_version: SPEC_VERSION, version: 1, expires: writer.expiry(), root_version: 1, images: {} };
+      const index: Index = { type: 'loopship/index', spec_version: SPEC_VERSION, version: 1, repository: parsed.repository, expires: writer.expiry(), root_version: 1, images: {} };
       await writer.writeIndex(index, parsed);
     });
     return writer;
@@ -326,7 +326,7 @@ export class RepositoryWriter {
   }
 
   private bump(index: Index, root: Root): Index {
-    return { ...index, version: index.version + 1, expires: this.expiry(), root_version: root.version };
+    return { ...index, version: index.version + 1, repository: root.repository, expires: this.expiry(), root_version: root.version };
   }
 
   private expiry(): string {
@@ -336,6 +336,7 @@ export class RepositoryWriter {
   private async writeIndex(index: Index, root: Root): Promise<number> {
     const bytes = serialize(index);
     parseMetadata('index', bytes, 'new index'); // never sign something clients would refuse
+    checkSameRepository(root.repository, index.repository, `index version ${index.version}`, 'new index');
     const signature = await signDetached(bytes, this.opts.indexKeys);
     await verifyRole(bytes, signature, root, 'index', 'new index'); // the keys we hold are the root's index keys
     await this.writeFile(indexHistoryPath(index.version), bytes);

@@ -15,7 +15,7 @@ function print(json: boolean, value: unknown, text: string): void {
 export async function publishRootFromKeystore(store: Keystore, repoDir: string, passphrase: string | undefined, oldRootSigners: Awaited<ReturnType<Keystore['signingKeys']>>) {
   const writer = new RepositoryWriter(repoDir, { indexKeys: await store.signingKeys('index', passphrase) });
   const current = await writer.readRoot();
-  const next = await buildRoot(store, current.version + 1);
+  const next = await buildRoot(store, current.version + 1, { repository: current.repository });
   const newSigners = await store.signingKeys('root', passphrase);
   const byFpr = new Map([...oldRootSigners, ...newSigners].map((k) => [k.getFingerprint(), k]));
   const signed = await signRoot(next, [...byFpr.values()]);

@@ -83,17 +83,41 @@ export async function signDetached(data: Uint8Array, keys: PrivateKey[]): Promis
   return (await openpgp.sign({ message, signingKeys: keys, detached: true, format: 'armored' })) as string;
 }
 
+/** How far in the future a signature's creation time may lie (clocks of signer and verifier differ). */
+export const SIGNATURE_CLOCK_SKEW_MS = 10 * 60_000;
+
+export interface VerifyAt {
+  /** the verifier's clock: keys must be valid (not expired, not revoked) at this time */
+  now?: Date;
+}
+
 /**
- * Which of the trusted keys produced a valid signature over `data`. A signature by an
- * unknown key is not an error here: thresholds decide. Malformed armor is.
+ * Which of the trusted keys produced a valid signature over `data`, judged at the
+ * verifier's clock: the creation time in a signature is the signer's word, so a key that
+ * expired or was revoked does not count for a signature it claims to have made earlier,
+ * and a creation time beyond a small skew into the future is no valid signature. A
+ * signature by an unknown key is not an error here: thresholds decide. Malformed armor is.
  */
 export async function validSigners(
   data: Uint8Array,
   armoredSignature: string,
   trusted: PublicKey[],
   where?: string,
+  at: VerifyAt = {},
 ): Promise<Set<string>> {
+  return (await judgeSignatures(data, armoredSignature, trusted, where, at)).signers;
+}
+
+/** validSigners, plus why each signature by a trusted key did not count (for error messages). */
+async function judgeSignatures(
+  data: Uint8Array,
+  armoredSignature: string,
+  trusted: PublicKey[],
+  where: string | undefined,
+  at: VerifyAt,
+): Promise<{ signers: Set<string>; refused: string[] }> {
   const openpgp = await pgp();
+  const now = at.now ?? new Date();
   let signature: OpenPGP.Signature;
   try {
     signature = await openpgp.readSignature({ armoredSignature });
@@ -101,24 +125,35 @@ export async function validSigners(
     throw new SignatureError('SIGNATURE_INVALID', `not an armored OpenPGP signature (${(cause as Error).message})`, { where, cause });
   }
   const signers = new Set<string>();
-  if (trusted.length === 0) return signers;
+  const refused: string[] = [];
+  if (trusted.length === 0) return { signers, refused };
   const message = await openpgp.createMessage({ binary: data });
   let result: Awaited<ReturnType<typeof OpenPGP.verify>>;
   try {
-    result = await openpgp.verify({ message, signature, verificationKeys: trusted, format: 'binary' });
+    // openpgp.js refuses a creation time after `date` and judges the key as of the creation time
+    result = await openpgp.verify({ message, signature, verificationKeys: trusted, format: 'binary', date: new Date(now.getTime() + SIGNATURE_CLOCK_SKEW_MS) });
   } catch (cause) {
     throw new SignatureError('SIGNATURE_INVALID', `signature could not be checked (${(cause as Error).message})`, { where, cause });
   }
   for (const sig of result.signatures) {
+    const key = trusted.find((k) => k.getKeys(sig.keyID).length > 0);
+    if (!key) continue; // unknown key: it simply does not count
     try {
       await sig.verified;
-    } catch {
-      continue; // unknown key, or a bad signature: it simply does not count
+    } catch (err) {
+      refused.push(`key ${fingerprintOf(key)}: ${(err as Error).message}`);
+      continue; // a bad signature: it does not count
     }
-    const key = trusted.find((k) => k.getKeys(sig.keyID).length > 0);
-    if (key) signers.add(fingerprintOf(key));
+    try {
+      // ...and as of now: an expired, revoked (for any reason) or not yet valid key does not count
+      await key.getSigningKey(sig.keyID, now);
+    } catch (err) {
+      refused.push(`key ${fingerprintOf(key)} is not valid at ${now.toISOString()}: ${(err as Error).message}`);
+      continue;
+    }
+    signers.add(fingerprintOf(key));
   }
-  return signers;
+  return { signers, refused };
 }
 
 /** Throws unless at least `threshold` distinct keys of `trusted` signed `data`. */
@@ -129,15 +164,17 @@ export async function requireThreshold(
   threshold: number,
   where: string,
   role: string,
+  at: VerifyAt = {},
 ): Promise<Set<string>> {
-  const signers = await validSigners(data, armoredSignature, trusted, where + '.asc');
+  const { signers, refused } = await judgeSignatures(data, armoredSignature, trusted, where + '.asc', at);
   if (signers.size < threshold) {
     const code = signers.size === 0 ? 'UNKNOWN_KEY' : 'SIGNATURE_THRESHOLD';
+    const why = refused.length ? ` (${refused.slice(0, 3).join('; ')})` : '';
     throw new SignatureError(
       code,
       signers.size === 0
-        ? `no valid signature by any ${role} key (${trusted.length} trusted)`
-        : `only ${signers.size} valid ${role} signature(s), threshold is ${threshold}`,
+        ? `no valid signature by any ${role} key (${trusted.length} trusted)${why}`
+        : `only ${signers.size} valid ${role} signature(s), threshold is ${threshold}${why}`,
       { where },
     );
   }

@@ -1,5 +1,6 @@
 // Building and signing root.json from a key store: the bridge between keys/ and the
 // repository format.
+import { randomBytes } from 'node:crypto';
 import { LoopshipError } from '../format/errors.js';
 import { RootSchema, serialize, describeIssues, SPEC_VERSION, type Root } from '../format/schema.js';
 import { signDetached, type PrivateKey } from './pgp.js';
@@ -7,8 +8,15 @@ import type { Keystore, Role } from './keystore.js';
 
 const YEAR_MS = 365 * 86_400_000;
 
-export async function buildRoot(store: Keystore, version: number, opts: { now?: Date; expiresDays?: number } = {}): Promise<Root> {
+/**
+ * root.json version `version` from the key store. Version 1 starts a repository and gets a
+ * fresh random repository id unless one is given; every later version must carry the id of
+ * the root it follows (`repository`), or clients refuse it.
+ */
+export async function buildRoot(store: Keystore, version: number, opts: { now?: Date; expiresDays?: number; repository?: string } = {}): Promise<Root> {
   const now = opts.now ?? new Date();
+  if (version > 1 && !opts.repository) throw new LoopshipError('USAGE', `root version ${version} must carry the repository id of the root it follows`, { where: store.dir });
+  const repository = opts.repository ?? randomBytes(16).toString('hex');
   const keys: Root['keys'] = {};
   const roles = {} as Root['roles'];
   for (const role of ['root', 'index', 'publisher'] as Role[]) {
@@ -17,7 +25,7 @@ export async function buildRoot(store: Keystore, version: number, opts: { now?: 
     roles[role] = { keys: entries.map((e) => e.fingerprint), threshold: store.thresholds[role] };
   }
   const expires = new Date(now.getTime() + (opts.expiresDays ? opts.expiresDays * 86_400_000 : YEAR_MS)).toISOString().replace(/\.\d{3}Z$/, 'Z');
-  const root = { type: 'loopship/root' as const, spec_version: SPEC_VERSION, version, expires, keys, roles };
+  const root = { type: 'loopship/root' as const, spec_version: SPEC_VERSION, version, repository, expires, keys, roles };
   const checked = RootSchema.safeParse(root);
   if (!checked.success) throw new LoopshipError('KEY_INVALID', `key store does not make a valid root: ${describeIssues(checked.error.issues)}`, { where: store.dir });
   return checked.data;

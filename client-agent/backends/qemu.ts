@@ -67,6 +67,8 @@ export function qemuArgs(spec: DomainSpec, files: { pidFile: string; qmpSocket: 
   for (const p of [spec.disk, spec.dataDisk ?? '']) {
     if (p.includes(',')) throw new LoopshipError('CONFIG_INVALID', `disk path may not contain ",": ${p}`);
   }
+  // one argument each, but the kernel reads -append up to a NUL and a guest console splits lines
+  if (/[\x00-\x1f\x7f]/.test(spec.cmdline)) throw new LoopshipError('CONFIG_INVALID', `kernel command line holds a control character: ${JSON.stringify(spec.cmdline)}`);
   return args;
 }
 
@@ -113,6 +115,10 @@ export class QemuBackend implements Backend {
   async instanceId(name: string): Promise<string | null> {
     const pid = await this.pid(name);
     return pid === null ? null : String(pid);
+  }
+
+  validate(spec: DomainSpec): void {
+    qemuArgs(spec, this.files(spec.name), []);
   }
 
   async start(spec: DomainSpec): Promise<void> {

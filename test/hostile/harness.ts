@@ -53,6 +53,8 @@ export interface World {
   /** `loopship serve` over the good repository */
   goodServer: RunningServer;
   indexKeys: PrivateKey[];
+  /** the repository id its roots and indexes carry */
+  repository: string;
   rootKeys: PrivateKey[];
   publisherKeys: PrivateKey[];
   stranger: PrivateKey;
@@ -123,7 +125,7 @@ export async function buildWorld(): Promise<World> {
   return {
     dir, fx, keystore, repoDir, templateHost, runningSpec, indexVersion: seen.index_version, manifests, newChunks, sbc2,
     sbc2ImageSha: sha256(await readFile(v2.image)), sbc2ImagePath: v2.image, sbc2Tar: v2.tarPath, goodServer,
-    indexKeys, rootKeys, publisherKeys, stranger,
+    indexKeys, repository: root.repository, rootKeys, publisherKeys, stranger,
     cleanup: async () => {
       await goodServer.close(0);
       await rm(dir, { recursive: true, force: true });

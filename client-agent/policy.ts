@@ -1,0 +1,27 @@
+// Which moves between versions a host makes by itself. A channel is the repository's word,
+// signed by an online key (the server's index key, moved by a publisher token): enough to
+// move a host forward, never back. Going to an older version needs the host's own consent:
+// its agent.yaml names that exact version, or allows downgrades for the appliance.
+import { compareVersions } from '../format/index.js';
+import type { ApplianceConfig } from './config.js';
+
+export type MoveDecision = { move: true } | { move: false; reason: string };
+
+export interface Move {
+  name: string;
+  from: string | null;
+  to: string;
+  /** where `to` came from: a channel of the index, or a version agent.yaml (or the command line) names */
+  via: { channel: string } | { version: string };
+}
+
+export function decideMove(m: Move, cfg: ApplianceConfig | undefined): MoveDecision {
+  if (!m.from || compareVersions(m.to, m.from) >= 0) return { move: true };
+  if ('version' in m.via) return { move: true };
+  if (cfg?.allow_downgrade) return { move: true };
+  return {
+    move: false,
+    reason: `channel ${m.via.channel} names ${m.to}, older than the installed ${m.from}: not downgrading on the repository's word ` +
+      `(to go back, republish the old content as a new version, or set allow_downgrade: true for ${m.name} in agent.yaml)`,
+  };
+}

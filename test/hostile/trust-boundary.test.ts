@@ -1,0 +1,219 @@
+// The trust boundary: ways through it that an outside hostile suite found, one test each.
+// Each failed on the code before its fix. Format-level attacks run a RepoClient against a
+// real signed repository directory; host-level ones drive the agent on copies of the
+// hostile harness's template host (sbc 1.0.0 running in a fake xl backend).
+import test, { type ExecutionContext } from 'ava';
+import { readFile, writeFile, mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { execa } from 'execa';
+import type * as OpenPGP from 'openpgp';
+import { makeRepo, type Fixture } from '../helpers/repo.js';
+import { RepoClient, createFetcher, serialize, sigPath, rootHistoryPath, indexHistoryPath, RepositoryWriter, type Root, type Index } from '../../format/index.js';
+import { readPublicKey, fingerprintOf, signRoot, buildRoot, generateKey } from '../../keys/index.js';
+import {
+  buildWorld, hostileServer, context, copyHost, hostConfig, hashTree, runningBackend, agentFor, fileSha, type World, type Host,
+} from './harness.js';
+
+const openpgp = (): Promise<typeof OpenPGP> => import('openpgp');
+const DAY = 86_400_000;
+
+async function rejects(t: ExecutionContext, p: Promise<unknown>, code: string, message: RegExp) {
+  const err = (await t.throwsAsync(p)) as Error & { code?: string };
+  t.is(err?.code, code, err?.message);
+  t.regex(err?.message ?? '', message);
+  return err;
+}
+
+// ---------- signatures judged at the verifier's clock ----------
+
+/** A repository whose root version 2 adds `key` as an index key (threshold 1): what a rotation that kept an old key looks like. */
+async function repoWithIndexKey(publicArmored: string): Promise<{ fx: Fixture; client: () => Promise<RepoClient> }> {
+  const fx = await makeRepo();
+  const root1 = await fx.writer.readRoot();
+  const fpr = fingerprintOf(await readPublicKey(publicArmored));
+  const root2: Root = {
+    ...root1,
+    version: 2,
+    keys: { ...root1.keys, [fpr]: { name: 'index:old', public_key: publicArmored } },
+    roles: { ...root1.roles, index: { keys: [...root1.roles.index.keys, fpr], threshold: 1 } },
+  };
+  const signed = await signRoot(root2, await fx.keystore.signingKeys('root'));
+  await fx.writer.addRoot(signed.bytes, signed.signature);
+  const client = async () => {
+    const f = createFetcher(fx.repoDir);
+    return new RepoClient({ fetchers: [f], trustedRoot: await RepoClient.pin(f, { keyArmored: fx.rootKeyArmored }) });
+  };
+  return { fx, client };
+}
+
+/** index.json one version up, signed by `key` with the creation time `date` (the signer's word). */
+async function indexSignedAt(fx: Fixture, key: OpenPGP.PrivateKey, date: Date): Promise<void> {
+  const pgp = await openpgp();
+  const index = await fx.writer.readIndex();
+  const bytes = serialize({ ...index, version: index.version + 1 });
+  const signature = await pgp.sign({ message: await pgp.createMessage({ binary: bytes }), signingKeys: key, detached: true, date, format: 'armored' });
+  await writeFile(join(fx.repoDir, 'index.json'), bytes);
+  await writeFile(join(fx.repoDir, 'index.json.asc'), signature as string);
+}
+
+test('an index key that expired does not verify a signature backdated into its validity', async (t) => {
+  const pgp = await openpgp();
+  const created = new Date(Date.now() - 10 * DAY);
+  const { privateKey, publicKey } = await pgp.generateKey({ type: 'ecc', curve: 'ed25519Legacy', userIDs: [{ name: 'old index' }], date: created, keyExpirationTime: DAY / 1000, format: 'object' });
+  const { fx, client } = await repoWithIndexKey(publicKey.armor());
+  t.teardown(fx.cleanup);
+  await indexSignedAt(fx, privateKey, new Date(created.getTime() + 3600_000));
+  await rejects(t, (await client()).update(), 'UNKNOWN_KEY', /index\.json: no valid signature by any index key .*is not valid at/);
+});
+
+test('an index key revoked as "superseded" does not verify a signature dated before the revocation', async (t) => {
+  const pgp = await openpgp();
+  const created = new Date(Date.now() - 10 * DAY);
+  const { privateKey } = await pgp.generateKey({ type: 'ecc', curve: 'ed25519Legacy', userIDs: [{ name: 'old index' }], date: created, format: 'object' });
+  const { publicKey: revoked } = await pgp.revokeKey({ key: privateKey, reasonForRevocation: { flag: pgp.enums.reasonForRevocation.keySuperseded }, date: new Date(Date.now() - DAY), format: 'object' });
+  const { fx, client } = await repoWithIndexKey(revoked.armor());
+  t.teardown(fx.cleanup);
+  await indexSignedAt(fx, privateKey, new Date(Date.now() - 5 * DAY));
+  await rejects(t, (await client()).update(), 'UNKNOWN_KEY', /index\.json: no valid signature by any index key .*revoked/i);
+});
+
+test('a signature created in the future (beyond the clock skew) is refused; within the skew it verifies', async (t) => {
+  const fx = await makeRepo();
+  t.teardown(fx.cleanup);
+  const [key] = await fx.keystore.signingKeys('index');
+  const client = async () => {
+    const f = createFetcher(fx.repoDir);
+    return new RepoClient({ fetchers: [f], trustedRoot: await RepoClient.pin(f, { keyArmored: fx.rootKeyArmored }) });
+  };
+  await indexSignedAt(fx, key, new Date(Date.now() + DAY));
+  await rejects(t, (await client()).update(), 'UNKNOWN_KEY', /index\.json: .*creation time is in the future/i);
+  await indexSignedAt(fx, key, new Date(Date.now() + 2 * 60_000));
+  t.is((await (await client()).update()).index.version, (await fx.writer.readIndex()).version);
+});
+
+// ---------- a root's keys, named where they are listed ----------
+
+test('a root listing one key under two fingerprints is refused, naming root/2.json', async (t) => {
+  const fx = await makeRepo();
+  t.teardown(fx.cleanup);
+  const root1 = await fx.writer.readRoot();
+  const other = fingerprintOf(await readPublicKey((await generateKey('other')).publicArmored));
+  const rootKey = root1.roles.root.keys[0];
+  // the root key's public key listed again under another fingerprint, used by the index role
+  const root2: Root = {
+    ...root1, version: 2,
+    keys: { ...root1.keys, [other]: { name: 'index:twin', public_key: root1.keys[rootKey].public_key } },
+    roles: { ...root1.roles, index: { keys: [...root1.roles.index.keys, other], threshold: 1 } },
+  };
+  const signed = await signRoot(root2, await fx.keystore.signingKeys('root'));
+  for (const [f, data] of [[rootHistoryPath(2), signed.bytes], [sigPath(rootHistoryPath(2)), signed.signature], ['root.json', signed.bytes], ['root.json.asc', signed.signature]] as const) {
+    await writeFile(join(fx.repoDir, f), data);
+  }
+  const f = createFetcher(fx.repoDir);
+  const c = new RepoClient({ fetchers: [f], trustedRoot: await RepoClient.pin(f, { keyArmored: fx.rootKeyArmored }) });
+  await rejects(t, c.update(), 'METADATA_INVALID', new RegExp(`root/2\\.json: key listed as ${other} has fingerprint ${rootKey}`));
+});
+
+// ---------- the host: trust moves forward only ----------
+
+const worldP = buildWorld();
+test.after.always(async () => (await worldP.catch(() => null))?.cleanup());
+
+let seq = 0;
+async function hostileTree(w: World, f: (ctx: ReturnType<typeof context>) => Promise<void>) {
+  const tree = join(w.dir, 'trees', `tb${++seq}`);
+  await mkdir(join(w.dir, 'trees'), { recursive: true });
+  await execa('cp', ['-a', w.repoDir, tree]);
+  const ctx = context(w, tree);
+  await f(ctx);
+  return { ctx, server: await hostileServer(tree) };
+}
+
+async function hostFor(w: World, t: ExecutionContext, name: string): Promise<Host> {
+  const host = await copyHost(w, `${name}-${++seq}`);
+  return host;
+}
+
+test('init again with the same pin keeps the trusted root and the rollback floor: an old genuine index is still refused', async (t) => {
+  const w = await worldP;
+  const host = await hostFor(w, t, 'reinit');
+  const floor = await readFile(join(host.stateDir, 'trust', 'index-version'), 'utf8');
+  const trusted = await readFile(join(host.stateDir, 'trust', 'root.json'));
+  const { server } = await hostileTree(w, async (c) => {
+    await c.write('index.json', await c.read(indexHistoryPath(3)));
+    await c.write('index.json.asc', await c.read(sigPath(indexHistoryPath(3))));
+  });
+  t.teardown(server.close);
+  const agent = agentFor(host, runningBackend(w, host));
+  const r = await agent.init({ repos: [server.url], rootKeyFile: join(w.templateHost, 'root.asc') });
+  t.like(r, { kept: true, reset: null, repository: w.repository });
+  t.is(await readFile(join(host.stateDir, 'trust', 'index-version'), 'utf8'), floor, 'the rollback floor is kept');
+  t.deepEqual(await readFile(join(host.stateDir, 'trust', 'root.json')), trusted, 'the trusted root is kept');
+  await rejects(t, agentFor(host, runningBackend(w, host)).upgrade('sbc'), 'ROLLBACK', /index\.json: index version 3 is older than version/);
+});
+
+test('init with the pin of another repository needs --force, changes nothing without it, and says what it resets', async (t) => {
+  const w = await worldP;
+  const host = await hostFor(w, t, 'repin');
+  // the team's second repository, from the same key store: same root key, another repository id
+  const other = join(w.dir, `other-repo-${++seq}`);
+  await RepositoryWriter.init(other, await signRoot(await buildRoot(w.keystore, 1), w.rootKeys), { indexKeys: w.indexKeys });
+  const before = await hashTree(host.dir);
+  const agent = agentFor(host, runningBackend(w, host));
+  const err = await rejects(t, agent.init({ repos: [other], rootKeyFile: join(w.templateHost, 'root.asc') }), 'USAGE', /trusts another repository already; init --force replaces the trusted root \(repository [0-9a-f]{32}, root version 1\) and the rollback floor \(index version \d+\)/);
+  t.regex(err.message, /trust\/root\.json/);
+  t.deepEqual((await hashTree(host.dir)).files, before.files, 'config and state untouched');
+  const r = await agentFor(host, runningBackend(w, host)).init({ repos: [other], rootKeyFile: join(w.templateHost, 'root.asc'), force: true });
+  t.false(r.kept);
+  t.regex(r.reset ?? '', /rollback floor \(index version \d+\)/);
+  t.not(r.repository, w.repository);
+  t.false(await readFile(join(host.stateDir, 'trust', 'index-version')).then(() => true, () => false), 'the floor was reset');
+});
+
+// ---------- downgrades need the host's consent ----------
+
+test('a channel moved back to an older version (one online key or token) does not downgrade the host; agent.yaml can allow it', async (t) => {
+  const w = await worldP;
+  const host = await hostFor(w, t, 'downgrade');
+  const backend = runningBackend(w, host);
+  await hostConfig(host.dir, [w.goodServer.url]);
+  t.like((await agentFor(host, backend).upgrade('sbc'))[0], { from: '1.0.0', to: '2.0.0', status: 'upgraded' });
+  // stable -> 1.0.0, validly signed by the index keys: what a stolen publisher token gets the server to sign
+  const { server } = await hostileTree(w, async (c) => {
+    const index: Index = await c.index();
+    index.images.sbc.channels.stable = '1.0.0';
+    index.version += 1;
+    await c.writeIndex(index);
+  });
+  t.teardown(server.close);
+  await hostConfig(host.dir, [server.url]);
+  const starts = backend.starts.length;
+  const logs: string[] = [];
+  const r = await agentFor(host, backend, { logs }).upgrade('sbc');
+  t.like(r[0], { name: 'sbc', from: '2.0.0', to: '1.0.0', status: 'held' });
+  t.regex(r[0].message ?? '', /channel stable names 1\.0\.0, older than the installed 2\.0\.0: not downgrading.*allow_downgrade/);
+  t.is(backend.running.get('sbc')?.version, '2.0.0', '2.0.0 still runs');
+  t.is(backend.starts.length, starts, 'nothing was started');
+  t.true(logs.some((l) => /not downgrading/.test(l)), logs.join('\n'));
+  const state = JSON.parse(await readFile(join(host.stateDir, 'state.json'), 'utf8'));
+  t.regex(state.appliances.sbc.last_error, /not downgrading/, 'the fleet report will say why');
+
+  // the host's own word: allow_downgrade for this appliance
+  await writeFile(host.configPath, (await readFile(host.configPath, 'utf8')).replace('    channel: stable\n', '    channel: stable\n    allow_downgrade: true\n'));
+  t.like((await agentFor(host, backend).upgrade('sbc'))[0], { from: '2.0.0', to: '1.0.0', status: 'upgraded' });
+  t.is(backend.running.get('sbc')?.version, '1.0.0');
+});
+
+test('a version the backend would refuse is found before the running version is stopped', async (t) => {
+  const w = await worldP;
+  const host = await hostFor(w, t, 'plan');
+  const backend = runningBackend(w, host);
+  backend.invalid.add('2.0.0');
+  await hostConfig(host.dir, [w.goodServer.url]);
+  const v1disk = await fileSha(join(host.stateDir, 'appliances', 'sbc', '1.0.0', 'disk.img'));
+  await rejects(t, agentFor(host, backend).upgrade('sbc'), 'CONFIG_INVALID', /sbc 2\.0\.0 cannot be booted here: fake: sbc 2\.0\.0 refused/);
+  t.deepEqual([backend.stops.length, backend.starts.length], [0, 0], 'the running appliance was not touched');
+  t.is(backend.running.get('sbc')?.version, '1.0.0');
+  t.is(await fileSha(join(host.stateDir, 'appliances', 'sbc', '1.0.0', 'disk.img')), v1disk);
+  t.true(backend.validated.some((s) => s.version === '2.0.0'));
+});
