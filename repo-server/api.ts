@@ -1,13 +1,16 @@
 // The write side of the HTTP API: publishing packages and promoting channels (publisher
-// tokens), and fleet reports (site tokens). Each handler validates, then hands over to an
-// injected writer or store: the verification itself lives in format/ (RepositoryWriter).
+// tokens); the fleet routes (enrolment, reports) are fleet-api.ts's. Each handler
+// validates, then hands over to an injected writer or store: the verification itself lives
+// in format/ (RepositoryWriter).
 import { Router, json, type Request, type Response, type NextFunction, type RequestHandler } from 'express';
 import * as z from 'zod';
 import { imageName, imageVersion, channelName, describeIssues, type RepositoryWriter } from '../format/index.js';
 import { ApiError, sendError } from './api-error.js';
 import { requireToken, principalOf } from './auth.js';
 import { LimitedUpload } from './upload-limit.js';
-import { ReportSchema, RateLimiter, type ReportStore } from './reports.js';
+import { fleetRouter } from './fleet-api.js';
+import type { ReportStore } from './reports.js';
+import type { HostCredentials } from './hosts.js';
 import type { ServerConfig } from './config.js';
 
 /** What the server needs from format/'s RepositoryWriter (injected, so tests can use a fake). */
@@ -17,6 +20,8 @@ export interface ApiOptions {
   config: ServerConfig;
   writer?: PackageWriter;
   store?: ReportStore;
+  /** per-host credentials; without them, enrolment and reports answer 503 */
+  hosts?: HostCredentials;
   log: { info: (obj: object, msg: string) => void; warn: (obj: object, msg: string) => void };
 }
 
@@ -39,13 +44,11 @@ function requireJson(req: Request): void {
 }
 
 export function apiRouter(opts: ApiOptions): Router {
-  const { config, writer, store, log } = opts;
+  const { config, writer, store, hosts, log } = opts;
   const limits = config.limits;
   const router = Router();
   const publisher = requireToken('publishing', () => config.publishers);
-  const site = requireToken('fleet reports', () => config.sites);
   const jsonBody = json({ limit: limits.maxJsonBytes, type: 'application/json', strict: true });
-  const rate = new RateLimiter(limits.reportsPerMinutePerSite);
 
   const needWriter = (): PackageWriter => {
     if (!writer) throw new ApiError(503, 'NOT_CONFIGURED', 'this server holds no index key (index_keys in its config), so it cannot publish');
@@ -118,37 +121,11 @@ export function apiRouter(opts: ApiOptions): Router {
   router.post('/channels/:channel/promote', publisher, jsonBody, promote('body'));
   router.post('/channels/:channel/promote/:name/:version', publisher, promote('path'));
 
-  router.post(
-    '/reports',
-    site,
-    jsonBody,
-    wrap(async (req, res) => {
-      if (!store) throw new ApiError(503, 'NOT_CONFIGURED', 'this server keeps no fleet reports');
-      requireJson(req);
-      const who = principalOf(req).name;
-      const wait = rate.take(who);
-      if (wait) throw new ApiError(429, 'RATE_LIMITED', `site ${who} sent more than ${limits.reportsPerMinutePerSite} reports this minute`, { headers: { 'Retry-After': String(wait) } });
-      const input = validate(ReportSchema, req.body, 'report');
-      if (input.site != null && input.site !== who) throw new ApiError(403, 'FORBIDDEN', `this token belongs to site ${who}, not to site ${input.site}`);
-      const report = { ...input, site: who };
-      const stored = await store.put(report);
-      res.status(201).json({ host: report.host, site: report.site, received_at: stored.received_at });
-    }),
-  );
-
-  // the packaging team may read the fleet as JSON (the dashboard shows the same)
-  router.get(
-    '/reports',
-    publisher,
-    wrap(async (_req, res) => {
-      res.json({ reports: store?.list() ?? [] });
-    }),
-  );
+  router.use(fleetRouter({ config, store, hosts, log }));
 
   // a known API path with the wrong method
-  router.all(['/packages', '/reports', '/channels/:channel/promote', '/channels/:channel/promote/:name/:version'], (req, res) => {
-    const allow = req.path === '/reports' ? 'GET, POST' : 'POST';
-    sendError(res, new ApiError(405, 'METHOD_NOT_ALLOWED', `${req.method} is not allowed here`, { headers: { Allow: allow } }));
+  router.all(['/packages', '/channels/:channel/promote', '/channels/:channel/promote/:name/:version'], (req, res) => {
+    sendError(res, new ApiError(405, 'METHOD_NOT_ALLOWED', `${req.method} is not allowed here`, { headers: { Allow: 'POST' } }));
   });
   router.use((_req, res) => sendError(res, new ApiError(404, 'NOT_FOUND', 'no such API endpoint')));
   return router;

@@ -1,9 +1,10 @@
 // The whole HTTP surface in one readable place:
-//   GET  /                                  dashboard (HTML)
+//   GET  /                                  dashboard (HTML)             (viewer/publisher token, unless dashboard.public)
 //   POST /api/v1/packages                   publish a package tar        (publisher token)
 //   POST /api/v1/channels/:ch/promote       move a channel to a version  (publisher token)
-//   POST /api/v1/reports                    a host's fleet report        (site token)
-//   GET  /api/v1/reports                    the fleet as JSON            (publisher token)
+//   POST /api/v1/hosts/enrol                a host's own token, once     (site token)
+//   POST /api/v1/reports                    a host's fleet report        (host token)
+//   GET  /api/v1/reports                    the fleet as JSON            (viewer/publisher token)
 //   GET|HEAD /<repository path>             the static repository tree (format/paths.ts)
 import type { IncomingMessage, ServerResponse, RequestListener } from 'node:http';
 import express, { type Express } from 'express';
@@ -15,6 +16,7 @@ import { createRepositoryHandler, type RepositoryHandler, type StaticOptions } f
 import { RepositoryViewer } from './repo-view.js';
 import { renderDashboard } from './dashboard.js';
 import type { ReportStore } from './reports.js';
+import type { HostCredentials } from './hosts.js';
 import type { ServerConfig } from './config.js';
 
 export interface AppOptions {
@@ -24,6 +26,8 @@ export interface AppOptions {
   writer?: PackageWriter;
   /** fleet reports; without one, reports answer 503 and the dashboard shows no fleet */
   store?: ReportStore;
+  /** per-host credentials (enrolment); without them, enrolment and reports answer 503 */
+  hosts?: HostCredentials;
   now?: () => Date;
   log?: Logger;
   static?: StaticOptions;
@@ -72,9 +76,10 @@ export function createApp(opts: AppOptions & { repository?: RepositoryHandler; l
     if (!repository(req, res)) next();
   });
 
+  // the page shows host names and their errors: private unless the config opens it
   const dashboardAccess: express.RequestHandler = opts.config.dashboard.public
     ? (_req, _res, next) => next()
-    : requireBrowserToken('dashboard', () => opts.config.publishers);
+    : requireBrowserToken('dashboard', () => [...opts.config.viewers, ...opts.config.publishers]);
   app.get('/', dashboardAccess, async (_req, res, next) => {
     try {
       const view = await viewer.view();
@@ -89,7 +94,7 @@ export function createApp(opts: AppOptions & { repository?: RepositoryHandler; l
     }
   });
 
-  app.use('/api/v1', apiRouter({ config: opts.config, writer: opts.writer, store: opts.store, log }));
+  app.use('/api/v1', apiRouter({ config: opts.config, writer: opts.writer, store: opts.store, hosts: opts.hosts, log }));
 
   // anything else: only GET and HEAD exist outside the API
   app.use((req, res) => {

@@ -49,13 +49,13 @@ export function requireToken(what: string, principals: () => readonly Principal[
   };
 }
 
-/** For pages a browser opens: a publisher token as Bearer or as the Basic-auth password. */
+/** For pages a browser opens: a token of `principals()` as Bearer or as the Basic-auth password. */
 export function requireBrowserToken(what: string, principals: () => readonly Principal[]): RequestHandler {
   return (req, _res, next) => {
     const header = req.get('authorization');
     const token = bearerToken(header) ?? basicPassword(header);
     const p = token === null ? null : findPrincipal(token, principals());
-    if (!p) return next(new ApiError(401, 'UNAUTHORIZED', `${what} needs a publisher token (as the password)`, { headers: { 'WWW-Authenticate': `Basic realm="loopship ${what}", charset="UTF-8"` } }));
+    if (!p) return next(new ApiError(401, 'UNAUTHORIZED', `${what} needs a viewer or publisher token (as the password, any user name)`, { headers: { 'WWW-Authenticate': `Basic realm="loopship ${what}", charset="UTF-8"` } }));
     (req as Request & { principal?: Principal }).principal = p;
     next();
   };

@@ -14,6 +14,7 @@ import { startServer } from './server.js';
 import { loadServerConfig, DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR } from './config.js';
 import { createRepositoryWriter } from './writer.js';
 import { uploadPackage, promoteRemote, type PublishResponse } from './client.js';
+import { registerHostsCommands } from './hosts-cli.js';
 
 const LEVELS: Record<number, string> = { 10: 'TRACE', 20: 'DEBUG', 30: 'INFO', 40: 'WARN', 50: 'ERROR', 60: 'FATAL' };
 
@@ -146,6 +147,7 @@ async function runWorkers(n: number, log: Logger): Promise<void> {
 }
 
 export function register(program: Command): void {
+  registerHostsCommands(program);
   program
     .command('serve')
     .description('serve a repository over HTTP: the static tree, the publish/promote API, fleet reports and a dashboard')

@@ -1,5 +1,5 @@
-// The server's configuration file (YAML): who may publish, which sites may report, the
-// index signing key(s), and limits. Parsed strictly: an unknown or misspelt key is an error
+// The server's configuration file (YAML): who may publish, which sites may enrol hosts,
+// who may look at the fleet, the index signing key(s), and limits. Parsed strictly: an unknown or misspelt key is an error
 // naming the field, never silently ignored.
 import { readFile } from 'node:fs/promises';
 import { createHash } from 'node:crypto';
@@ -32,8 +32,10 @@ const limits = z.strictObject({
   upload_timeout_s: z.number().positive().default(6 * 3600),
   /** largest JSON body (reports, promote) */
   max_json_bytes: z.number().int().positive().max(16 * 1024 * 1024).default(256 * 1024),
-  /** hosts kept in the fleet store */
+  /** hosts kept in the fleet store (and enrolled), in all */
   max_hosts: z.number().int().positive().max(1_000_000).default(10_000),
+  /** hosts one site may enrol and keep: checked first, so one site cannot fill max_hosts for the others */
+  max_hosts_per_site: z.number().int().positive().max(1_000_000).default(1000),
   /** reports accepted per site per minute (a misbehaving site cannot flood the store) */
   reports_per_minute_per_site: z.number().int().positive().default(600),
 });
@@ -42,6 +44,8 @@ export const ServerConfigSchema = z
   .strictObject({
     publishers: z.array(principal).max(1000).default([]),
     sites: z.array(principal).max(100_000).default([]),
+    /** who may look at the dashboard and GET /api/v1/reports (publishers may too) */
+    viewers: z.array(principal).max(1000).default([]),
     index_keys: z
       .array(z.strictObject({ path: z.string().min(1), passphrase_env: z.string().regex(/^[A-Z_][A-Z0-9_]*$/).optional() }))
       .max(16)
@@ -52,13 +56,16 @@ export const ServerConfigSchema = z
       .strictObject({
         stale_minutes: z.number().positive().default(30),
         title: z.string().max(200).default('loopship repository'),
-        /** false: the dashboard (host names, errors) needs a publisher token, as a Basic-auth password or Bearer */
-        public: z.boolean().default(true),
+        /**
+         * true: anyone may open the dashboard page. By default it needs a viewer or publisher
+         * token (Basic-auth password or Bearer): it shows host names and their error texts.
+         */
+        public: z.boolean().default(false),
       })
-      .default({ stale_minutes: 30, title: 'loopship repository', public: true }),
+      .default({ stale_minutes: 30, title: 'loopship repository', public: false }),
   })
   .superRefine((c, ctx) => {
-    for (const key of ['publishers', 'sites'] as const) {
+    for (const key of ['publishers', 'sites', 'viewers'] as const) {
       const seen = new Set<string>();
       c[key].forEach((p, i) => {
         if (seen.has(p.name)) ctx.addIssue({ code: 'custom', path: [key, i, 'name'], message: `duplicate name ${p.name}` });
@@ -70,7 +77,7 @@ export const ServerConfigSchema = z
 export type ServerConfigFile = z.infer<typeof ServerConfigSchema>;
 
 export interface Principal {
-  kind: 'publisher' | 'site';
+  kind: 'publisher' | 'site' | 'viewer';
   name: string;
   /** sha256 of the bearer token */
   digest: Buffer;
@@ -79,6 +86,7 @@ export interface Principal {
 export interface ServerConfig {
   publishers: Principal[];
   sites: Principal[];
+  viewers: Principal[];
   indexKeys: Array<{ path: string; passphraseEnv?: string }>;
   indexExpiresDays: number;
   limits: {
@@ -87,6 +95,7 @@ export interface ServerConfig {
     uploadTimeoutMs: number;
     maxJsonBytes: number;
     maxHosts: number;
+    maxHostsPerSite: number;
     reportsPerMinutePerSite: number;
   };
   dashboard: { staleMinutes: number; title: string; public: boolean };
@@ -108,6 +117,7 @@ export function parseServerConfig(value: unknown, source = '(inline config)'): S
   return {
     publishers: toPrincipals('publisher', c.publishers),
     sites: toPrincipals('site', c.sites),
+    viewers: toPrincipals('viewer', c.viewers),
     indexKeys: c.index_keys.map((k) => ({ path: k.path, passphraseEnv: k.passphrase_env })),
     indexExpiresDays: c.index_expires_days,
     limits: {
@@ -116,6 +126,7 @@ export function parseServerConfig(value: unknown, source = '(inline config)'): S
       uploadTimeoutMs: c.limits.upload_timeout_s * 1000,
       maxJsonBytes: c.limits.max_json_bytes,
       maxHosts: c.limits.max_hosts,
+      maxHostsPerSite: c.limits.max_hosts_per_site,
       reportsPerMinutePerSite: c.limits.reports_per_minute_per_site,
     },
     dashboard: { staleMinutes: c.dashboard.stale_minutes, title: c.dashboard.title, public: c.dashboard.public },

@@ -1,7 +1,9 @@
 // Fleet reports: what each host's agent says about itself. Validated strictly, stored one
 // JSON file per (site, host) under the state directory, each written atomically (temp file,
 // fsync, rename, fsync dir), so a crash leaves either the old report or the new one. The
-// store is bounded in hosts and in bytes per report, and is loaded back at start-up.
+// store is bounded in hosts (per site and in all) and in bytes per report, and is loaded
+// back at start-up. Who may store a report for which (site, host) is decided before: the
+// host's own token (hosts.ts, fleet-api.ts).
 import { mkdir, open, readdir, readFile, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -10,11 +12,11 @@ import { imageName, imageVersion, channelName } from '../format/index.js';
 import { LoopshipError } from '../format/index.js';
 import { ApiError } from './api-error.js';
 
-const hostname = z
+export const hostName = z
   .string()
   .max(253)
   .regex(/^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/, 'expected a DNS host name');
-const siteName = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, 'expected a site name (letters, digits, ".", "_", "-")');
+export const siteName = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, 'expected a site name (letters, digits, ".", "_", "-")');
 
 export const HEALTH_STATES = ['healthy', 'unhealthy', 'starting', 'stopped', 'unknown'] as const;
 
@@ -31,12 +33,12 @@ export const ApplianceReportSchema = z.strictObject({
 });
 
 /**
- * What an agent sends. `site` may be left out: the site token says which site it is (a
- * site named here must be the token's). `time` is the agent's clock, kept for display;
- * "last seen" is the server's receiving time.
+ * What an agent sends. `host` must be the host its token was issued to, and `site` may be
+ * left out: the token says which site it is (a site named here must be the token's).
+ * `time` is the agent's clock, kept for display; "last seen" is the server's receiving time.
  */
 export const ReportSchema = z.strictObject({
-  host: hostname,
+  host: hostName,
   site: siteName.nullable().optional(),
   agent_version: z.string().min(1).max(64),
   time: z.iso.datetime({ offset: true }).optional(),
@@ -44,7 +46,7 @@ export const ReportSchema = z.strictObject({
   last_error: z.string().max(4000).nullable(),
 });
 export type ReportInput = z.infer<typeof ReportSchema>;
-/** A report as stored: its site is always known (from the token). */
+/** A report as stored: its site and host are always the credential's. */
 export type FleetReport = ReportInput & { site: string };
 export type ApplianceReport = z.infer<typeof ApplianceReportSchema>;
 
@@ -61,6 +63,8 @@ export interface ReportStore {
 
 export interface FileReportStoreOptions {
   maxHosts: number;
+  /** hosts one site may hold (checked before maxHosts, so one site cannot fill the store) */
+  maxHostsPerSite?: number;
   now?: () => Date;
   log?: { warn: (obj: object, msg: string) => void };
 }
@@ -168,10 +172,23 @@ export class FileReportStore implements ReportStore {
     return () => clearInterval(timer);
   }
 
+  /** Hosts of `site` in the store. */
+  hostsOf(site: string): number {
+    let n = 0;
+    for (const r of this.reports.values()) if (r.report.site === site) n++;
+    return n;
+  }
+
   async put(report: FleetReport): Promise<StoredReport> {
     const key = FileReportStore.key(report.site, report.host);
-    if (!this.reports.has(key) && this.reports.size >= this.opts.maxHosts) {
-      throw new ApiError(507, 'STORE_FULL', `the fleet store holds its limit of ${this.opts.maxHosts} hosts; new host ${report.host} not stored`);
+    if (!this.reports.has(key)) {
+      const perSite = this.opts.maxHostsPerSite;
+      if (perSite !== undefined && this.hostsOf(report.site) >= perSite) {
+        throw new ApiError(507, 'STORE_FULL', `site ${report.site} holds its limit of ${perSite} hosts (limits.max_hosts_per_site); new host ${report.host} not stored`);
+      }
+      if (this.reports.size >= this.opts.maxHosts) {
+        throw new ApiError(507, 'STORE_FULL', `the fleet store holds its limit of ${this.opts.maxHosts} hosts (limits.max_hosts); new host ${report.host} of site ${report.site} not stored`);
+      }
     }
     const stored: StoredReport = { report, received_at: (this.opts.now?.() ?? new Date()).toISOString() };
     const file = path.join(this.dir, report.site, `${report.host.toLowerCase()}.json`);

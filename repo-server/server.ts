@@ -7,6 +7,7 @@ import pino, { type Logger } from 'pino';
 import { createRequestListener, type AppOptions } from './app.js';
 import { loadServerConfig, DEFAULT_STATE_DIR, type ServerConfig } from './config.js';
 import { FileReportStore, type ReportStore } from './reports.js';
+import { FileHostRegistry, type HostCredentials } from './hosts.js';
 import type { PackageWriter } from './api.js';
 import { loadSendfile } from './sendfile.js';
 
@@ -23,6 +24,8 @@ export interface StartOptions {
   /** builds the writer from the config (index keys) when none is given */
   createWriter?: (repoDir: string, config: ServerConfig) => Promise<PackageWriter | undefined>;
   store?: ReportStore;
+  /** per-host credentials; default: STATE_DIR/hosts (none when stateDir is null) */
+  hosts?: HostCredentials;
   /** re-read the report store from disk this often (several processes share it) */
   storeSyncMs?: number;
   log?: Logger;
@@ -41,12 +44,13 @@ export interface RunningServer {
 export async function startServer(opts: StartOptions): Promise<RunningServer> {
   const log = opts.log ?? pino({ level: 'silent' });
   const config = opts.config ?? (await loadServerConfig(opts.configPath));
-  const store =
-    opts.store ??
-    (opts.stateDir === null ? undefined : await FileReportStore.open(opts.stateDir ?? DEFAULT_STATE_DIR, { maxHosts: config.limits.maxHosts, now: opts.now, log }));
+  const stateDir = opts.stateDir === null ? null : (opts.stateDir ?? DEFAULT_STATE_DIR);
+  const { maxHosts, maxHostsPerSite } = config.limits;
+  const store = opts.store ?? (stateDir === null ? undefined : await FileReportStore.open(stateDir, { maxHosts, maxHostsPerSite, now: opts.now, log }));
+  const hosts = opts.hosts ?? (stateDir === null ? undefined : await FileHostRegistry.open(stateDir, { maxHosts, maxHostsPerSite, now: opts.now }));
   const writer = opts.writer ?? (await opts.createWriter?.(opts.repoDir, config));
   const unwatch = opts.storeSyncMs && store instanceof FileReportStore ? store.watch(opts.storeSyncMs) : undefined;
-  const server = http.createServer(createRequestListener({ repoDir: opts.repoDir, config, writer, store, log, now: opts.now, static: opts.static }));
+  const server = http.createServer(createRequestListener({ repoDir: opts.repoDir, config, writer, store, hosts, log, now: opts.now, static: opts.static }));
   // uploads are bounded by our own idle/total timeouts, not by Node's whole-request timer
   server.requestTimeout = 0;
   server.headersTimeout = 30_000;

@@ -1,12 +1,14 @@
 // The daemon's rounds against the real repo server (static tree + fleet reports over HTTP):
 // installs what the config lists, upgrades what follows a channel, restarts what should
-// run, and reports in the shape the server accepts.
+// run, and reports in the shape the server accepts (enrolled once with the site token,
+// then with the host's own token).
 import test from 'ava';
-import { writeFile, mkdtemp } from 'node:fs/promises';
+import { writeFile, mkdtemp, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { AddressInfo } from 'node:net';
 import { Agent, reportUrl } from '../../client-agent/agent.js';
-import { createApp, parseServerConfig, FileReportStore } from '../../repo-server/index.js';
+import { enrolUrl } from '../../client-agent/report.js';
+import { createApp, parseServerConfig, FileReportStore, FileHostRegistry } from '../../repo-server/index.js';
 import { makeRepo } from '../helpers/repo.js';
 import { publishExt4 } from './ext4.js';
 import { FakeBackend } from './fakes.js';
@@ -18,7 +20,8 @@ test('daemon rounds: install, keep running, upgrade on channel move, report to t
   t.teardown(fx.cleanup);
   await publishExt4(fx, 'sbc', '1.0.0', { channel: 'stable' });
   const store = await FileReportStore.open(join(fx.dir, 'server-state'), { maxHosts: 10 });
-  const app = createApp({ repoDir: fx.repoDir, config: parseServerConfig({ sites: [{ name: 'branch-7', token: SITE_TOKEN }] }), store, logRequests: false });
+  const hosts = await FileHostRegistry.open(join(fx.dir, 'server-state'), { maxHosts: 10, maxHostsPerSite: 10 });
+  const app = createApp({ repoDir: fx.repoDir, config: parseServerConfig({ sites: [{ name: 'branch-7', token: SITE_TOKEN }] }), store, hosts, logRequests: false });
   const server = app.listen(0, '127.0.0.1');
   await new Promise((r) => server.once('listening', r));
   t.teardown(() => new Promise<void>((r) => { server.closeAllConnections(); server.close(() => r()); }));
@@ -46,6 +49,11 @@ test('daemon rounds: install, keep running, upgrade on channel move, report to t
   let [stored] = store.list();
   t.like(stored.report, { host: 'dom0-branch-7', site: 'branch-7', last_error: null });
   t.like(stored.report.appliances[0], { name: 'sbc', version: '1.0.0', channel: 'stable', running: true, health: 'healthy' });
+  // enrolled once: the host's own token is kept in its state dir, 0600
+  const tokenFile = join(dir, 'state', 'trust', 'report-token');
+  const token = (await readFile(tokenFile, 'utf8')).trim();
+  t.regex(token, /^lsh1:branch-7:dom0-branch-7:/);
+  t.is((await stat(tokenFile)).mode & 0o777, 0o600);
 
   // the guest died (or the host rebooted without xendomains): the next round starts it
   backend.running.delete('sbc');
@@ -77,10 +85,14 @@ test('daemon rounds: install, keep running, upgrade on channel move, report to t
   r = await agent.daemonOnce();
   t.true(r.ok, r.error ?? '');
   t.is(backend.starts.filter((s) => s.version === '3.0.0').length, 1);
+  t.is((await readFile(tokenFile, 'utf8')).trim(), token, 'every round used the same host token (no second enrolment)');
 });
 
 test('report URL: a bare server URL gets the report endpoint', (t) => {
   t.is(reportUrl('http://127.0.0.1:8080'), 'http://127.0.0.1:8080/api/v1/reports');
   t.is(reportUrl('http://127.0.0.1:8080/'), 'http://127.0.0.1:8080/api/v1/reports');
   t.is(reportUrl('https://fleet.example/custom/path'), 'https://fleet.example/custom/path');
+  t.is(enrolUrl('http://127.0.0.1:8080'), 'http://127.0.0.1:8080/api/v1/hosts/enrol');
+  t.is(enrolUrl('https://fleet.example/loopship/api/v1/reports'), 'https://fleet.example/loopship/api/v1/hosts/enrol');
+  t.throws(() => enrolUrl('https://fleet.example/custom/path'), { message: /report\.url: cannot tell the enrolment URL/ });
 });

@@ -6,6 +6,7 @@ import { readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { makeRealRepo, makePackage, hashTree, rawRequest, sha256hex, tempDir } from './helpers.js';
+import { enrolHost, postReport } from './fleet.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const BIN = path.join(ROOT, 'bin/loopship.ts');
@@ -104,7 +105,7 @@ test('usage errors: no target, both targets, bad config', async (t) => {
   t.regex(bad.stderr, /bad\.yaml: invalid server config: publishers\.0/);
 });
 
-test('serve --workers 2: reports stored by either worker are seen by both; SIGTERM stops all', async (t) => {
+test('serve --workers 2: enrolments and reports stored by either worker are seen by both; SIGTERM stops all', async (t) => {
   const repoDir = await tempDir('loopship-repo-');
   const state = await tempDir('loopship-state-');
   const cfg = path.join(state, 'server.yaml');
@@ -126,10 +127,13 @@ test('serve --workers 2: reports stored by either worker are seen by both; SIGTE
   const children = (await readFile(`/proc/${proc.pid}/task/${proc.pid}/children`, 'utf8')).trim().split(/\s+/).map(Number);
   t.is(children.length, 2);
 
+  // each request may land on either worker: the host token enrolled by one works on the other
   for (let i = 0; i < 10; i++) {
-    const body = JSON.stringify({ host: `h${i}`, agent_version: '1', appliances: [], last_error: null });
-    const r = await rawRequest(url!, { method: 'POST', path: '/api/v1/reports', headers: { Authorization: `Bearer ${SITE}`, 'Content-Type': 'application/json' }, body });
-    t.is(r.status, 201);
+    const token = await enrolHost(url!, SITE, `h${i}`);
+    for (let j = 0; j < 2; j++) {
+      const r = await postReport(url!, { host: `h${i}`, agent_version: '1', appliances: [], last_error: null }, token);
+      t.is(r.status, 201, r.body.toString());
+    }
   }
   await new Promise((r) => setTimeout(r, 4500)); // each worker re-reads the store every 2 s
   for (let i = 0; i < 6; i++) {

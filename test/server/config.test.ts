@@ -15,6 +15,8 @@ test('the example config is valid and its tokens match', async (t) => {
   t.is(findPrincipal('change-me-publisher-token', c.publishers)?.name, 'packaging-team');
   t.is(findPrincipal('change-me-site-token-north', c.sites)?.name, 'branch-north');
   t.is(findPrincipal('change-me-site-token-north', c.publishers), null, 'a site token is not a publisher token');
+  t.is(findPrincipal('change-me-viewer-token', c.viewers)?.name, 'operations');
+  t.false(c.dashboard.public);
   t.is(c.limits.uploadIdleTimeoutMs, 60_000);
 });
 
@@ -22,6 +24,9 @@ test('defaults: no file at the default path is a read-only server; a named missi
   const c = parseServerConfig({});
   t.deepEqual([c.publishers, c.sites, c.indexKeys], [[], [], []]);
   t.is(c.limits.maxHosts, 10_000);
+  t.is(c.limits.maxHostsPerSite, 1000);
+  t.deepEqual(c.viewers, []);
+  t.false(c.dashboard.public, 'the dashboard shows host names and errors: private unless opened');
   const err = await t.throwsAsync(loadServerConfig('/nonexistent/server.yaml'));
   t.true(err instanceof ConfigError);
   t.regex(err!.message, /\/nonexistent\/server\.yaml: cannot read/);
@@ -36,6 +41,8 @@ test('bad configs name the field', async (t) => {
     [`publishers:\n  - name: a\n    token_sha256: "${'A'.repeat(64)}"\n`, /token_sha256/],
     [`sites:\n  - {name: a, token: aaaaaaaaaaaaaaaaaaaa}\n  - {name: a, token: bbbbbbbbbbbbbbbbbbbb}\n`, /sites\.1\.name: duplicate name a/],
     ['limits:\n  max_upload_byte: 5\n', /limits.*max_upload_byte/],
+    ['limits:\n  max_hosts_per_site: 0\n', /limits\.max_hosts_per_site/],
+    [`viewers:\n  - {name: a, token: aaaaaaaaaaaaaaaaaaaa}\n  - {name: a, token: bbbbbbbbbbbbbbbbbbbb}\n`, /viewers\.1\.name: duplicate name a/],
     ['limits: [1, 2\n', /not valid YAML/],
     ['dashboard:\n  stale_minutes: -1\n', /dashboard\.stale_minutes/],
   ];

@@ -1,6 +1,7 @@
 // The dashboard in a real headless Chromium (Debian's, driven by playwright-core):
 // images, versions, channels, sizes and build facts from a real signed repository, the
-// fleet from stored reports with a stale host highlighted, and hostile text escaped.
+// fleet from stored reports with a stale host highlighted, and hostile text escaped. The
+// page is private by default: a viewer (or publisher) token, as the Basic-auth password.
 import test from 'ava';
 import { access, mkdir, rm, writeFile, stat, readFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -8,10 +9,12 @@ import { randomBytes } from 'node:crypto';
 import { chromium } from 'playwright-core';
 import { startServer, parseServerConfig, createRepositoryWriter, uploadPackage, promoteRemote, type FleetReport } from '../../repo-server/index.js';
 import { makeRealRepo, makePackage, rawRequest, tempDir } from './helpers.js';
+import { enrolHost, postReport } from './fleet.js';
 
 const CHROMIUM = '/usr/bin/chromium';
 const TOKEN = 'dashboard-publisher-token-0123456789';
 const SITE = 'dashboard-site-token-0123456789';
+const VIEWER = 'dashboard-viewer-token-0123456789';
 
 function report(host: string, extra: Partial<FleetReport> = {}): FleetReport {
   return {
@@ -30,7 +33,7 @@ test('the dashboard shows images, versions, channels, sizes, build facts and the
   const repo = await makeRealRepo();
   const state = await tempDir('loopship-state-');
   const profile = await tempDir('loopship-chromium-');
-  const config = parseServerConfig({ publishers: [{ name: 'team', token: TOKEN }], sites: [{ name: 'branch-north', token: SITE }], dashboard: { stale_minutes: 30, title: 'Central repository' } });
+  const config = parseServerConfig({ publishers: [{ name: 'team', token: TOKEN }], sites: [{ name: 'branch-north', token: SITE }], viewers: [{ name: 'ops', token: VIEWER }], dashboard: { stale_minutes: 30, title: 'Central repository' } });
   // a host that last reported two hours ago, as an earlier server run stored it
   await mkdir(path.join(state, 'reports', 'branch-north'), { recursive: true });
   await writeFile(
@@ -44,6 +47,7 @@ test('the dashboard shows images, versions, channels, sizes, build facts and the
     headless: true,
     args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
     viewport: { width: 1400, height: 1000 },
+    httpCredentials: { username: 'ops', password: VIEWER }, // the browser answers the Basic challenge
   });
   t.teardown(async () => {
     await browser.close();
@@ -63,8 +67,7 @@ test('the dashboard shows images, versions, channels, sizes, build facts and the
   await promoteRemote(srv.url, TOKEN, 'desktop', '1.1.0', 'stable');
   await uploadPackage(srv.url, TOKEN, (await makePackage(repo, 'terminal', '0.9')).tarPath);
 
-  const post = (body: FleetReport) =>
-    rawRequest(srv.url, { method: 'POST', path: '/api/v1/reports', headers: { Authorization: `Bearer ${SITE}`, 'Content-Type': 'application/json' }, body: JSON.stringify(body) });
+  const post = async (body: FleetReport) => postReport(srv.url, body, await enrolHost(srv.url, SITE, body.host));
   t.is((await post(report('xen-01.branch-north'))).status, 201);
   t.is((await post(report('xen-02', { last_error: '<img src=x onerror="document.title=1">boot failed & rolled back' }))).status, 201);
 
@@ -110,7 +113,7 @@ test('the dashboard shows images, versions, channels, sizes, build facts and the
 
 test('the dashboard of an empty directory says nothing is published, without failing', async (t) => {
   const dir = await tempDir();
-  const srv = await startServer({ repoDir: dir, config: parseServerConfig({}), stateDir: null });
+  const srv = await startServer({ repoDir: dir, config: parseServerConfig({ dashboard: { public: true } }), stateDir: null });
   t.teardown(async () => {
     await srv.close(100);
     await rm(dir, { recursive: true, force: true });
@@ -121,9 +124,9 @@ test('the dashboard of an empty directory says nothing is published, without fai
   t.regex(r.body.toString(), /No host has reported yet/);
 });
 
-test('a private dashboard asks for a publisher token (Basic password or Bearer)', async (t) => {
+test('the dashboard is private by default: a viewer or publisher token (Basic password or Bearer)', async (t) => {
   const dir = await tempDir();
-  const config = parseServerConfig({ publishers: [{ name: 'team', token: TOKEN }], sites: [{ name: 'branch-north', token: SITE }], dashboard: { public: false } });
+  const config = parseServerConfig({ publishers: [{ name: 'team', token: TOKEN }], sites: [{ name: 'branch-north', token: SITE }], viewers: [{ name: 'ops', token: VIEWER }] });
   const srv = await startServer({ repoDir: dir, config, stateDir: null });
   t.teardown(async () => {
     await srv.close(100);
@@ -131,10 +134,13 @@ test('a private dashboard asks for a publisher token (Basic password or Bearer)'
   });
   const none = await rawRequest(srv.url, { path: '/' });
   t.is(none.status, 401);
+  t.regex(JSON.parse(none.body.toString()).message, /dashboard needs a viewer or publisher token/);
   t.regex(String(none.headers['www-authenticate']), /^Basic realm="loopship dashboard"/);
   const basic = (user: string, pass: string) => 'Basic ' + Buffer.from(`${user}:${pass}`).toString('base64');
   t.is((await rawRequest(srv.url, { path: '/', headers: { Authorization: basic('anyone', TOKEN) } })).status, 200);
   t.is((await rawRequest(srv.url, { path: '/', headers: { Authorization: `Bearer ${TOKEN}` } })).status, 200);
+  t.is((await rawRequest(srv.url, { path: '/', headers: { Authorization: basic('', VIEWER) } })).status, 200);
+  t.is((await rawRequest(srv.url, { path: '/', headers: { Authorization: `Bearer ${VIEWER}` } })).status, 200);
   t.is((await rawRequest(srv.url, { path: '/', headers: { Authorization: basic('anyone', SITE) } })).status, 401, 'a site token is not enough');
   t.is((await rawRequest(srv.url, { path: '/', headers: { Authorization: basic('anyone', 'wrong-wrong-wrong-wrong') } })).status, 401);
   // the repository itself stays public: agents fetch without tokens

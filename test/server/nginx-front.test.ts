@@ -13,6 +13,7 @@ import { makeRealRepo, makePackage, rawRequest, sha256hex, tempDir } from './hel
 
 const EXAMPLE = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../repo-server/nginx.example.conf');
 const TOKEN = 'nginx-front-publisher-token-0123';
+const VIEWER = 'nginx-front-viewer-token-0123456';
 
 async function freePort(): Promise<number> {
   return new Promise((resolve) => {
@@ -26,7 +27,7 @@ async function freePort(): Promise<number> {
 test('nginx.example.conf: nginx serves the tree, loopship the API; clients verify through it', async (t) => {
   const repo = await makeRealRepo();
   await chmod(repo.dir, 0o755); // nginx's workers run unprivileged
-  const config = parseServerConfig({ publishers: [{ name: 'team', token: TOKEN }] });
+  const config = parseServerConfig({ publishers: [{ name: 'team', token: TOKEN }], viewers: [{ name: 'ops', token: VIEWER }] });
   const srv = await startServer({ repoDir: repo.dir, config, writer: await createRepositoryWriter(repo.dir, config, { keysDir: repo.keysDir }), stateDir: null });
   const ndir = await tempDir('loopship-nginx-');
   const port = await freePort();
@@ -82,7 +83,8 @@ test('nginx.example.conf: nginx serves the tree, loopship the API; clients verif
   for (const ch of m.manifest.kernel.chunks) t.is(sha256hex(await client.chunk(ch)), ch.sha256);
 
   // the dashboard and the refusals come from loopship
-  const dash = await rawRequest(url, { path: '/' });
+  t.is((await rawRequest(url, { path: '/' })).status, 401, 'the dashboard is private by default');
+  const dash = await rawRequest(url, { path: '/', headers: { Authorization: `Bearer ${VIEWER}` } });
   t.is(dash.status, 200);
   t.regex(dash.body.toString(), /desktop/);
   // ("/chunks/../index.json" is normalised by nginx to /index.json: inside the tree, fine)

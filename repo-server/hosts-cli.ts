@@ -1,0 +1,29 @@
+// `loopship hosts revoke SITE HOST`: the operator's half of enrolment. It removes the host's
+// credential from the server's state directory (the running server reads it on every
+// request, so it counts at once); the host's token is refused from then on, and the site
+// token may enrol that host name again.
+import type { Command } from 'commander';
+import { LoopshipError, UsageError } from '../format/index.js';
+import { DEFAULT_STATE_DIR } from './config.js';
+import { FileHostRegistry } from './hosts.js';
+import { hostName, siteName } from './reports.js';
+
+export function registerHostsCommands(program: Command): void {
+  const hosts = program.command('hosts').description("the fleet's per-host credentials (issued at enrolment)");
+  hosts
+    .command('revoke')
+    .description("revoke a host's credential: its token stops working, and the site token may enrol the name again")
+    .argument('<site>', 'site name (as in server.yaml sites:)')
+    .argument('<host>', 'host name')
+    .option('--state-dir <dir>', "the server's state directory", DEFAULT_STATE_DIR)
+    .option('--json', 'machine-readable output')
+    .action(async (site: string, host: string, o: { stateDir: string; json?: boolean }) => {
+      if (!siteName.safeParse(site).success) throw new UsageError(`invalid site name "${site}" (letters, digits, ".", "_", "-")`);
+      if (!hostName.safeParse(host).success) throw new UsageError(`invalid host name "${host}" (a DNS host name)`);
+      const registry = FileHostRegistry.at(o.stateDir, { maxHosts: Infinity, maxHostsPerSite: Infinity });
+      if (!(await registry.revoke(site, host))) {
+        throw new LoopshipError('NOT_FOUND', `host ${host} of site ${site} is not enrolled`, { where: registry.file(site, host) });
+      }
+      process.stdout.write(o.json ? JSON.stringify({ site, host, revoked: true }) + '\n' : `revoked host ${host} of site ${site}: its token is refused; the site token may enrol it again\n`);
+    });
+}
