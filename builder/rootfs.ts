@@ -243,7 +243,8 @@ export async function customizeRoot(o: CustomizeOptions): Promise<void> {
         await symlink(f.link, abs);
         continue;
       }
-      await writeFile(abs, f.content);
+      // created with its mode, so a 0600 file is never readable meanwhile; chmod: the umask may narrow it
+      await writeFile(abs, f.content, { mode: f.mode });
       await chmod(abs, f.mode);
     }
 
@@ -343,12 +344,12 @@ export async function cleanRoot(root: string, recipe: Recipe): Promise<void> {
   await del('var/lib/systemd/random-seed');
   await del('var/lib/systemd/catalog/database');
   // identity: empty machine-id means "first boot" to systemd; host keys are made on the host
-  await writeFile(join(root, 'etc/machine-id'), '');
+  await writeFile(join(root, 'etc/machine-id'), '', { mode: 0o444 });
   await del('var/lib/dbus/machine-id');
   for (const n of await readdir(join(root, 'etc/ssh')).catch(() => [] as string[])) if (/^ssh_host_.*_key(\.pub)?$/.test(n)) await del(`etc/ssh/${n}`);
   // the build host's resolver must not leak into the image
   await rm(join(root, 'etc/resolv.conf'), { force: true });
-  await writeFile(join(root, 'etc/resolv.conf'), '');
+  await writeFile(join(root, 'etc/resolv.conf'), '', { mode: 0o644 });
   await del('usr/sbin/policy-rc.d');
   if (recipe.cleanup.docs) {
     // keep copyright files: the licences travel with the binaries

@@ -5,9 +5,11 @@
 //    it is written; writes are positional into a staging file truncated to the image's
 //    apparent size, and all-zero blocks are never written, so images stay sparse;
 //  - completed chunks are journaled only after their data is fsync'd, so a kill -9
-//    resumes where it stopped; the staging dir is renamed into place only when complete.
+//    resumes where it stopped; the staging dir is renamed into place only when complete;
+//  - a resumed staging dir is trusted only as far as it holds files we made: a planted
+//    symlink, hard link or fifo in it is an error (fsutil's safe opens), never written.
 import { createHash } from 'node:crypto';
-import { mkdir, open, readFile, rename, rm, rmdir, statfs, appendFile, stat, unlink, type FileHandle } from 'node:fs/promises';
+import { mkdir, rename, rm, rmdir, statfs, stat, unlink, lstat, type FileHandle } from 'node:fs/promises';
 import { join, dirname } from 'node:path';
 import type { Chunk, Manifest, PackEntry, PackRange } from '../format/index.js';
 import { parseMetadata, packLayout, planPackRanges } from '../format/index.js';
@@ -15,7 +17,10 @@ import { MetadataError, LoopshipError, FetchError, VerificationError } from '../
 import { DecodePool } from './decode-pool.js';
 import { writeSparseSync } from './sparse.js';
 import type { StateDir } from './state.js';
-import { writeFileAtomic, fsyncDir, ioError, pathExists } from './fsutil.js';
+import {
+  writeFileAtomic, fsyncDir, ioError, pathExists, assertOwnDir, assertOwnDirsBelow, openOwnFile, createOwnFile, openOrCreateOwnFile,
+  readOwnFile, readOwnFileOrNull, appendOwnFile,
+} from './fsutil.js';
 import { pauseAt } from './pause.js';
 
 /** What the install engine needs from the verifier (the lead's RepoClient has this shape). */
@@ -141,7 +146,7 @@ export async function writeSparse(fh: FileHandle, data: Buffer, position: number
 async function readExactly(path: string, offset: number, length: number): Promise<Buffer | null> {
   let fh: FileHandle | undefined;
   try {
-    fh = await open(path, 'r');
+    fh = await openOwnFile(path, 'read');
     const buf = Buffer.allocUnsafe(length);
     let got = 0;
     while (got < length) {
@@ -169,7 +174,7 @@ export async function seedIndex(state: StateDir, skip?: { name: string; version:
       const dir = state.versionDir(name, version);
       let m: Manifest;
       try {
-        m = parseMetadata('manifest', await readFile(join(dir, 'manifest.json')), join(dir, 'manifest.json'));
+        m = parseMetadata('manifest', await readOwnFile(join(dir, 'manifest.json')), join(dir, 'manifest.json'));
       } catch {
         continue; // a damaged local manifest simply seeds nothing
       }
@@ -183,12 +188,9 @@ export async function seedIndex(state: StateDir, skip?: { name: string; version:
 
 async function readJournal(path: string, manifestSha: string): Promise<Set<string>> {
   const done = new Set<string>();
-  let text: string;
-  try {
-    text = await readFile(path, 'utf8');
-  } catch {
-    return done;
-  }
+  const bytes = await readOwnFileOrNull(path);
+  if (!bytes) return done;
+  const text = bytes.toString('utf8');
   const lines = text.split('\n');
   if (lines[0] !== `manifest ${manifestSha}`) return done;
   // a torn last line (crash mid-append) is simply not counted
@@ -229,8 +231,12 @@ export async function installVersion(opts: InstallOptions): Promise<InstallResul
     chunks: plan.size, fetchedChunks: 0, reusedChunks: 0, resumedChunks: 0, fetchedBytes: 0, reusedBytes: 0, fullCompressedBytes, rangeRequests: 0, packFallbacks: 0, seconds: 0,
   };
   const finalDir = state.versionDir(m.name, m.version);
+  const staging = state.stagingDir(m.name, m.version);
+  // rm -r, mkdir -p and every open below would follow a directory planted as a symlink
+  await assertOwnDirsBelow(state.root, staging);
+  await assertOwnDirsBelow(state.root, finalDir);
   if (await pathExists(finalDir)) {
-    const have = await readFile(join(finalDir, 'manifest.json')).catch(() => null);
+    const have = await readOwnFileOrNull(join(finalDir, 'manifest.json'));
     if (have && sha256(have) === verified.sha256) {
       // what a run killed right after the move left: the journal, the empty staging parent
       await unlink(join(finalDir, JOURNAL)).catch(() => {});
@@ -240,17 +246,16 @@ export async function installVersion(opts: InstallOptions): Promise<InstallResul
     throw new LoopshipError('IO', `a different build of ${m.name} ${m.version} is already installed; remove it first`, { where: finalDir });
   }
 
-  const staging = state.stagingDir(m.name, m.version);
   const journalPath = join(staging, JOURNAL);
-  const stagedManifest = await readFile(join(staging, 'manifest.json')).catch(() => null);
+  const stagedManifest = await readOwnFileOrNull(join(staging, 'manifest.json'));
   const resuming = stagedManifest !== null && sha256(stagedManifest) === verified.sha256;
   if (!resuming) {
     await rm(staging, { recursive: true, force: true });
-    await mkdir(staging, { recursive: true });
-    await writeFileAtomic(join(staging, 'manifest.json.asc'), verified.signature);
-    await writeFileAtomic(join(staging, JOURNAL), `manifest ${verified.sha256}\n`);
+    await mkdir(staging, { recursive: true, mode: 0o700 });
+    await writeFileAtomic(join(staging, 'manifest.json.asc'), verified.signature, { mode: 0o644 });
+    await writeFileAtomic(join(staging, JOURNAL), `manifest ${verified.sha256}\n`, { mode: 0o600 });
     // the manifest last: its presence with the right digest is what makes staging resumable
-    await writeFileAtomic(join(staging, 'manifest.json'), verified.bytes);
+    await writeFileAtomic(join(staging, 'manifest.json'), verified.bytes, { mode: 0o644 });
   }
   const done = resuming ? await readJournal(journalPath, verified.sha256) : new Set<string>();
 
@@ -289,15 +294,13 @@ export async function installVersion(opts: InstallOptions): Promise<InstallResul
     pendingBytes = 0;
     lastJournal = now();
     for (const fh of handles.values()) await fh.datasync();
-    await appendFile(journalPath, shas.map((s) => s + '\n').join(''));
-    const jh = await open(journalPath, 'r');
-    await jh.sync().finally(() => jh.close());
+    await appendOwnFile(journalPath, shas.map((s) => s + '\n').join(''));
   };
 
   try {
     for (const [blob, b] of blobsOf(m)) {
       const path = join(staging, BLOB_FILES[blob]);
-      const fh = await open(path, (await pathExists(path)) ? 'r+' : 'w+', 0o600);
+      const fh = await openOrCreateOwnFile(path, 0o600);
       handles.set(blob, fh);
       await fh.truncate(b.size);
     }
@@ -305,7 +308,7 @@ export async function installVersion(opts: InstallOptions): Promise<InstallResul
     // A staging dir resumed without one (journaled chunks it never got) leaves it to configure.
     const bootPath = join(staging, BOOT_DISK);
     if (opts.bootDisk && (!resuming || done.size === 0 || (await pathExists(bootPath)))) {
-      bootDisk = await open(bootPath, (await pathExists(bootPath)) ? 'r+' : 'w+', 0o600);
+      bootDisk = await openOrCreateOwnFile(bootPath, 0o600);
       handles.set('boot', bootDisk);
       await bootDisk.truncate(m.image.size);
     }
@@ -378,7 +381,7 @@ export async function installVersion(opts: InstallOptions): Promise<InstallResul
     const seedFiles = new Map<string, Promise<FileHandle | null>>();
     const seedFile = (path: string): Promise<FileHandle | null> => {
       let f = seedFiles.get(path);
-      if (!f) seedFiles.set(path, (f = open(path, 'r').catch(() => null)));
+      if (!f) seedFiles.set(path, (f = openOwnFile(path, 'read').catch(() => null)));
       return f;
     };
     try {
@@ -505,7 +508,7 @@ export async function installVersion(opts: InstallOptions): Promise<InstallResul
   await started.workers?.close();
   for (const fh of handles.values()) await fh.close();
   await fsyncDir(staging);
-  await mkdir(state.applianceDir(m.name), { recursive: true });
+  await mkdir(state.applianceDir(m.name), { recursive: true, mode: 0o700 });
   await pauseAt('verify');
   await rename(staging, finalDir);
   await pauseAt('move');
@@ -526,10 +529,13 @@ export async function makeBootDisk(versionDir: string, m: Manifest): Promise<str
   const src = join(versionDir, BLOB_FILES.image);
   const dest = join(versionDir, BOOT_DISK);
   const tmp = join(versionDir, `.${BOOT_DISK}.tmp`);
-  const input = await open(src, 'r');
+  assertOwnDir(await lstat(versionDir), versionDir);
+  const input = await openOwnFile(src, 'read');
   let output: FileHandle | undefined;
   try {
-    output = await open(tmp, 'w', 0o600);
+    // a killed run's leftover goes (unlink never follows a link); then a new file, exclusively
+    await unlink(tmp).catch((err) => { if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err; });
+    output = await createOwnFile(tmp, 0o600);
     await output.truncate(m.image.size);
     let buf = Buffer.alloc(0);
     for (const c of m.image.chunks) {
@@ -542,7 +548,7 @@ export async function makeBootDisk(versionDir: string, m: Manifest): Promise<str
     await output?.close().catch(() => {});
     output = undefined;
     await rm(tmp, { force: true });
-    throw ioError(err, dest, 'cannot make the boot disk');
+    throw err instanceof LoopshipError ? err : ioError(err, dest, 'cannot make the boot disk');
   } finally {
     await output?.close();
     await input.close();

@@ -1,16 +1,18 @@
 // Loop-mounting an image: losetup + mount, then unmount and detach ALWAYS. Every attach is
 // first recorded in mnt/<id>.json, so whatever a crash (kill -9) leaves behind is found and
 // cleaned by the next run (cleanStale) — and only what is ours: loop devices of a running
-// domU (xl's block script attaches loops too) are never touched.
+// domU (xl's block script attaches loops too) are never touched. A record names what it
+// unmounts and detaches, so one that is not ours (planted, or naming a mount outside mnt/)
+// is an error, never acted on.
 import { mkdir, readFile, readdir, rm, rmdir } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
+import { join, resolve, dirname } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import * as z from 'zod';
 import { LoopshipError } from '../format/index.js';
 import type { StateDir } from './state.js';
 import { processAlive } from './state.js';
 import { type Exec, run } from './exec.js';
-import { writeFileAtomic } from './fsutil.js';
+import { writeFileAtomic, readOwnFile, ownFileOrNull, unsafeEntry } from './fsutil.js';
 import { pauseAt } from './pause.js';
 
 const recordSchema = z.object({ pid: z.number().int(), image: z.string(), mountPoint: z.string(), device: z.string().nullable() });
@@ -74,6 +76,12 @@ async function releaseRecord(deps: MountDeps, recPath: string, rec: MountRecord)
   await rm(recPath, { force: true });
 }
 
+/** What cleanStale may act on: a mount point directly in mnt/, a loop device or none. */
+function assertOurRecord(mntDir: string, recPath: string, rec: MountRecord): void {
+  if (dirname(rec.mountPoint) !== resolve(mntDir)) throw unsafeEntry(recPath, `names the mount point ${rec.mountPoint}, outside ${resolve(mntDir)}`);
+  if (rec.device !== null && !/^\/dev\/loop\d+$/.test(rec.device)) throw unsafeEntry(recPath, `names ${rec.device}, not a loop device`);
+}
+
 /**
  * Finds and cleans what an earlier, killed agent left: mounts under mnt/ and loop
  * devices it recorded. Returns what was cleaned.
@@ -92,11 +100,13 @@ export async function cleanStale(deps: MountDeps): Promise<string[]> {
     const recPath = join(dir, e);
     let rec: MountRecord;
     try {
-      rec = recordSchema.parse(JSON.parse(await readFile(recPath, 'utf8')));
-    } catch {
-      await rm(recPath, { force: true });
+      rec = recordSchema.parse(JSON.parse((await readOwnFile(recPath)).toString('utf8')));
+    } catch (err) {
+      if (err instanceof LoopshipError) throw err;
+      await rm(recPath, { force: true }); // torn or damaged: a record we wrote, of no use now
       continue;
     }
+    assertOurRecord(dir, recPath, rec);
     if (rec.pid !== process.pid && processAlive(rec.pid)) {
       live.add(rec.mountPoint);
       continue;
@@ -124,13 +134,15 @@ export async function withMountedImage<T>(deps: MountDeps, image: string, label:
   const id = `${label}-${process.pid}-${randomBytes(3).toString('hex')}`;
   const recPath = join(deps.state.mntDir, `${id}.json`);
   const rec: MountRecord = { pid: process.pid, image: resolve(image), mountPoint: join(resolve(deps.state.mntDir), id), device: null };
+  // root mounts it and writes into it: a symlink to a host disk must never get that far
+  await ownFileOrNull(image);
   await mkdir(rec.mountPoint, { recursive: true, mode: 0o700 });
   // the record first: a crash between attach and record must not leak an unknown loop
-  await writeFileAtomic(recPath, JSON.stringify(rec));
+  await writeFileAtomic(recPath, JSON.stringify(rec), { mode: 0o600 });
   let result: T;
   try {
     rec.device = (await run(deps.exec, 'losetup', ['--find', '--show', rec.image])).trim();
-    await writeFileAtomic(recPath, JSON.stringify(rec));
+    await writeFileAtomic(recPath, JSON.stringify(rec), { mode: 0o600 });
     await run(deps.exec, 'mount', ['-t', 'ext4', '-o', 'nodev,nosuid', rec.device, rec.mountPoint]);
     await pauseAt('mount');
     result = await f(rec.mountPoint);

@@ -9,12 +9,14 @@
 //   lock                                     one agent at a time
 //   mnt/, run/, log/                         loop mounts, qemu pid/QMP files, consoles
 // A version directory exists only once complete: it is renamed into place from staging.
-import { mkdir, readFile, readdir, rm, stat, open, unlink, writeFile } from 'node:fs/promises';
+// The directory is the agent's alone (0700): state.json holds settings such as password
+// hashes, and root must never write through an entry someone else planted in it.
+import { mkdir, readdir, rm, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import * as z from 'zod';
 import { LoopshipError } from '../format/index.js';
 import { imageName, imageVersion, compareVersions } from '../format/index.js';
-import { writeFileAtomic, symlinkAtomic, readLinkOrNull, fsyncDir } from './fsutil.js';
+import { writeFileAtomic, symlinkAtomic, readLinkOrNull, fsyncDir, ensureOwnDir, readOwnFile, createOwnFile } from './fsutil.js';
 import { pauseAt } from './pause.js';
 
 const applianceState = z.object({
@@ -64,23 +66,27 @@ export class StateDir {
   currentLink(name: string): string { return join(this.applianceDir(name), 'current'); }
   dataDisk(name: string): string { return join(this.applianceDir(name), 'data.img'); }
 
+  /** Creates the directories 0700, or checks and tightens those there (refused when not ours). */
   async init(): Promise<void> {
-    for (const d of [this.root, this.trustDir, this.appliancesDir, this.mntDir, this.runDir, this.logDir]) await mkdir(d, { recursive: true, mode: 0o755 });
+    await ensureOwnDir(this.root, { followLink: true });
+    for (const d of [this.trustDir, this.appliancesDir, this.mntDir, this.runDir, this.logDir]) await ensureOwnDir(d);
   }
 
   // ---------- trust ----------
 
   async readIndexVersion(): Promise<number | undefined> {
     try {
-      const n = Number((await readFile(this.indexVersionFile, 'utf8')).trim());
+      const n = Number((await readOwnFile(this.indexVersionFile)).toString('utf8').trim());
       return Number.isSafeInteger(n) && n > 0 ? n : undefined;
-    } catch {
+    } catch (err) {
+      // a planted file must not lower the rollback floor quietly
+      if (err instanceof LoopshipError) throw err;
       return undefined;
     }
   }
 
   async writeIndexVersion(v: number): Promise<void> {
-    await writeFileAtomic(this.indexVersionFile, `${v}\n`, { mkdir: true });
+    await writeFileAtomic(this.indexVersionFile, `${v}\n`, { mode: 0o644, mkdir: true });
   }
 
   // ---------- state.json ----------
@@ -88,7 +94,7 @@ export class StateDir {
   async readState(): Promise<AgentState> {
     let text: string;
     try {
-      text = await readFile(this.stateFile, 'utf8');
+      text = (await readOwnFile(this.stateFile)).toString('utf8');
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return stateSchema.parse({});
       throw err;
@@ -97,13 +103,14 @@ export class StateDir {
       return stateSchema.parse(JSON.parse(text));
     } catch (cause) {
       // written atomically, so this is damage from outside: keep it for a human, start afresh
-      await writeFile(`${this.stateFile}.corrupt-${Date.now()}`, text).catch(() => {});
+      await keepCopy(`${this.stateFile}.corrupt-${Date.now()}`, text).catch(() => {});
       return stateSchema.parse({});
     }
   }
 
   async writeState(s: AgentState): Promise<void> {
-    await writeFileAtomic(this.stateFile, JSON.stringify(s, null, 2) + '\n', { mkdir: true });
+    // 0600: settings may hold secrets (users.password_hashes)
+    await writeFileAtomic(this.stateFile, JSON.stringify(s, null, 2) + '\n', { mode: 0o600, mkdir: true });
   }
 
   /** Read-modify-write of one appliance's record (we hold the lock, so no race). */
@@ -174,10 +181,10 @@ export class StateDir {
    * gone (kill -9, crash) is taken over. Returns the release function.
    */
   async lock(): Promise<() => Promise<void>> {
-    await mkdir(this.root, { recursive: true });
+    await mkdir(this.root, { recursive: true, mode: 0o700 });
     for (let attempt = 0; attempt < 3; attempt++) {
       try {
-        const fh = await open(this.lockFile, 'wx', 0o644);
+        const fh = await createOwnFile(this.lockFile, 0o600);
         await fh.writeFile(`${process.pid}\n`);
         await fh.sync();
         await fh.close();
@@ -190,7 +197,7 @@ export class StateDir {
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
       }
-      const owner = Number((await readFile(this.lockFile, 'utf8').catch(() => '')).trim());
+      const owner = await this.lockOwner();
       if (owner && processAlive(owner)) {
         throw new LoopshipError('LOCKED', `another loopship-agent (pid ${owner}) is running`, { where: this.lockFile });
       }
@@ -198,6 +205,26 @@ export class StateDir {
       await unlink(this.lockFile).catch(() => {});
     }
     throw new LoopshipError('LOCKED', 'could not take the lock', { where: this.lockFile });
+  }
+
+  /** The pid in the lock, 0 when unreadable (gone meanwhile, torn); a planted lock is an error, not a stale one. */
+  private async lockOwner(): Promise<number> {
+    try {
+      return Number((await readOwnFile(this.lockFile)).toString('utf8').trim());
+    } catch (err) {
+      if (err instanceof LoopshipError) throw err;
+      return 0;
+    }
+  }
+}
+
+/** A new file, 0600 like state.json (it is a copy of one), never through a planted name. */
+async function keepCopy(path: string, text: string): Promise<void> {
+  const fh = await createOwnFile(path, 0o600);
+  try {
+    await fh.writeFile(text);
+  } finally {
+    await fh.close();
   }
 }
 
