@@ -23,11 +23,13 @@ import { XlBackend } from './backends/xl.js';
 import { QemuBackend } from './backends/qemu.js';
 import { waitReady, fileSize, type WaitReadyResult } from './health.js';
 import { verifyVersionDir, type VersionCheck } from './verify.js';
-import { writeFileAtomic } from './fsutil.js';
+import { writeFileAtomic, readOwnFile, ownFileOrNull, createOwnFile } from './fsutil.js';
+import { packageVersion } from '../format/version.js';
 import { pauseAt } from './pause.js';
 import { decideMove, type Move } from './policy.js';
 
-export const AGENT_VERSION = '0.1.0';
+/** What the daemon's start line and reports say: the package's version (format/version.ts). */
+export const AGENT_VERSION = packageVersion();
 
 export interface AgentDeps {
   configPath: string;
@@ -206,7 +208,7 @@ export class Agent {
   /** trust/root.json, or null on a host that trusts nothing yet. */
   private async readTrustedRoot(): Promise<Root | null> {
     try {
-      return parseMetadata('root', await readFile(this.state.rootFile), this.state.rootFile);
+      return parseMetadata('root', await readOwnFile(this.state.rootFile), this.state.rootFile);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
       throw err;
@@ -295,8 +297,6 @@ export class Agent {
   }
 
   private async ensureDataDisk(name: string, size: number | undefined): Promise<void> {
-    // fsutil's safe opens, imported here: this method is their only user in this file
-    const { ownFileOrNull, createOwnFile } = await import('./fsutil.js');
     const path = this.state.dataDisk(name);
     // one there must be ours: a planted data.img (a link to a host disk) is refused, not booted
     if ((await ownFileOrNull(path)) || size === undefined) return;
@@ -448,7 +448,8 @@ export class Agent {
       kernel: join(dir, 'kernel'),
       initrd: m.initrd ? join(dir, 'initrd') : null,
       disk: join(dir, 'disk.img'),
-      dataDisk: (await stat(data).catch(() => null)) ? data : null,
+      // never a planted data.img (a symlink to a host disk): only a file the agent made
+      dataDisk: (await ownFileOrNull(data)) ? data : null,
       cmdline: m.boot.cmdline,
       memory: local.memory ?? m.xen.memory,
       vcpus: local.vcpus ?? m.xen.vcpus,

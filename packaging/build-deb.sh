@@ -132,7 +132,7 @@ gzip -9n < "$here/debian/changelog" > "$pkg/usr/share/doc/loopship-agent/changel
 install -m 0644 "$here/debian/copyright" "$pkg/usr/share/doc/loopship-agent/copyright"
 [ -f "$top/docs/remote-sites.md" ] && install -m 0644 "$top/docs/remote-sites.md" "$pkg/usr/share/doc/loopship-agent/remote-sites.md"
 # state lives under /var/lib/loopship (mode set again in postinst)
-install -d -m 0755 "$pkg/var/lib/loopship"
+install -d -m 0700 "$pkg/var/lib/loopship"
 
 for s in postinst prerm postrm; do install -m 0755 "$here/debian/$s" "$pkg/DEBIAN/$s"; done
 printf '/etc/loopship/agent.yaml\n' > "$pkg/DEBIAN/conffiles"

@@ -80,7 +80,7 @@ maybe('install, --help, systemd-analyze verify, upgrade keeps the edited config,
     t.regex(await readlink(join(root, WANTS)), new RegExp(`^(/usr)?/lib/systemd/system/${UNIT}$`));
     const state = await stat(join(root, 'var/lib/loopship'));
     t.true(state.isDirectory());
-    t.is(state.mode & 0o7777, 0o755);
+    t.is(state.mode & 0o7777, 0o700, "the state dir is the agent's alone");
     t.true(existsSync(join(root, 'usr/share/man/man8/loopship-agent.8.gz')));
     const example = await readFile(join(root, 'etc/loopship/agent.yaml'), 'utf8');
     t.is(YAML.parse(example), null, 'the shipped agent.yaml is inactive (all comments)');
