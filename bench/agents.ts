@@ -5,7 +5,7 @@
 //   manifest  manifests/<sha>.json and its .asc
 //   delta     one Range request on the version's pack (a run of missing chunks) and a few
 //             per-chunk GETs, two at a time (the agent's fallback path)
-//   report    POST /api/v1/reports with the site token
+//   report    POST /api/v1/reports with the host's token (enrolled once with the site token)
 // Prints requests, errors (any unexpected status, short body or network error), latency
 // percentiles per kind, throughput, and the server's RSS (sampled, and its peak VmHWM) and
 // CPU time. The simulated agents do not verify signatures or hashes: the client side stays
@@ -163,6 +163,14 @@ try {
   async function agentLoop(i: number): Promise<void> {
     const agent = new http.Agent({ keepAlive: true, maxSockets: 2 });
     const host = `branch-${String(i).padStart(3, '0')}`;
+    // a host reports with its own token, issued once at enrolment for the site token
+    let hostToken = '';
+    if (!args['no-reports']) {
+      const res = await fetch(`${base}/api/v1/hosts/enrol`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${SITE_TOKEN}` }, body: JSON.stringify({ host }) });
+      const answer = (await res.json()) as { token?: string };
+      if (res.status !== 201 || !answer.token) throw new Error(`enrolment of ${host} answered HTTP ${res.status}: ${JSON.stringify(answer)}`);
+      hostToken = answer.token;
+    }
     while (Date.now() < deadline) {
       // update: the root chain ends (404), then root.json, index.json and its signature
       await request(agent, 'update', { path: 'root/2.json', expect: 404 });
@@ -186,7 +194,7 @@ try {
         host, agent_version: '0.1.0', time: new Date().toISOString(), last_error: null,
         appliances: [{ name: 'sbc', version: '1.0.0', channel: 'stable', running: true, health: 'healthy', verified: true, error: null }],
       });
-      if (!args['no-reports']) await request(agent, 'report', { path: 'api/v1/reports', method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${SITE_TOKEN}` }, body, expect: 201 });
+      if (!args['no-reports']) await request(agent, 'report', { path: 'api/v1/reports', method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${hostToken}` }, body, expect: 201 });
       rounds++;
     }
     agent.destroy();
