@@ -89,6 +89,8 @@ YAML
   umask 022
 fi
 if curl -s -o /dev/null "$URL/" 2>/dev/null; then echo "demo: port $PORT is already in use (set LOOPSHIP_DEMO_PORT)" >&2; exit 1; fi
+# the demo's host is made anew each run and enrols again: forget the last run's enrolment
+rm -rf "$WORK/server-state/hosts"
 # node itself in the background (not the L function: its subshell would hide the server's pid)
 node "$SRC/dist/bin/loopship.js" serve --repo "$WORK/repo" --port "$PORT" --config "$WORK/server.yaml" --keys "$WORK/keys" \
   --state-dir "$WORK/server-state" --log-format json > "$WORK/server.log" 2>&1 &
@@ -127,7 +129,7 @@ done_step
 printf '\n\033[1mAll done in %s s.\033[0m\n' "$(elapsed "$T0")"
 cat <<TXT
 Where to look next:
-  dashboard        $URL/   (only while the server runs: LOOPSHIP_DEMO_KEEP=1)
+  dashboard        $URL/   (private: the token in $WORK/publisher.token as the password; only while the server runs: LOOPSHIP_DEMO_KEEP=1)
   server log       $WORK/server.log
   agent state      $WORK/host/state   (loopship-agent --config $WORK/host/agent.yaml --state-dir $WORK/host/state status)
   guest console    ${CONSOLE:-$WORK/host/state}

@@ -104,7 +104,9 @@ test('a directory replaced by a symlink out of the tree is refused once the cach
 test('createApp alone (no startServer) serves the same tree: supertest', async (t) => {
   const repo = await makeFixtureRepo();
   t.teardown(() => rm(repo.dir, { recursive: true, force: true }));
-  const app = createApp({ repoDir: repo.dir, config: parseServerConfig({}) });
+  // the dashboard is private by default (dashboard.public: false); this test is about the tree
+  const app = createApp({ repoDir: repo.dir, config: parseServerConfig({ dashboard: { public: true } }) });
+  t.is((await request(createApp({ repoDir: repo.dir, config: parseServerConfig({}) })).get('/')).status, 401, 'private by default');
   const r = await request(app).get('/' + repo.chunk.rel).buffer(true).parse((res, cb) => {
     const parts: Buffer[] = [];
     res.on('data', (d: Buffer) => parts.push(d));
