@@ -331,11 +331,11 @@ test('a root of another repository is refused even by a second store with the sa
 test('the HTTP fetcher refuses a 206 whose Content-Range is not the range asked for', async (t) => {
   const body = Buffer.from(Array.from({ length: 100 }, (_, i) => i));
   const server = await serveDir('/nonexistent', async (req, res) => {
-    const m = /^bytes=(\d+)-(\d+)$/.exec(String(req.headers.range ?? ''));
+    const m = /^bytes=(\d+)-(\d*)$/.exec(String(req.headers.range ?? ''));
     if (!m) return res.writeHead(400).end(), true;
-    let [s, e] = [Number(m[1]), Number(m[2])];
-    if (req.url === '/wrong-start') [s, e] = [s - 10, e - 10];
-    if (req.url === '/wrong-end') e = e + 1;
+    let [s, e] = [Number(m[1]), m[2] ? Number(m[2]) : body.length - 1];
+    if (req.url === '/wrong-start') s -= 10; // the right end, an earlier start: every byte shifted
+    if (req.url === '/wrong-end') e += 1;
     if (req.url === '/no-range') return res.writeHead(206, { 'content-length': String(e - s + 1) }).end(body.subarray(s, e + 1)), true;
     if (req.url === '/whole') return res.writeHead(200, { 'content-length': String(body.length) }).end(body), true;
     res.writeHead(206, { 'content-range': `bytes ${s}-${e}/${body.length}`, 'content-length': String(e - s + 1) }).end(body.subarray(s, e + 1));
@@ -344,14 +344,18 @@ test('the HTTP fetcher refuses a 206 whose Content-Range is not the range asked 
   t.teardown(server.close);
   const f = new HttpFetcher(server.url, { baseTimeoutMs: 1500, idleTimeoutMs: 1000 });
   t.teardown(() => f.close());
-  const read = async (path: string) => {
+  // the limit is generous (the whole file fits), so only the Content-Range check can refuse
+  const read = async (path: string, range: { start: number; end?: number } = { start: 20, end: 30 }) => {
     const chunks: Buffer[] = [];
-    for await (const part of await f.stream(path, 10, { start: 20, end: 30 })) chunks.push(part as Buffer);
+    for await (const part of await f.stream(path, body.length, range)) chunks.push(part as Buffer);
     return Buffer.concat(chunks);
   };
-  t.deepEqual(await read('good'), body.subarray(20, 30)); // control: an honest server
+  // controls: an honest server, closed and open-ended ranges
+  t.deepEqual(await read('good'), body.subarray(20, 30));
+  t.deepEqual(await read('good', { start: 20 }), body.subarray(20));
   const url = esc(server.url);
-  await rejects(t, read('wrong-start'), 'FETCH_FAILED', new RegExp(`^${url}/wrong-start: Content-Range "bytes 10-19/100" does not answer bytes=20-29$`));
+  await rejects(t, read('wrong-start'), 'FETCH_FAILED', new RegExp(`^${url}/wrong-start: Content-Range "bytes 10-29/100" does not answer bytes=20-29$`));
+  await rejects(t, read('wrong-start', { start: 20 }), 'FETCH_FAILED', new RegExp(`^${url}/wrong-start: Content-Range "bytes 10-99/100" does not answer bytes=20-$`));
   await rejects(t, read('wrong-end'), 'FETCH_FAILED', new RegExp(`^${url}/wrong-end: Content-Range "bytes 20-30/100" does not answer bytes=20-29$`));
   await rejects(t, read('no-range'), 'FETCH_FAILED', new RegExp(`^${url}/no-range: Content-Range null does not answer bytes=20-29$`));
   await rejects(t, read('whole'), 'FETCH_FAILED', new RegExp(`^${url}/whole: HTTP 200 \\(expected 206\\)$`));
