@@ -127,7 +127,7 @@ export async function cleanStale(deps: MountDeps): Promise<string[]> {
 }
 
 /**
- * Attaches `image` to a loop device, mounts it (nodev, nosuid), runs `f` with the mount
+ * Attaches `image` to a loop device, mounts it (nodev, nosuid, noexec: a signed image may hold device nodes and setuid programs), runs `f` with the mount
  * point, then unmounts and detaches whatever happened in `f`.
  */
 export async function withMountedImage<T>(deps: MountDeps, image: string, label: string, f: (mountPoint: string) => Promise<T>): Promise<T> {
@@ -143,7 +143,7 @@ export async function withMountedImage<T>(deps: MountDeps, image: string, label:
   try {
     rec.device = (await run(deps.exec, 'losetup', ['--find', '--show', rec.image])).trim();
     await writeFileAtomic(recPath, JSON.stringify(rec), { mode: 0o600 });
-    await run(deps.exec, 'mount', ['-t', 'ext4', '-o', 'nodev,nosuid', rec.device, rec.mountPoint]);
+    await run(deps.exec, 'mount', ['-t', 'ext4', '-o', 'nodev,nosuid,noexec', rec.device, rec.mountPoint]);
     await pauseAt('mount');
     result = await f(rec.mountPoint);
   } catch (err) {

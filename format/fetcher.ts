@@ -3,7 +3,7 @@
 // whatever the server claims, so a hostile server cannot feed us forever.
 import http from 'node:http';
 import https from 'node:https';
-import { createReadStream } from 'node:fs';
+import { constants } from 'node:fs';
 import { open, realpath, stat } from 'node:fs/promises';
 import { join, resolve, sep } from 'node:path';
 import { Readable, Transform } from 'node:stream';
@@ -211,13 +211,34 @@ export class DirFetcher implements Fetcher {
     return real;
   }
 
+  /**
+   * Opens a repository file for reading: only a regular file (a FIFO, device or socket planted
+   * on a USB stick or share would hang or never end), without blocking on a FIFO while it looks.
+   */
+  private async openFile(p: string) {
+    const fh = await open(p, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY);
+    const st = await fh.stat();
+    if (!st.isFile()) {
+      await fh.close();
+      throw new FetchError('not a regular file', { where: p });
+    }
+    return { fh, size: st.size };
+  }
+
   async get(path: string, maxBytes: number): Promise<Buffer> {
     const p = await this.resolvePath(path);
-    const fh = await open(p, 'r');
+    const { fh, size } = await this.openFile(p);
     try {
-      const size = (await fh.stat()).size;
       if (size > maxBytes) throw new FetchError(`${size} bytes exceeds the ${maxBytes}-byte limit for this file`, { where: p, code: 'TOO_LARGE' });
-      return await fh.readFile();
+      // exactly the size it had when opened: a file that grows meanwhile is not read past it
+      const buf = Buffer.alloc(size);
+      let off = 0;
+      while (off < size) {
+        const { bytesRead } = await fh.read(buf, off, size - off, off);
+        if (bytesRead === 0) break;
+        off += bytesRead;
+      }
+      return buf.subarray(0, off);
     } finally {
       await fh.close();
     }
@@ -226,8 +247,12 @@ export class DirFetcher implements Fetcher {
   async stream(path: string, maxBytes: number, opts: StreamOptions = {}): Promise<Readable> {
     const p = await this.resolvePath(path);
     const end = opts.end !== undefined ? opts.end - 1 : undefined;
-    if (end !== undefined && end >= (await stat(p)).size) throw new FetchError(`range ends at ${end}, past the end of the file`, { where: p });
-    return createReadStream(p, { start: opts.start ?? 0, end, highWaterMark: 1024 * 1024 }).pipe(limitStream(maxBytes, p));
+    const { fh, size } = await this.openFile(p);
+    if (end !== undefined && end >= size) {
+      await fh.close();
+      throw new FetchError(`range ends at ${end}, past the end of the file`, { where: p });
+    }
+    return fh.createReadStream({ start: opts.start ?? 0, end, highWaterMark: 1024 * 1024 }).pipe(limitStream(maxBytes, p));
   }
 }
 

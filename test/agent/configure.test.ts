@@ -171,3 +171,19 @@ test('host files for DHCP: no address means DHCP, declared network settings only
   const none = planHostFiles({ ...manifest, settings: { 'broker.url': { type: 'url' } } } as unknown as Manifest, {}, { hosts: null, hasIfupdown: true }, { host: 'h', configuredAt: 'now' });
   t.deepEqual(none.map((f) => f.path), ['/etc/loopship/host.json']);
 });
+
+test.serial('the image is mounted nodev, nosuid and noexec: a device node or setuid program in a signed image gives dom0 nothing', async (t) => {
+  const { image, state } = await makeImage(t, async (root) => {
+    await writeFile(join(root, 'suid'), '#!/bin/sh\nid\n', { mode: 0o4755 });
+    await execa('mknod', [join(root, 'disk'), 'b', '8', '0']); // mkfs -d copies it into the image
+  });
+  const options = await withMountedImage({ exec: defaultExec, state }, image, 'sbc', async (mp) => {
+    const opts = (await execa('findmnt', ['-n', '-o', 'OPTIONS', '--mountpoint', mp])).stdout.split(',');
+    // the device node cannot be opened, the program cannot run
+    await t.throwsAsync(readFile(join(mp, 'disk')), { code: 'EACCES' });
+    await t.throwsAsync(execa(join(mp, 'suid')), { message: /EACCES|Permission denied/ });
+    return opts;
+  });
+  for (const o of ['nodev', 'nosuid', 'noexec']) t.true(options.includes(o), `${o} in ${options.join(',')}`);
+  await assertNothingLeft(t, image, state);
+});
