@@ -103,9 +103,23 @@ export class Agent {
     return (this.configCache ??= await loadConfig(this.deps.configPath));
   }
 
+  /**
+   * The config, or undefined on a host that has none yet (commands such as status and stop
+   * work there). A config that exists but is broken is an error naming the file and field:
+   * never silently run without its settings, Xen overrides or autostart.
+   */
+  async configIfAny(): Promise<AgentConfig | undefined> {
+    try {
+      return await this.config();
+    } catch (err) {
+      if (err instanceof ConfigError && ((err as Error).cause as NodeJS.ErrnoException | undefined)?.code === 'ENOENT') return undefined;
+      throw err;
+    }
+  }
+
   async backend(): Promise<Backend> {
     if (this.backendCache) return this.backendCache;
-    const cfg = await this.config().catch(() => undefined);
+    const cfg = await this.configIfAny();
     const kind = cfg?.backend ?? defaultBackend();
     this.backendCache =
       kind === 'xl' ? new XlBackend({ exec: this.exec, log: (l) => this.log(l) }) : new QemuBackend({ exec: this.exec, runDir: this.state.runDir, logDir: this.state.logDir });
@@ -248,7 +262,7 @@ export class Agent {
   }
 
   private async effectiveSettings(name: string, manifest: Manifest, extra: Record<string, SettingInput> = {}): Promise<Settings> {
-    const cfg = await this.config().catch(() => undefined);
+    const cfg = await this.configIfAny();
     const st = (await this.state.readState()).appliances[name];
     const given = { ...(this.applianceConfig(cfg, name)?.settings ?? {}), ...(st?.settings ?? {}), ...extra };
     return resolveSettings(manifest.settings, given, `${manifest.name} ${manifest.version}`);
@@ -271,7 +285,7 @@ export class Agent {
 
   private async installVerified(verified: VerifiedManifest, source: ChunkSource): Promise<InstallResult> {
     const m = verified.manifest;
-    const cfg = await this.config().catch(() => undefined);
+    const cfg = await this.configIfAny();
     const label = `${m.name} ${m.version}`;
     this.log(`installing ${label}`);
     const r = await installVersion({
@@ -325,7 +339,7 @@ export class Agent {
 
   /** Makes a freshly installed version current (first install) or leaves upgrades to `upgrade`. */
   private async activate(m: Manifest, opts: { set?: Record<string, string>; dataSize?: string; start?: boolean }, result: InstallResult) {
-    const cfgApp = this.applianceConfig(await this.config().catch(() => undefined), m.name);
+    const cfgApp = this.applianceConfig(await this.configIfAny(), m.name);
     await this.state.updateAppliance(m.name, (a) => {
       Object.assign(a.settings, opts.set ?? {});
     });
@@ -441,7 +455,7 @@ export class Agent {
     const { name, version } = m;
     const dir = this.state.versionDir(name, version);
     const data = this.state.dataDisk(name);
-    const local = this.applianceConfig(await this.config().catch(() => undefined), name)?.xen ?? {};
+    const local = this.applianceConfig(await this.configIfAny(), name)?.xen ?? {};
     return {
       name, version,
       type: m.boot.type,
@@ -474,7 +488,7 @@ export class Agent {
   }
 
   private async healthTimeoutMs(): Promise<number> {
-    return ((await this.config().catch(() => undefined))?.health_timeout_s ?? 300) * 1000;
+    return ((await this.configIfAny())?.health_timeout_s ?? 300) * 1000;
   }
 
   /** Boots `version` and waits for its ready marker; records the health. */
@@ -514,7 +528,7 @@ export class Agent {
     await backend.start(await this.domainSpec(name, version));
     const instance = await backend.instanceId(name);
     await pauseAt('boot');
-    const autostart = this.applianceConfig(await this.config().catch(() => undefined), name)?.autostart ?? true;
+    const autostart = this.applianceConfig(await this.configIfAny(), name)?.autostart ?? true;
     await backend.setAutostart(name, autostart);
     return record(await waitReady({ logPath: log, marker: m.boot.ready_marker, fromOffset: offset, timeoutMs: await this.healthTimeoutMs(), isAlive: aliveAs(instance), aliveEveryMs: backend.livenessIntervalMs }));
   }
@@ -845,7 +859,7 @@ export class Agent {
    * own token, enrolling with the site token the first time (report.ts).
    */
   async report(lastError: string | null): Promise<boolean> {
-    const cfg = await this.config().catch(() => undefined);
+    const cfg = await this.configIfAny();
     if (!cfg?.report) return false;
     const body = reportBody({
       host: this.host,

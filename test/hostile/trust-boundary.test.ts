@@ -217,3 +217,18 @@ test('a version the backend would refuse is found before the running version is 
   t.is(await fileSha(join(host.stateDir, 'appliances', 'sbc', '1.0.0', 'disk.img')), v1disk);
   t.true(backend.validated.some((s) => s.version === '2.0.0'));
 });
+
+// ---------- host settings: a broken agent.yaml is an error, never silently ignored ----------
+
+test('a broken agent.yaml stops configure with an error naming the file and field; status works on a host with none', async (t) => {
+  const w = await worldP;
+  const host = await hostFor(w, t, 'badcfg');
+  const backend = runningBackend(w, host);
+  backend.running.delete('sbc'); // stopped: configure may mount it
+  await writeFile(host.configPath, (await readFile(host.configPath, 'utf8')).replace('    channel: stable\n', '    channel: stable\n    autostart: maybe\n'));
+  const before = await hashTree(host.dir);
+  await rejects(t, agentFor(host, backend).configure('sbc'), 'CONFIG_INVALID', /agent\.yaml: .*appliances\.0\.autostart/);
+  t.deepEqual((await hashTree(host.dir)).files, before.files, 'nothing configured without the host settings');
+  const bare = agentFor({ ...host, configPath: join(host.dir, 'no-such-agent.yaml') }, backend);
+  t.deepEqual((await bare.status()).map((a) => a.name), ['sbc']);
+});
