@@ -2,3 +2,4 @@ export { generateKey, readPublicKey, readPublicKeyBytes, readPrivateKey, signDet
 export { Keystore, ROLES, type Role, type KeyEntry } from './keystore.js';
 export { buildRoot, signRoot } from './root.js';
 export { readPassphrase } from './passphrase.js';
+export { GpgSigner, mergeSignatures, isSigner, signingKeyFingerprint, spawnExec, type Signer, type SigningKey, type GpgSignerOptions, type GpgExec, type ExecResult } from './signer.js';

@@ -7,6 +7,7 @@ import * as z from 'zod';
 import { LoopshipError } from '../format/errors.js';
 import { describeIssues } from '../format/schema.js';
 import { generateKey, readPrivateKey, readPublicKey, fingerprintOf, type PrivateKey, type PublicKey } from './pgp.js';
+import { GpgSigner, type GpgSignerOptions, type SigningKey } from './signer.js';
 
 export const ROLES = ['root', 'index', 'publisher'] as const;
 export type Role = (typeof ROLES)[number];
@@ -19,6 +20,9 @@ const entrySchema = z.strictObject({
   created: z.string(),
   public_file: z.string(),
   private_file: z.string().nullable(),
+  // the private key is not a file here: gpg-agent holds it (a GNUPGHOME, a smartcard, a
+  // PKCS#11 token behind gnupg-pkcs11-scd) and signs with `gpg --local-user <fingerprint>`
+  gpg: z.strictObject({ homedir: z.string().min(1).optional() }).optional(),
   retired: z.string().optional(),
 });
 const storeSchema = z.strictObject({
@@ -118,6 +122,43 @@ export class Keystore {
     return entry;
   }
 
+  /**
+   * Adds a key gpg-agent holds (a GNUPGHOME key, a smartcard, a PKCS#11 token): its public
+   * half is exported from gpg into the store, the private half stays where it is.
+   */
+  async importGpg(role: Role, name: string, fingerprint: string, opts: { homedir?: string } = {}): Promise<KeyEntry> {
+    if (this.data.keys.some((k) => k.role === role && k.name === name && !k.retired)) {
+      throw new LoopshipError('CONFLICT', `an active ${role} key named ${name} already exists`, { where: this.dir });
+    }
+    const signer = new GpgSigner(fingerprint, { homedir: opts.homedir });
+    const { armored } = await signer.publicKey();
+    const fpr = signer.fingerprint;
+    if (this.data.keys.some((k) => k.fingerprint === fpr && !k.retired)) throw new LoopshipError('CONFLICT', `key ${fpr} is already in the store`);
+    const base = `${role}-${name}-${fpr.slice(-8)}`;
+    await this.writeKeyFiles(base, armored);
+    const entry: KeyEntry = { role, name, fingerprint: fpr, created: new Date().toISOString(), public_file: `${base}.pub.asc`, private_file: null, gpg: opts.homedir ? { homedir: opts.homedir } : {} };
+    this.data.keys.push(entry);
+    await this.save();
+    return entry;
+  }
+
+  /**
+   * What signs for an entry: its key file (decrypted with `passphrase`), or gpg-agent for a
+   * gpg entry (`gpg` options: the PIN or passphrase, the binary, an exec for tests).
+   */
+  async signer(entry: KeyEntry, passphrase?: string, gpg: Omit<GpgSignerOptions, 'homedir'> = {}): Promise<SigningKey> {
+    if (entry.gpg) return new GpgSigner(entry.fingerprint, { ...gpg, homedir: entry.gpg.homedir });
+    return this.privateKey(entry, passphrase);
+  }
+
+  /** Signers of a role (key files or gpg-agent keys), enough to meet its threshold. */
+  async signers(role: Role, passphrase?: string, gpg: Omit<GpgSignerOptions, 'homedir'> = {}): Promise<SigningKey[]> {
+    const entries = this.entries({ role }).filter((e) => e.private_file || e.gpg);
+    const need = this.data.thresholds[role];
+    if (entries.length < need) throw new LoopshipError('KEY_INVALID', `${entries.length} ${role} signing key(s) available, threshold is ${need}`, { where: this.dir });
+    return Promise.all(entries.slice(0, need).map((e) => this.signer(e, passphrase, gpg)));
+  }
+
   async retire(fingerprint: string): Promise<void> {
     const k = this.data.keys.find((e) => e.fingerprint === fingerprint && !e.retired);
     if (!k) throw new LoopshipError('KEY_INVALID', `no active key ${fingerprint}`);
@@ -132,7 +173,7 @@ export class Keystore {
   }
 
   async privateKey(entry: KeyEntry, passphrase?: string): Promise<PrivateKey> {
-    if (!entry.private_file) throw new LoopshipError('KEY_INVALID', `only the public half of ${entry.role} key ${entry.name} is in this store`, { where: this.dir });
+    if (!entry.private_file) throw new LoopshipError('KEY_INVALID', entry.gpg ? `${entry.role} key ${entry.name} is held by gpg-agent, not a file: sign through Keystore.signer()` : `only the public half of ${entry.role} key ${entry.name} is in this store`, { where: this.dir });
     const where = join(this.dir, entry.private_file);
     let armored: string;
     try {

@@ -3,9 +3,11 @@
 // works on anything we publish. Keys are v4 Ed25519 (EdDSA), which GnuPG 2.2 reads.
 import type * as OpenPGP from 'openpgp';
 import { LoopshipError, SignatureError } from '../format/errors.js';
+import { isSigner, mergeSignatures, type SigningKey } from './signer.js';
 
 export type PublicKey = OpenPGP.PublicKey;
 export type PrivateKey = OpenPGP.PrivateKey;
+export type { SigningKey, Signer } from './signer.js';
 
 // Loaded on first use: openpgp.js is ~40% of the agent's bundle and builds tables when it
 // loads, and `status`, `stop` or `--version` check no signature (a start of the agent costs
@@ -76,11 +78,23 @@ export function fingerprintOf(key: PublicKey | PrivateKey): string {
   return key.getFingerprint().toLowerCase();
 }
 
-/** One detached armored signature holding one signature packet per key. */
-export async function signDetached(data: Uint8Array, keys: PrivateKey[]): Promise<string> {
+/**
+ * One detached armored signature holding one signature packet per key. Keys are key files
+ * openpgp.js holds or external signers (gpg-agent, a smartcard, a PKCS#11 token: keys/signer.ts);
+ * their packets are merged into one armor, which openpgp.js and `gpg --verify` both read.
+ */
+export async function signDetached(data: Uint8Array, keys: SigningKey[]): Promise<string> {
   const openpgp = await pgp();
-  const message = await openpgp.createMessage({ binary: data });
-  return (await openpgp.sign({ message, signingKeys: keys, detached: true, format: 'armored' })) as string;
+  const local = keys.filter((k): k is PrivateKey => !isSigner(k));
+  const external = keys.filter(isSigner);
+  const parts: string[] = [];
+  if (local.length > 0 || external.length === 0) {
+    const message = await openpgp.createMessage({ binary: data });
+    parts.push((await openpgp.sign({ message, signingKeys: local, detached: true, format: 'armored' })) as string);
+  }
+  // one at a time: a card signs one request at a time, and may ask for a touch or a PIN
+  for (const s of external) parts.push(await s.sign(data));
+  return parts.length === 1 ? parts[0] : mergeSignatures(parts);
 }
 
 /** How far in the future a signature's creation time may lie (clocks of signer and verifier differ). */

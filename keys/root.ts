@@ -3,7 +3,8 @@
 import { randomBytes } from 'node:crypto';
 import { LoopshipError } from '../format/errors.js';
 import { RootSchema, serialize, describeIssues, SPEC_VERSION, type Root } from '../format/schema.js';
-import { signDetached, type PrivateKey } from './pgp.js';
+import { signDetached } from './pgp.js';
+import type { SigningKey } from './signer.js';
 import type { Keystore, Role } from './keystore.js';
 
 const YEAR_MS = 365 * 86_400_000;
@@ -31,7 +32,7 @@ export async function buildRoot(store: Keystore, version: number, opts: { now?: 
   return checked.data;
 }
 
-export async function signRoot(root: Root, keys: PrivateKey[]): Promise<{ bytes: Buffer; signature: string }> {
+export async function signRoot(root: Root, keys: SigningKey[]): Promise<{ bytes: Buffer; signature: string }> {
   const bytes = serialize(root);
   return { bytes, signature: await signDetached(bytes, keys) };
 }
