@@ -74,6 +74,8 @@ export interface UpdateResult {
   indexSignature: string;
   /** root versions accepted in this update */
   rootsAccepted: number[];
+  /** their files as verified (a mirror writes these, never a second download) */
+  rootFiles: { version: number; bytes: Buffer; signature: string }[];
   source: string;
 }
 
@@ -162,6 +164,7 @@ export class RepoClient {
     const now = this.now();
     let root = this.root;
     const accepted: number[] = [];
+    const rootFiles: UpdateResult['rootFiles'] = [];
     let rootBytes = this.rootBytes;
     for (let n = 0; n < LIMITS.rootChainLength; n++) {
       const found = await fetchRootVersion(fetcher, root.version + 1, true);
@@ -171,6 +174,7 @@ export class RepoClient {
       root = next;
       rootBytes = bytes;
       accepted.push(next.version);
+      rootFiles.push({ version: next.version, bytes, signature: sig! });
     }
     // root.json names the newest root: if the chain stopped short of it, a link is missing.
     try {
@@ -214,7 +218,7 @@ export class RepoClient {
     this.rootBytes = rootBytes;
     this.index = index;
     this.lastIndexVersion = index.version;
-    return { root, index, rootBytes: rootBytes ?? Buffer.from(JSON.stringify(root)), indexBytes, indexSignature, rootsAccepted: accepted, source: fetcher.source };
+    return { root, index, rootBytes: rootBytes ?? Buffer.from(JSON.stringify(root)), indexBytes, indexSignature, rootsAccepted: accepted, rootFiles, source: fetcher.source };
   }
 
   /** NAME with an exact version, a channel, or (neither) the "stable" channel, else the newest version. */

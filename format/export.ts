@@ -6,9 +6,10 @@ import { mkdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
-import { RepoClient, type RootPin } from './client.js';
+import { RepoClient, type RootPin, type UpdateResult } from './client.js';
 import { ChunkStore, writeFileAtomic, fsyncDir } from './chunkstore.js';
-import { LoopshipError, FetchError } from './errors.js';
+import { LoopshipError, FetchError, RootChainError } from './errors.js';
+import { checkSameRepository, checkRootKeys, verifyRole } from './trust.js';
 import { LIMITS } from './limits.js';
 import { manifestChunks, MANIFEST_ENTRY, SIGNATURE_ENTRY } from './package.js';
 import { INDEX_FILE, ROOT_FILE, chunkPath, indexHistoryPath, manifestPath, packPath, rootHistoryPath, sigPath } from './paths.js';
@@ -29,6 +30,33 @@ export interface ExportOptions {
   onProgress?: (done: number, total: number) => void;
 }
 
+/**
+ * root/1.json .. root/N.json of an update, as verified: those the update walked, from the
+ * bytes it checked (never a second download); older ones (before the pin) fetched and checked
+ * to be that version of this repository, with keys that match, signed by their own root role.
+ */
+async function verifiedRootFiles(fetcher: Fetcher, up: UpdateResult): Promise<UpdateResult['rootFiles']> {
+  const walked = new Map(up.rootFiles.map((r) => [r.version, r]));
+  const out: UpdateResult['rootFiles'] = [];
+  for (let v = 1; v <= up.root.version; v++) {
+    const known = walked.get(v);
+    if (known) {
+      out.push(known);
+      continue;
+    }
+    const where = `${fetcher.source}/${rootHistoryPath(v)}`;
+    const bytes = await fetcher.get(rootHistoryPath(v), LIMITS.rootBytes);
+    const signature = (await fetcher.get(sigPath(rootHistoryPath(v)), LIMITS.signatureBytes)).toString('utf8');
+    const root = parseMetadata('root', bytes, where);
+    if (root.version !== v) throw new RootChainError('ROOT_CHAIN', `file holds root version ${root.version}, expected ${v}`, { where });
+    checkSameRepository(up.root.repository, root.repository, `root version ${v}`, where);
+    await checkRootKeys(root, where);
+    await verifyRole(bytes, signature, root, 'root', where);
+    out.push({ version: v, bytes, signature });
+  }
+  return out;
+}
+
 export async function exportPackage(opts: ExportOptions): Promise<{ name: string; version: string; chunks: number; bytes: number; out: string }> {
   const root = await RepoClient.pin(opts.fetcher, opts.pin);
   const client = new RepoClient({ fetchers: [opts.fetcher], trustedRoot: root });
@@ -45,9 +73,9 @@ export async function exportPackage(opts: ExportOptions): Promise<{ name: string
   let written = 0;
   try {
     if (opts.withMetadata) {
-      for (let v = 1; v <= up.root.version; v++) {
-        await put(rootHistoryPath(v), await opts.fetcher.get(rootHistoryPath(v), LIMITS.rootBytes));
-        await put(sigPath(rootHistoryPath(v)), await opts.fetcher.get(sigPath(rootHistoryPath(v)), LIMITS.signatureBytes));
+      for (const file of await verifiedRootFiles(opts.fetcher, up)) {
+        await put(rootHistoryPath(file.version), file.bytes);
+        await put(sigPath(rootHistoryPath(file.version)), file.signature);
       }
       await put(INDEX_FILE, up.indexBytes);
       await put(sigPath(INDEX_FILE), up.indexSignature);
@@ -119,10 +147,11 @@ export async function mirrorRepository(opts: MirrorOptions): Promise<MirrorResul
 
   const write = (rel: string, data: Buffer | string) => writeFileAtomic(join(opts.to, rel), data);
   const exists = async (rel: string) => stat(join(opts.to, rel)).then(() => true, () => false);
-  for (let v = 1; v <= up.root.version; v++) {
+  for (const file of await verifiedRootFiles(opts.from, up)) {
+    const v = file.version;
     if (await exists(rootHistoryPath(v))) continue;
-    await write(rootHistoryPath(v), await opts.from.get(rootHistoryPath(v), LIMITS.rootBytes));
-    await write(sigPath(rootHistoryPath(v)), await opts.from.get(sigPath(rootHistoryPath(v)), LIMITS.signatureBytes));
+    await write(rootHistoryPath(v), file.bytes);
+    await write(sigPath(rootHistoryPath(v)), file.signature);
   }
 
   const store = new ChunkStore(opts.to);
@@ -164,8 +193,9 @@ export async function mirrorRepository(opts: MirrorOptions): Promise<MirrorResul
   await write(sigPath(INDEX_FILE), up.indexSignature);
   await write(INDEX_FILE, up.indexBytes);
   if (!(await exists(ROOT_FILE)) || up.rootsAccepted.length > 0) {
-    await write(sigPath(ROOT_FILE), await opts.from.get(sigPath(rootHistoryPath(up.root.version)), LIMITS.signatureBytes));
-    await write(ROOT_FILE, await opts.from.get(rootHistoryPath(up.root.version), LIMITS.rootBytes));
+    // root.json is the newest root/<N>.json, as just written (verified above)
+    await write(sigPath(ROOT_FILE), await readFile(join(opts.to, sigPath(rootHistoryPath(up.root.version)))));
+    await write(ROOT_FILE, await readFile(join(opts.to, rootHistoryPath(up.root.version))));
   }
   return { rootVersion: up.root.version, indexVersion: up.index.version, manifests, chunks: chunks.size, newChunks: missing.length, newBytes, packs, unchanged };
 }

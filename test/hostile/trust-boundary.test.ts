@@ -8,7 +8,8 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import type * as OpenPGP from 'openpgp';
 import { makeRepo, type Fixture } from '../helpers/repo.js';
-import { RepoClient, createFetcher, serialize, sigPath, rootHistoryPath, indexHistoryPath, RepositoryWriter, type Root, type Index } from '../../format/index.js';
+import { publishRootFromKeystore } from '../../keys/cli.js';
+import { RepoClient, createFetcher, serialize, sigPath, rootHistoryPath, indexHistoryPath, RepositoryWriter, mirrorRepository, type Root, type Index } from '../../format/index.js';
 import { readPublicKey, fingerprintOf, signRoot, buildRoot, generateKey } from '../../keys/index.js';
 import {
   buildWorld, hostileServer, context, copyHost, hostConfig, hashTree, runningBackend, agentFor, fileSha, type World, type Host,
@@ -231,4 +232,50 @@ test('a broken agent.yaml stops configure with an error naming the file and fiel
   t.deepEqual((await hashTree(host.dir)).files, before.files, 'nothing configured without the host settings');
   const bare = agentFor({ ...host, configPath: join(host.dir, 'no-such-agent.yaml') }, backend);
   t.deepEqual((await bare.status()).map((a) => a.name), ['sbc']);
+});
+
+// ---------- mirrors and exports write what they verified, not a second download ----------
+
+test('a mirror writes the root files it verified: an origin that answers a second fetch with other bytes gets nothing stored', async (t) => {
+  const fx = await makeRepo();
+  t.teardown(fx.cleanup);
+  const root1 = await fx.writer.readRoot();
+  const signed = await signRoot({ ...root1, version: 2 }, await fx.keystore.signingKeys('root'));
+  await fx.writer.addRoot(signed.bytes, signed.signature);
+  // the first answer for root/2.json is genuine, every later one is another (validly formed, unsigned) root
+  const evil = serialize({ ...root1, version: 2, expires: '2099-01-01T00:00:00Z' });
+  let asked = 0;
+  const server = await hostileServer(fx.repoDir, (_req, res, path) => {
+    if (path !== rootHistoryPath(2) || asked++ === 0) return false;
+    res.writeHead(200, { 'content-length': evil.length }).end(evil);
+    return true;
+  });
+  t.teardown(server.close);
+  const to = join(fx.dir, 'mirror');
+  await mirrorRepository({ from: createFetcher(server.url), to, pin: { keyArmored: fx.rootKeyArmored } });
+  t.deepEqual(await readFile(join(to, rootHistoryPath(2))), signed.bytes, 'root/2.json as verified');
+  t.deepEqual(await readFile(join(to, 'root.json')), signed.bytes);
+  t.is(asked, 1, 'root/2.json fetched once');
+});
+
+test('a mirror checks the roots before its pin too: another repository\'s root 1 is refused, nothing written', async (t) => {
+  const fx = await makeRepo();
+  t.teardown(fx.cleanup);
+  const root1 = await fx.writer.readRoot();
+  // root key A rotated out for B in root 2; the mirror is pinned to B, so root 1 is not walked
+  const keyA = await fx.keystore.signingKeys('root');
+  const a = fx.keystore.find('root');
+  const b = await fx.keystore.generate('root', 'root-b');
+  await fx.keystore.retire(a.fingerprint);
+  await publishRootFromKeystore(fx.keystore, fx.repoDir, undefined, keyA);
+  // root/1.json swapped for another repository's root 1 (same key A, another id), validly signed
+  const other = await signRoot({ ...root1, repository: 'f'.repeat(32) }, keyA);
+  await writeFile(join(fx.repoDir, rootHistoryPath(1)), other.bytes);
+  await writeFile(join(fx.repoDir, sigPath(rootHistoryPath(1))), other.signature);
+  const to = join(fx.dir, 'mirror');
+  const err = (await t.throwsAsync(mirrorRepository({ from: createFetcher(fx.repoDir), to, pin: { keyArmored: (await fx.keystore.publicKey(b)).armored } }))) as Error & { code?: string };
+  t.is(err.code, 'WRONG_REPOSITORY', err.message);
+  t.regex(err.message, /root\/1\.json: root version 1 belongs to repository f{32}, not to the trusted repository [0-9a-f]{32}/);
+  t.false(await readFile(join(to, 'index.json')).then(() => true, () => false), 'no index written');
+  t.false(await readFile(join(to, rootHistoryPath(1))).then(() => true, () => false), 'the foreign root not stored');
 });
