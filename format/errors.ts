@@ -107,7 +107,8 @@ export const EXIT = {
 } as const;
 
 export function exitCodeFor(err: unknown): number {
-  if (err instanceof UsageError || (err instanceof LoopshipError && (err.code === 'CONFIG_INVALID' || err.code === 'RECIPE_INVALID'))) return EXIT.USAGE;
+  // the code decides, whatever class carried it (a LoopshipError('USAGE') is a usage error too)
+  if (err instanceof UsageError || (err instanceof LoopshipError && (err.code === 'USAGE' || err.code === 'CONFIG_INVALID' || err.code === 'RECIPE_INVALID'))) return EXIT.USAGE;
   if (err instanceof VerificationError) return EXIT.VERIFICATION;
   if (err instanceof FetchError) return EXIT.FETCH;
   if (err instanceof LoopshipError && err.code === 'LOCKED') return EXIT.LOCKED;

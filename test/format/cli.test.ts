@@ -37,6 +37,11 @@ test('keys init, repo init and verify from the command line; verify fails with e
   t.is(JSON.parse(bad.stdout).code, 'UNKNOWN_KEY');
   t.regex(bad.stderr, /index\.json: no valid signature by any index key/);
 
+  // a usage error raised below the CLI parser (a new mirror needs a pin) exits 2 like any other
+  const noPin = await loopship(['mirror', '--from', repo, '--to', join(dir, 'mirror')]);
+  t.is(noPin.exitCode, 2, noPin.stderr);
+  t.regex(noPin.stderr, /is not a mirror yet: give the root key or fingerprint to pin/);
+
   const usage = await loopship(['verify', '--repo', repo]);
   t.is(usage.exitCode, 2);
   t.regex(usage.stderr, /exactly one of --root-key FILE or --root-fingerprint/);
