@@ -14,6 +14,7 @@ DEBIAN_PACKAGES=(
   busybox                                             # the shell of boot.init busybox images: the tests parse their scripts with it, list the minimal initrd
   build-essential python3                             # node-gyp: loopship serve's optional sendfile addon
   freerdp2-x11 xvfb ovmf openssh-client openssl       # appliance tests: RDP client in a virtual display, UEFI for the kiosk's framebuffer
+  softhsm2 opensc gnupg-pkcs11-scd scdaemon           # key custody: a PKCS#11 token (SoftHSM2) behind gpg-agent, smartcards/YubiKeys (test/keys/pkcs11.test.ts)
 )
 missing=()
 for p in "${DEBIAN_PACKAGES[@]}"; do

@@ -3,7 +3,7 @@
 // and `gpg --verify` both accept.
 import test from 'ava';
 import { execa } from 'execa';
-import { readFile, writeFile } from 'node:fs/promises';
+import { rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { makeRepo, makePackage, publish, tempDir } from '../helpers/repo.js';
 import { RepoClient, createFetcher } from '../../format/index.js';
@@ -12,11 +12,16 @@ import { serialize } from '../../format/schema.js';
 import { Keystore, GpgSigner, buildRoot, signRoot, signDetached, generateKey, readPrivateKey, type GpgExec } from '../../keys/index.js';
 
 const hasGpg = (await execa('gpg', ['--version'], { reject: false }).catch(() => ({ exitCode: 127 }))).exitCode === 0;
+if (!hasGpg) console.warn('test/keys/gpg-signer.test.ts: skipped, gpg is not installed (scripts/setup.sh installs gnupg)');
+const gpgTest = hasGpg ? test : test.skip;
 
 async function gpgHome() {
   const home = await tempDir('loopship-gnupg-');
   const gpg = (args: string[], input?: string) => execa('gpg', ['--homedir', home, '--batch', '--no-tty', ...args], { input, reject: false });
-  const teardown = () => execa('gpgconf', ['--homedir', home, '--kill', 'all'], { reject: false });
+  const teardown = async () => {
+    await execa('gpgconf', ['--homedir', home, '--kill', 'all'], { reject: false });
+    await rm(home, { recursive: true, force: true });
+  };
   return { home, gpg, teardown };
 }
 
@@ -28,8 +33,7 @@ async function genKey(gpg: Awaited<ReturnType<typeof gpgHome>>['gpg'], uid: stri
   return list.stdout.split('\n').find((l) => l.startsWith('fpr:'))!.split(':')[9].toLowerCase();
 }
 
-test('a root signed by a key file and a gpg-agent key in one .asc: verifyRole counts both, gpg --verify reads both', async (t) => {
-  if (!hasGpg) return t.log('gpg not installed: skipped') as unknown as void;
+gpgTest('a root signed by a key file and a gpg-agent key in one .asc: verifyRole counts both, gpg --verify reads both', async (t) => {
   const fx = await makeRepo();
   t.teardown(fx.cleanup);
   const g = await gpgHome();
@@ -78,8 +82,7 @@ test('a root signed by a key file and a gpg-agent key in one .asc: verifyRole co
   t.not((await v.gpg(['--verify', f + '.asc', f])).exitCode, 0);
 });
 
-test('a publisher key held by gpg signs a package the client accepts', async (t) => {
-  if (!hasGpg) return t.log('gpg not installed: skipped') as unknown as void;
+gpgTest('a publisher key held by gpg signs a package the client accepts', async (t) => {
   const fx = await makeRepo();
   t.teardown(fx.cleanup);
   const g = await gpgHome();
@@ -117,8 +120,7 @@ test('a publisher key held by gpg signs a package the client accepts', async (t)
   void makePackage;
 });
 
-test('a passphrase-protected gpg key signs through --pinentry-mode loopback (as a card PIN would be given); a wrong one is an error naming gpg', async (t) => {
-  if (!hasGpg) return t.log('gpg not installed: skipped') as unknown as void;
+gpgTest('a passphrase-protected gpg key signs through --pinentry-mode loopback (as a card PIN would be given); a wrong one is an error naming gpg', async (t) => {
   const g = await gpgHome();
   t.teardown(g.teardown);
   const fpr = await genKey(g.gpg, 'Protected <p@example.org>', 'correct horse');
@@ -132,8 +134,7 @@ test('a passphrase-protected gpg key signs through --pinentry-mode loopback (as 
   t.throws(() => new GpgSigner('ABCD1234'), { message: /full fingerprint/ });
 });
 
-test('what gpg returns is checked: a signature by another key, over other bytes, or two packets is refused', async (t) => {
-  if (!hasGpg) return t.log('gpg not installed: skipped') as unknown as void;
+gpgTest('what gpg returns is checked: a signature by another key, over other bytes, or two packets is refused', async (t) => {
   const g = await gpgHome();
   t.teardown(g.teardown);
   const fpr = await genKey(g.gpg, 'Real <r@example.org>');
