@@ -7,7 +7,7 @@ import { rmSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { createPackage, RepositoryWriter, SPEC_VERSION, LoopshipError, sha256Hex, type Manifest, type PackageStats, type PublishResult } from '../format/index.js';
 import { packageVersion } from '../format/version.js';
-import type { PrivateKey } from '../keys/index.js';
+import type { SigningKey } from '../keys/index.js';
 import { BootstrapCache, DEFAULT_CACHE_DIR, type BootstrapKey } from './cache.js';
 import { defaultExec, type Exec } from './exec.js';
 import { guardDirectory, mountsUnder, unmountAll } from './chroot.js';
@@ -29,8 +29,8 @@ export interface BuildReporter {
 
 export type BuildOutput =
   | { kind: 'image' }
-  | { kind: 'tar'; tarPath: string; publisherKey: PrivateKey }
-  | { kind: 'repo'; repoDir: string; publisherKey: PrivateKey; indexKeys: PrivateKey[]; channel?: string };
+  | { kind: 'tar'; tarPath: string; publisherKey: SigningKey }
+  | { kind: 'repo'; repoDir: string; publisherKey: SigningKey; indexKeys: SigningKey[]; channel?: string };
 
 export interface BuildOptions {
   recipe: string;

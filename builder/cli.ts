@@ -5,7 +5,7 @@ import type { Command } from 'commander';
 import { readFile } from 'node:fs/promises';
 import cliProgress from 'cli-progress';
 import { UsageError } from '../format/index.js';
-import { Keystore, readPassphrase, readPrivateKey, type PrivateKey } from '../keys/index.js';
+import { Keystore, readPassphrase, readPrivateKey, type SigningKey } from '../keys/index.js';
 import { build, type BuildOutput, type BuildReporter, type BuildResult, type StageName } from './build.js';
 import { DEFAULT_CACHE_DIR } from './cache.js';
 
@@ -126,10 +126,10 @@ function humanSummary(r: BuildResult): string {
   return lines.join('\n') + '\n';
 }
 
-async function publisherKey(o: BuildCliOptions, passphrase: string | undefined, store: Keystore | null): Promise<PrivateKey> {
+async function publisherKey(o: BuildCliOptions, passphrase: string | undefined, store: Keystore | null): Promise<SigningKey> {
   if (o.publisherKey) return readPrivateKey(await readFile(o.publisherKey, 'utf8'), passphrase, o.publisherKey);
   if (!store) throw new UsageError('signing needs --keys KEYDIR (with --publisher NAME) or --publisher-key FILE');
-  return store.privateKey(store.find('publisher', o.publisher), passphrase);
+  return store.signer(store.find('publisher', o.publisher), passphrase); // a key file, or gpg-agent for a gpg entry
 }
 
 export function register(program: Command): void {
@@ -176,7 +176,7 @@ Examples:
       else if (o.out) output = { kind: 'tar', tarPath: o.out, publisherKey: await publisherKey(o, passphrase, store) };
       else {
         if (!store) throw new UsageError('--repo needs --keys KEYDIR: the index must be re-signed with the index key');
-        output = { kind: 'repo', repoDir: o.repo!, channel: o.channel, publisherKey: await publisherKey(o, passphrase, store), indexKeys: await store.signingKeys('index', passphrase) };
+        output = { kind: 'repo', repoDir: o.repo!, channel: o.channel, publisherKey: await publisherKey(o, passphrase, store), indexKeys: await store.signers('index', passphrase) };
       }
       const reporter = stderrReporter();
       try {

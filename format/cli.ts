@@ -56,8 +56,8 @@ export function registerFormatCommands(program: Command): void {
       const store = await Keystore.open(o.keys);
       const passphrase = await readPassphrase(o.passphraseFile);
       const root = await buildRoot(store, 1);
-      const signed = await signRoot(root, await store.signingKeys('root', passphrase));
-      await RepositoryWriter.init(o.dir, signed, { indexKeys: await store.signingKeys('index', passphrase), expiresDays: o.expiresDays });
+      const signed = await signRoot(root, await store.signers('root', passphrase));
+      await RepositoryWriter.init(o.dir, signed, { indexKeys: await store.signers('index', passphrase), expiresDays: o.expiresDays });
       const result = { dir: o.dir, rootVersion: 1, repository: root.repository, rootKeys: root.roles.root.keys };
       process.stdout.write(o.json ? JSON.stringify(result) + '\n' : `repository ${root.repository} created in ${o.dir}\npin this root fingerprint on clients: ${root.roles.root.keys.join(', ')}\n`);
     });
@@ -71,7 +71,7 @@ export function registerFormatCommands(program: Command): void {
     .option('--json', 'machine-readable output')
     .action(async (o) => {
       const store = await Keystore.open(o.keys);
-      const writer = new RepositoryWriter(o.dir, { indexKeys: await store.signingKeys('index', await readPassphrase(o.passphraseFile)), expiresDays: o.expiresDays });
+      const writer = new RepositoryWriter(o.dir, { indexKeys: await store.signers('index', await readPassphrase(o.passphraseFile)), expiresDays: o.expiresDays });
       const r = await writer.resign();
       process.stdout.write(o.json ? JSON.stringify(r) + '\n' : `index version ${r.indexVersion}, valid until ${r.expires}\n`);
     });

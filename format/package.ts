@@ -11,7 +11,7 @@ import { join, dirname } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { Readable } from 'node:stream';
 import tar from 'tar-stream';
-import { signDetached, type PrivateKey } from '../keys/pgp.js';
+import { signDetached, type SigningKey } from '../keys/pgp.js';
 import { chunkFile, SharedReadBuffers, IMAGE_CHUNKING, FILE_CHUNKING, type ChunkerOptions, type RawChunk } from './chunker.js';
 import { compressChunk, decodeChunk, sha256Hex, DEFAULT_ZSTD_LEVEL } from './codec.js';
 import { ChunkStore } from './chunkstore.js';
@@ -40,7 +40,7 @@ export interface CreatePackageOptions {
   imagePath: string;
   kernelPath: string;
   initrdPath: string | null;
-  publisherKey: PrivateKey;
+  publisherKey: SigningKey;
   /** a tar file; or chunks straight into a repository's chunk store (manifest returned, not indexed) */
   out: { tarPath: string } | { repoDir: string };
   zstdLevel?: number;

@@ -9,7 +9,7 @@ import { mkdir, readFile, rename, rm, readdir, stat, mkdtemp } from 'node:fs/pro
 import { promisify } from 'node:util';
 import { join, dirname } from 'node:path';
 import lockfile from 'proper-lockfile';
-import { signDetached, type PrivateKey } from '../keys/pgp.js';
+import { signDetached, type SigningKey } from '../keys/pgp.js';
 import { ChunkStore, writeFileAtomic, fsyncDir } from './chunkstore.js';
 import { decodeChunk, sha256Hex } from './codec.js';
 import { LoopshipError, VerificationError } from './errors.js';
@@ -27,8 +27,8 @@ const fsyncAsync = promisify(fsync);
 const DAY_MS = 86_400_000;
 
 export interface RepositoryWriterOptions {
-  /** keys of the index role (enough of them to meet its threshold) */
-  indexKeys: PrivateKey[];
+  /** keys of the index role (enough of them to meet its threshold): key files or gpg-agent signers (keys/signer.ts) */
+  indexKeys: SigningKey[];
   now?: () => Date;
   /** how long a freshly signed index stays valid */
   expiresDays?: number;

@@ -59,7 +59,7 @@ export class Keystore {
   }
 
   /** Generates root key(s), an index key and a first publisher key. */
-  static async init(dir: string, opts: { passphrase?: string; rootKeys?: number; rootThreshold?: number; publisher?: string; userPrefix?: string } = {}): Promise<Keystore> {
+  static async init(dir: string, opts: { passphrase?: string; rootKeys?: number; rootThreshold?: number; publisher?: string; userPrefix?: string; roles?: Role[] } = {}): Promise<Keystore> {
     try {
       await stat(join(dir, STORE_FILE));
       throw new LoopshipError('CONFLICT', 'a key store already exists here', { where: join(dir, STORE_FILE) });
@@ -71,9 +71,13 @@ export class Keystore {
     if (rootThreshold > rootKeys) throw new LoopshipError('USAGE', `root threshold ${rootThreshold} exceeds the ${rootKeys} root key(s)`);
     await mkdir(dir, { recursive: true, mode: 0o700 });
     const store = new Keystore(dir, { version: 1, thresholds: { root: rootThreshold, index: 1, publisher: 1 }, keys: [] });
-    for (let i = 1; i <= rootKeys; i++) await store.generate('root', `root-${i}`, opts);
-    await store.generate('index', 'index-1', opts);
-    await store.generate('publisher', opts.publisher ?? 'default', opts);
+    // `roles`: only these are generated here; the others' public halves come from another
+    // store (importPublic), e.g. root keys kept on an air-gapped machine (docs/key-custody.md)
+    const roles = new Set<Role>(opts.roles ?? ROLES);
+    if (roles.has('root')) for (let i = 1; i <= rootKeys; i++) await store.generate('root', `root-${i}`, opts);
+    if (roles.has('index')) await store.generate('index', 'index-1', opts);
+    if (roles.has('publisher')) await store.generate('publisher', opts.publisher ?? 'default', opts);
+    if (roles.size < ROLES.length) await store.save();
     return store;
   }
 
@@ -157,6 +161,59 @@ export class Keystore {
     const need = this.data.thresholds[role];
     if (entries.length < need) throw new LoopshipError('KEY_INVALID', `${entries.length} ${role} signing key(s) available, threshold is ${need}`, { where: this.dir });
     return Promise.all(entries.slice(0, need).map((e) => this.signer(e, passphrase, gpg)));
+  }
+
+  /**
+   * Writes the public half of this store to `out`: every active key's public file and a
+   * keystore.json that holds no private key (nor says where one is). What crosses an air gap.
+   */
+  async exportPublic(out: string): Promise<KeyEntry[]> {
+    await mkdir(out, { recursive: true, mode: 0o700 });
+    const keys = this.entries().map(({ gpg: _gpg, ...e }) => ({ ...e, private_file: null }));
+    for (const e of keys) await writeFile(join(out, e.public_file), await readFile(join(this.dir, e.public_file)), { mode: 0o644 });
+    const data: KeystoreData = { version: 1, thresholds: { ...this.data.thresholds }, keys };
+    await writeFile(join(out, STORE_FILE), JSON.stringify(data, null, 2) + '\n', { mode: 0o644 });
+    return keys;
+  }
+
+  /**
+   * Takes the keys of `roles` (and their thresholds) from another store's public export: keys
+   * it has that this store lacks are added, public only; this store's public-only keys of
+   * those roles it no longer has are retired. A key this store can sign with is never retired
+   * here (that is `keys rotate`'s decision, made where the key is).
+   */
+  async importPublic(from: string, roles: Role[]): Promise<{ added: KeyEntry[]; retired: KeyEntry[] }> {
+    const other = await Keystore.open(from);
+    const added: KeyEntry[] = [];
+    const retired: KeyEntry[] = [];
+    for (const role of roles) {
+      const theirs = other.entries({ role });
+      if (theirs.length === 0) throw new LoopshipError('KEY_INVALID', `the store in ${from} has no active ${role} key`, { where: from });
+      for (const e of theirs) {
+        // a file name in this directory, nothing else: the export crossed an air gap
+        if (!/^[A-Za-z0-9_-][A-Za-z0-9._-]*$/.test(e.public_file)) throw new LoopshipError('KEY_INVALID', `public_file ${JSON.stringify(e.public_file)} is not a plain file name`, { where: join(from, STORE_FILE) });
+        const armored = await readFile(join(from, e.public_file), 'utf8');
+        const pub = await readPublicKey(armored, join(from, e.public_file));
+        if (fingerprintOf(pub) !== e.fingerprint) throw new LoopshipError('KEY_INVALID', `${e.public_file} holds key ${fingerprintOf(pub)}, not ${e.fingerprint}`, { where: from });
+        if (this.data.keys.some((k) => k.fingerprint === e.fingerprint && !k.retired)) continue;
+        let name = e.name;
+        for (let i = 2; this.data.keys.some((k) => k.role === role && k.name === name && !k.retired); i++) name = `${e.name}-${i}`;
+        await writeFile(join(this.dir, e.public_file), pub.armor(), { mode: 0o644 });
+        const entry: KeyEntry = { role, name, fingerprint: e.fingerprint, created: e.created, public_file: e.public_file, private_file: null };
+        this.data.keys.push(entry);
+        added.push(entry);
+      }
+      const keep = new Set(theirs.map((e) => e.fingerprint));
+      for (const k of this.entries({ role })) {
+        if (keep.has(k.fingerprint)) continue;
+        if (k.private_file || k.gpg) throw new LoopshipError('CONFLICT', `${role} key ${k.name} (${k.fingerprint}) is not in ${from}, but this store signs with it: retire it here first (keys rotate)`, { where: this.dir });
+        k.retired = new Date().toISOString();
+        retired.push(k);
+      }
+      this.data.thresholds[role] = other.thresholds[role];
+    }
+    await this.save();
+    return { added, retired };
   }
 
   async retire(fingerprint: string): Promise<void> {

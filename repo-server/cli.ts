@@ -80,7 +80,7 @@ function checkTarget(o: Target): 'server' | 'repo' {
 
 async function localWriter(o: Target): Promise<RepositoryWriter> {
   const store = await Keystore.open(o.keys!);
-  return new RepositoryWriter(o.repo!, { indexKeys: await store.signingKeys('index', await readPassphrase(o.passphraseFile)) });
+  return new RepositoryWriter(o.repo!, { indexKeys: await store.signers('index', await readPassphrase(o.passphraseFile)) });
 }
 
 function describePublish(r: PublishResponse): string {

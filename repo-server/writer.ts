@@ -2,7 +2,7 @@
 // named in the server config (or taken from a key store directory).
 import { readFile } from 'node:fs/promises';
 import { RepositoryWriter, LoopshipError, ConfigError } from '../format/index.js';
-import { Keystore, readPrivateKey, readPassphrase, type PrivateKey } from '../keys/index.js';
+import { Keystore, readPrivateKey, readPassphrase, type PrivateKey, type SigningKey } from '../keys/index.js';
 import type { ServerConfig } from './config.js';
 import type { PackageWriter } from './api.js';
 
@@ -27,10 +27,10 @@ export async function loadIndexKeys(config: ServerConfig): Promise<PrivateKey[]>
  * makes) when given, else from the config's index_keys; none at all means a read-only server.
  */
 export async function createRepositoryWriter(repoDir: string, config: ServerConfig, opts: { keysDir?: string; passphraseFile?: string } = {}): Promise<PackageWriter | undefined> {
-  let indexKeys: PrivateKey[];
+  let indexKeys: SigningKey[];
   if (opts.keysDir) {
     const store = await Keystore.open(opts.keysDir);
-    indexKeys = await store.signingKeys('index', await readPassphrase(opts.passphraseFile));
+    indexKeys = await store.signers('index', await readPassphrase(opts.passphraseFile));
   } else {
     indexKeys = await loadIndexKeys(config);
   }
