@@ -6,12 +6,12 @@ import { LIMITS, zstdCompressBound } from './limits.js';
 import { INDEX_FILE, ROOT_FILE, indexHistoryPath, chunkPath, manifestPath, packPath, rootHistoryPath, sigPath } from './paths.js';
 import { readPackRange, splitPackRange, frameWhere, type PackEntry, type PackRange } from './pack.js';
 import { parseMetadata, latestVersion, type Root, type Index, type Manifest, type Chunk, type IndexVersion } from './schema.js';
-import { verifyRole, verifyRootTransition, verifyManifestSignature, verifyIndex, checkRootInForce, checkRootKeys } from './trust.js';
-
-export { verifyIndex, checkNotExpired } from './trust.js';
+import { verifyRootTransition, verifyRootSignature, verifyManifestSignature, verifyIndex, checkRootInForce, checkRootKeys } from './trust.js';
 import { decodeChunk, sha256Hex } from './codec.js';
 import { readPublicKey, requireThreshold, fingerprintOf } from '../keys/pgp.js';
 import type { Fetcher } from './fetcher.js';
+
+export { verifyIndex, checkNotExpired } from './trust.js';
 
 // ---------- pure steps ----------
 
@@ -129,8 +129,8 @@ export class RepoClient {
       const key = pinnedKey ?? (await readPublicKey(root.keys[fpr].public_key, where));
       if (fingerprintOf(key) !== fpr) throw new MetadataError('METADATA_INVALID', `key listed as ${fpr} has fingerprint ${fingerprintOf(key)}`, { where });
       await checkRootKeys(root, where);
-      await requireThreshold(bytes, sig, [key], 1, where, 'pinned root', { now });
-      await verifyRole(bytes, sig, root, 'root', where, { now });
+      await requireThreshold(bytes, sig, [key], 1, where, 'pinned root', { now, keyValidity: 'signed' });
+      await verifyRootSignature(bytes, sig, root, where, { now });
       return root;
     }
     throw new RootChainError('ROOT_CHAIN', 'root chain too long', { where: fetcher.source });

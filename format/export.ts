@@ -9,7 +9,7 @@ import tar from 'tar-stream';
 import { RepoClient, type RootPin, type UpdateResult } from './client.js';
 import { ChunkStore, writeFileAtomic, fsyncDir } from './chunkstore.js';
 import { LoopshipError, FetchError, RootChainError } from './errors.js';
-import { checkSameRepository, checkRootKeys, verifyRole } from './trust.js';
+import { checkSameRepository, checkRootKeys, verifyRootSignature } from './trust.js';
 import { LIMITS } from './limits.js';
 import { manifestChunks, MANIFEST_ENTRY, SIGNATURE_ENTRY } from './package.js';
 import { INDEX_FILE, ROOT_FILE, chunkPath, indexHistoryPath, manifestPath, packPath, rootHistoryPath, sigPath } from './paths.js';
@@ -51,7 +51,7 @@ async function verifiedRootFiles(fetcher: Fetcher, up: UpdateResult): Promise<Up
     if (root.version !== v) throw new RootChainError('ROOT_CHAIN', `file holds root version ${root.version}, expected ${v}`, { where });
     checkSameRepository(up.root.repository, root.repository, `root version ${v}`, where);
     await checkRootKeys(root, where);
-    await verifyRole(bytes, signature, root, 'root', where);
+    await verifyRootSignature(bytes, signature, root, where);
     out.push({ version: v, bytes, signature });
   }
   return out;

@@ -15,6 +15,6 @@ export { packLayout, planPackRanges, readPackRange, splitPackRange, frameWhere, 
 export { RepositoryWriter, WRITER_DIR, type PublishResult, type RepositoryWriterOptions } from './writer.js';
 export { createFetcher, HttpFetcher, DirFetcher, type Fetcher, type HttpFetcherOptions } from './fetcher.js';
 export { RepoClient, verifyIndex, verifyManifest, checkNotExpired, type RootPin, type UpdateResult, type Resolved } from './client.js';
-export { roleKeys, verifyRole, verifyManifestSignature, verifyRootTransition } from './trust.js';
+export { roleKeys, verifyRole, verifyRootSignature, verifyManifestSignature, verifyRootTransition, checkSameRepository } from './trust.js';
 export { parallel } from './parallel.js';
 export { exportPackage, mirrorRepository, type ExportOptions, type MirrorOptions, type MirrorResult } from './export.js';

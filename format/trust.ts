@@ -42,11 +42,23 @@ export async function checkRootKeys(root: Root, where: string): Promise<void> {
 export interface VerifyOptions {
   /** the verifier's clock: key expiry and revocation are judged at this time */
   now?: Date;
+  /** see keys/pgp.ts VerifyAt: 'signed' for the root role's signatures on a root file only */
+  keyValidity?: 'now' | 'signed';
 }
 
 export async function verifyRole(data: Uint8Array, signature: string, root: Root, role: RoleName, where: string, opts: VerifyOptions = {}): Promise<Set<string>> {
   const keys = await roleKeys(root, role);
-  return requireThreshold(data, signature, keys, root.roles[role].threshold, where, role, { now: opts.now });
+  return requireThreshold(data, signature, keys, root.roles[role].threshold, where, role, { now: opts.now, keyValidity: opts.keyValidity });
+}
+
+/**
+ * A root file's signatures by a root role. Root keys are judged as of the signature: their
+ * copies in a published root never change, and a host that was off while one expired must
+ * still walk the chain. Revoked keys never count; the newest root's own `expires` bounds
+ * how long a chain stays good.
+ */
+export async function verifyRootSignature(bytes: Uint8Array, signature: string, signer: Root, where: string, opts: VerifyOptions = {}): Promise<Set<string>> {
+  return verifyRole(bytes, signature, signer, 'root', where, { now: opts.now, keyValidity: 'signed' });
 }
 
 export async function verifyManifestSignature(bytes: Uint8Array, signature: string, root: Root, where: string, opts: VerifyOptions = {}): Promise<void> {
@@ -64,8 +76,8 @@ export async function verifyRootTransition(trusted: Root, next: Root, bytes: Uin
   }
   await checkRootKeys(next, where);
   try {
-    await verifyRole(bytes, signature, trusted, 'root', where, opts);
-    await verifyRole(bytes, signature, next, 'root', where, opts);
+    await verifyRootSignature(bytes, signature, trusted, where, opts);
+    await verifyRootSignature(bytes, signature, next, where, opts);
   } catch (err) {
     if (err instanceof SignatureError) {
       throw new SignatureError(err.code, `root version ${next.version} is not signed by the root keys of versions ${trusted.version} and ${next.version}: ${err.message.replace(`${where}: `, '')}`, { where, cause: err });

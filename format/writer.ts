@@ -19,7 +19,7 @@ import { parallel } from './parallel.js';
 import { INDEX_FILE, ROOT_FILE, chunkPath, indexHistoryPath, manifestPath, packPath, rootHistoryPath, sigPath } from './paths.js';
 import { packLayout, writePack } from './pack.js';
 import { parseMetadata, serialize, SPEC_VERSION, channelName, type Index, type Manifest, type Root } from './schema.js';
-import { verifyManifestSignature, verifyRootTransition, verifyRole, checkSameRepository } from './trust.js';
+import { verifyManifestSignature, verifyRootTransition, verifyRootSignature, verifyRole, checkSameRepository } from './trust.js';
 
 export const WRITER_DIR = '.loopship';
 const fdatasyncAsync = promisify(fdatasync);
@@ -74,7 +74,7 @@ export class RepositoryWriter {
     } catch (err) {
       if (err instanceof LoopshipError) throw err;
     }
-    await verifyRole(root.bytes, root.signature, parsed, 'root', 'new root');
+    await verifyRootSignature(root.bytes, root.signature, parsed, 'new root');
     await mkdir(join(repoDir, WRITER_DIR), { recursive: true });
     const writer = new RepositoryWriter(repoDir, opts);
     await writer.locked(async () => {

@@ -103,6 +103,14 @@ export const SIGNATURE_CLOCK_SKEW_MS = 10 * 60_000;
 export interface VerifyAt {
   /** the verifier's clock: keys must be valid (not expired, not revoked) at this time */
   now?: Date;
+  /**
+   * 'now' (default): the key must be valid at the verifier's clock. 'signed': a key that has
+   * since expired still counts for a signature it made while valid, but never a revoked one.
+   * For the trusted root's own keys in a root transition (and the pinned key) only: their
+   * copies in an old root cannot be refreshed, and a host offline across their expiry must
+   * still walk the chain; a compromised root key is retired by rotation, not by expiry.
+   */
+  keyValidity?: 'now' | 'signed';
 }
 
 /**
@@ -159,8 +167,13 @@ async function judgeSignatures(
       continue; // a bad signature: it does not count
     }
     try {
-      // ...and as of now: an expired, revoked (for any reason) or not yet valid key does not count
-      await key.getSigningKey(sig.keyID, now);
+      // ...and as of now: an expired, revoked (for any reason) or not yet valid key does not
+      // count. The skew again: a key made moments ago on a signer whose clock runs ahead.
+      if (at.keyValidity === 'signed') {
+        if (await key.isRevoked(undefined, undefined, now)) throw new Error('the key is revoked');
+      } else {
+        await key.getSigningKey(sig.keyID, new Date(now.getTime() + SIGNATURE_CLOCK_SKEW_MS));
+      }
     } catch (err) {
       refused.push(`key ${fingerprintOf(key)} is not valid at ${now.toISOString()}: ${(err as Error).message}`);
       continue;

@@ -279,3 +279,72 @@ test('a mirror checks the roots before its pin too: another repository\'s root 1
   t.false(await readFile(join(to, 'index.json')).then(() => true, () => false), 'no index written');
   t.false(await readFile(join(to, rootHistoryPath(1))).then(() => true, () => false), 'the foreign root not stored');
 });
+
+// ---------- root keys: judged as of their signature, revocation never tolerated ----------
+
+/**
+ * A repository directory written by hand: root 1 with root key E (made 10 days ago, valid
+ * for one day), root 2 rotating to F signed by E (while valid) and F, an index signed by F's
+ * root's index key. What a host that slept through E's expiry meets.
+ */
+async function expiredRootKeyRepo(t: ExecutionContext, revokeE: boolean) {
+  const pgp = await openpgp();
+  const dir = join((await makeRepo()).dir, 'hand-made');
+  await mkdir(join(dir, 'root'), { recursive: true });
+  await mkdir(join(dir, 'index'), { recursive: true });
+  t.teardown(() => execa('rm', ['-rf', join(dir, '..')]));
+  const created = new Date(Date.now() - 10 * DAY);
+  const gen = async (name: string, o: { date?: Date; keyExpirationTime?: number } = {}) =>
+    pgp.generateKey({ type: 'ecc', curve: 'ed25519Legacy', userIDs: [{ name }], format: 'object', ...o });
+  const e = await gen('root E', { date: created, keyExpirationTime: DAY / 1000 });
+  const f = await gen('root F');
+  const idx = await gen('index');
+  const pub = revokeE
+    ? (await pgp.revokeKey({ key: e.privateKey, reasonForRevocation: { flag: pgp.enums.reasonForRevocation.keyCompromised }, date: new Date(created.getTime() + 3 * 3600_000), format: 'object' })).publicKey
+    : e.publicKey;
+  const fp = (k: OpenPGP.Key) => k.getFingerprint().toLowerCase();
+  const repository = 'a'.repeat(32);
+  const entry = (k: OpenPGP.Key, name: string) => ({ name, public_key: k.armor() });
+  const root = (v: number, rootKey: OpenPGP.Key): Root => ({
+    type: 'loopship/root', spec_version: 1, version: v, repository, expires: new Date(Date.now() + 300 * DAY).toISOString().replace(/\.\d{3}Z$/, 'Z'),
+    keys: { [fp(rootKey)]: entry(rootKey, 'root'), [fp(idx.publicKey)]: entry(idx.publicKey, 'index') },
+    roles: { root: { keys: [fp(rootKey)], threshold: 1 }, index: { keys: [fp(idx.publicKey)], threshold: 1 }, publisher: { keys: [fp(idx.publicKey)], threshold: 1 } },
+  });
+  const sign = async (bytes: Buffer, keys: OpenPGP.PrivateKey[], date?: Date) =>
+    (await pgp.sign({ message: await pgp.createMessage({ binary: bytes }), signingKeys: keys, detached: true, format: 'armored', ...(date ? { date } : {}) })) as string;
+  // root 1 lists E as published (with its revocation when revoked since: a root's copy of a key is what the host has)
+  const r1 = serialize(root(1, pub));
+  const r2 = serialize(root(2, f.publicKey));
+  const files: [string, Buffer | string][] = [
+    [rootHistoryPath(1), r1], [sigPath(rootHistoryPath(1)), await sign(r1, [e.privateKey], new Date(created.getTime() + 3600_000))],
+    [rootHistoryPath(2), r2],
+    // E signs while still valid, F signs now
+    [sigPath(rootHistoryPath(2)), (await sign(r2, [e.privateKey], new Date(created.getTime() + 2 * 3600_000))).trim() + '\n'],
+    ['root.json', r2],
+  ];
+  const i = serialize({ type: 'loopship/index', spec_version: 1, version: 1, repository, expires: new Date(Date.now() + 30 * DAY).toISOString().replace(/\.\d{3}Z$/, 'Z'), root_version: 2, images: {} });
+  files.push(['index.json', i], ['index.json.asc', await sign(i, [idx.privateKey])]);
+  for (const [rel, data] of files) await writeFile(join(dir, rel), data);
+  // root 2's signature holds E's (backdated to when E was valid) and F's packets
+  const both = await pgp.readSignature({ armoredSignature: files[3][1] as string });
+  const byF = await pgp.readSignature({ armoredSignature: await sign(r2, [f.privateKey]) });
+  both.packets.push(...byF.packets);
+  await writeFile(join(dir, sigPath(rootHistoryPath(2))), both.armor());
+  const fetcher = createFetcher(dir);
+  const pinned = await RepoClient.pin(fetcher, { keyArmored: pub.armor() }).catch((err: Error) => err);
+  return { pinned, fetcher };
+}
+
+test('a root key that expired since it signed still carries a host along the chain (it slept through the expiry)', async (t) => {
+  const { pinned, fetcher } = await expiredRootKeyRepo(t, false);
+  if (pinned instanceof Error) return t.fail(`pin: ${pinned.message}`);
+  t.is(pinned.version, 1);
+  const up = await new RepoClient({ fetchers: [fetcher], trustedRoot: pinned }).update();
+  t.deepEqual(up.rootsAccepted, [2]);
+});
+
+test('a revoked root key carries nothing, whatever time its signature claims', async (t) => {
+  const { pinned } = await expiredRootKeyRepo(t, true);
+  t.true(pinned instanceof Error, 'the pin is refused');
+  t.regex((pinned as Error).message, /root\/1\.json: no valid signature by any pinned root key .*revoked/);
+});
