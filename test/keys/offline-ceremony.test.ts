@@ -9,6 +9,10 @@ import { tempDir } from '../helpers/repo.js';
 import { RepoClient, createFetcher } from '../../format/index.js';
 import { Keystore } from '../../keys/index.js';
 
+const hasGpg = (await execa('gpg', ['--version'], { reject: false }).catch(() => ({ exitCode: 127 }))).exitCode === 0;
+if (!hasGpg) console.warn('test/keys/offline-ceremony.test.ts: gpg test skipped, gpg is not installed (scripts/setup.sh installs gnupg)');
+const gpgTest = hasGpg ? test : test.skip;
+
 const cli = (args: string[], env: Record<string, string> = {}) => execa('node', ['--import', 'tsx', 'bin/loopship.ts', ...args], { reject: false, env });
 async function ok(args: string[], env?: Record<string, string>) {
   const r = await cli([...args, '--json'], env);
@@ -95,3 +99,62 @@ test('import-public refuses a public_file that is not a plain file name (the exp
   t.not(r.exitCode, 0);
   t.regex(r.stderr, /not a plain file name/);
 });
+
+
+gpgTest('keys rotate --gpg moves a root key into gpg-agent (a card, a token): the next roots are signed through it, the PIN from --gpg-pin-file', async (t) => {
+  const dir = await tempDir('loopship-ceremony-');
+  const home = join(dir, 'gnupg');
+  t.teardown(async () => {
+    await execa('gpgconf', ['--homedir', home, '--kill', 'all'], { reject: false });
+    await rm(dir, { recursive: true, force: true });
+  });
+  const fs = await import('node:fs/promises');
+  await fs.mkdir(home, { mode: 0o700 });
+  const gpg = (args: string[]) => execa('gpg', ['--homedir', home, '--batch', '--no-tty', ...args], { reject: false });
+  const gen = await gpg(['--pinentry-mode', 'loopback', '--passphrase', '4711', '--quick-gen-key', 'loopship root on a card <root@example.org>', 'ed25519', 'sign', 'never']);
+  t.is(gen.exitCode, 0, gen.stderr);
+  const fpr = (await gpg(['--with-colons', '--list-secret-keys'])).stdout.split('\n').find((l) => l.startsWith('fpr:'))!.split(':')[9].toLowerCase();
+  await gpgconfKill(home); // a fresh agent: the PIN is not cached, --gpg-pin-file must give it
+  const pin = join(dir, 'pin');
+  await fs.writeFile(pin, '4711\n', { mode: 0o600 });
+
+  const [offline, online, repo, usb] = ['offline-keys', 'online-keys', 'repo', 'usb'].map((d) => join(dir, d));
+  await ok(['keys', 'init', '--dir', offline, '--roles', 'root']);
+  await ok(['keys', 'init', '--dir', online, '--roles', 'index,publisher']);
+  await ok(['keys', 'export-public', '--dir', online, '--out', join(usb, 'online-public')]);
+  await ok(['keys', 'import-public', '--dir', offline, '--from', join(usb, 'online-public'), '--roles', 'index,publisher']);
+  await ok(['keys', 'sign-root', '--dir', offline, '--out', join(usb, 'r1')]);
+  await ok(['keys', 'install-root', '--dir', online, '--repo', repo, '--root', join(usb, 'r1', '1.json')]);
+
+  // root-1 (a file) is replaced by the gpg key; root 2 is signed by both
+  const rot = await ok(['keys', 'rotate', '--dir', offline, '--role', 'root', '--gpg', fpr, '--gnupg-home', home, '--gpg-pin-file', pin, '--current-root', join(repo, 'root.json'), '--out', join(usb, 'r2')]);
+  t.is(rot.key.fingerprint, fpr);
+  t.deepEqual(rot.key.gpg, { homedir: home });
+  await ok(['keys', 'install-root', '--dir', online, '--repo', repo, '--root', join(usb, 'r2', '2.json')]);
+  const listing = await cli(['keys', 'list', '--dir', offline]);
+  t.regex(listing.stdout, new RegExp(`${fpr} \\(gpg-agent, GNUPGHOME `));
+
+  // root 3, signed by the gpg key alone (the root-1 file is retired); the PIN again from the file
+  await gpgconfKill(home);
+  const wrongPin = join(dir, 'wrong');
+  await fs.writeFile(wrongPin, '0000\n');
+  const bad = await cli(['keys', 'sign-root', '--dir', offline, '--current-root', join(repo, 'root.json'), '--out', join(usb, 'r3'), '--gpg-pin-file', wrongPin]);
+  t.not(bad.exitCode, 0);
+  t.regex(bad.stderr, /gpg did not sign/);
+  const r3 = await ok(['keys', 'sign-root', '--dir', offline, '--current-root', join(repo, 'root.json'), '--out', join(usb, 'r3b'), '--gpg-pin-file', pin]);
+  t.is(r3.rootVersion, 3);
+  await ok(['keys', 'install-root', '--dir', online, '--repo', repo, '--root', join(usb, 'r3b', '3.json')]);
+
+  // a client pinned to the first root key follows 1 -> 2 -> 3
+  const first = JSON.parse(await readFile(join(usb, 'r1', '1.json'), 'utf8'));
+  const fetcher = createFetcher(repo);
+  const client = new RepoClient({ fetchers: [fetcher], trustedRoot: await RepoClient.pin(fetcher, { fingerprint: first.roles.root.keys[0] }) });
+  const u = await client.update();
+  t.is(u.root.version, 3);
+  t.deepEqual(u.root.roles.root.keys, [fpr]);
+  await onlyPublic(t, join(usb, 'r3b'));
+});
+
+async function gpgconfKill(home: string) {
+  await execa('gpgconf', ['--homedir', home, '--kill', 'gpg-agent'], { reject: false });
+}
