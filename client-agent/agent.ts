@@ -181,7 +181,7 @@ export class Agent {
    * moves forward: a pin of the repository already trusted keeps the trusted root and the
    * rollback floor; a pin of another repository replaces them only with `force`, and says so.
    */
-  async init(opts: { repos: string[]; rootKeyFile?: string; rootFingerprint?: string; backend?: 'xl' | 'qemu'; force?: boolean }): Promise<{ root_version: number; config: string; fingerprint?: string; repository: string; kept: boolean; reset: string | null }> {
+  async init(opts: { repos: string[]; rootKeyFile?: string; rootFingerprint?: string; backend?: 'xl' | 'qemu'; force?: boolean }): Promise<{ root_version: number; config: string; fingerprint?: string; repository: string | null; kept: boolean; reset: string | null }> {
     if (!opts.repos.length) throw new UsageError('at least one --repo is needed', { where: 'init' });
     if (Boolean(opts.rootKeyFile) === Boolean(opts.rootFingerprint)) throw new UsageError('give exactly one of --root-key FILE or --root-fingerprint FPR', { where: 'init' });
     const fields = {
@@ -195,12 +195,19 @@ export class Agent {
     const cfg = parseConfig({ ...current, ...fields }, this.deps.configPath);
     return this.locked(async () => {
       const pinned = await this.pin(cfg);
-      const trusted = await this.readTrustedRoot();
+      // a trust root that no longer parses (damage, or from before repository ids) can only be replaced with --force
+      const trusted = await this.readTrustedRoot().catch((err) => {
+        if (opts.force && err instanceof LoopshipError && err.code === 'METADATA_INVALID') return 'unreadable' as const;
+        throw err;
+      });
       const floor = await this.state.readIndexVersion();
       let reset: string | null = null;
-      const kept = trusted !== null && trusted.repository === pinned.repository;
+      // the same repository: same id, or (a repository from before ids) the same root keys' chain
+      const kept = trusted !== null && trusted !== 'unreadable' && trusted.repository === pinned.repository && (trusted.repository !== undefined || trusted.roles.root.keys.some((k) => pinned.roles.root.keys.includes(k)));
       if (trusted && !kept) {
-        const what = `the trusted root (repository ${trusted.repository}, root version ${trusted.version}) and the rollback floor (index version ${floor ?? 'none'})`;
+        const what = trusted === 'unreadable'
+          ? `the unreadable trusted root and the rollback floor (index version ${floor ?? 'none'})`
+          : `the trusted root (repository ${trusted.repository ?? '(no id)'}, root version ${trusted.version}) and the rollback floor (index version ${floor ?? 'none'})`;
         if (!opts.force) {
           throw new UsageError(`this host trusts another repository already; init --force replaces ${what} with repository ${pinned.repository}`, { where: this.state.rootFile });
         }
@@ -211,11 +218,11 @@ export class Agent {
         await writeFileAtomic(this.state.rootFile, serialize(pinned), { mkdir: true });
         await rm(this.state.indexVersionFile, { force: true });
       }
-      const root = kept ? trusted! : pinned;
+      const root = kept ? (trusted as Root) : pinned;
       this.log(kept
         ? `repository ${root.repository} is trusted already: kept root version ${root.version} and index version ${floor ?? 'none'} as the floor; wrote ${this.deps.configPath}`
         : `pinned repository ${root.repository} at root version ${root.version}${reset ? `, replacing ${reset}` : ''}; wrote ${this.deps.configPath}`);
-      return { root_version: root.version, config: this.deps.configPath, fingerprint: cfg.trust.root_fingerprint, repository: root.repository, kept, reset };
+      return { root_version: root.version, config: this.deps.configPath, fingerprint: cfg.trust.root_fingerprint, repository: root.repository ?? null, kept, reset };
     });
   }
 

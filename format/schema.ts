@@ -36,7 +36,8 @@ export const RootSchema = z
     type: z.literal('loopship/root'),
     spec_version: z.literal(SPEC_VERSION),
     version: z.number().int().min(1),
-    repository: repositoryId,
+    /** absent only in repositories from before ids: the first root that carries one gives it */
+    repository: repositoryId.optional(),
     expires: timestamp,
     keys: z.record(
       fingerprint,
@@ -81,7 +82,8 @@ export const IndexSchema = z
     type: z.literal('loopship/index'),
     spec_version: z.literal(SPEC_VERSION),
     version: z.number().int().min(1),
-    repository: repositoryId,
+    /** its root's (absent exactly when the root has none) */
+    repository: repositoryId.optional(),
     expires: timestamp,
     root_version: z.number().int().min(1),
     images: z.record(imageName, imageEntry),

@@ -84,12 +84,14 @@ export async function verifyRootTransition(trusted: Root, next: Root, bytes: Uin
     }
     throw err;
   }
-  checkSameRepository(trusted.repository, next.repository, `root version ${next.version}`, where);
+  // a repository from before ids gets one with a rotation: adopted; after that, never another
+  if (trusted.repository !== undefined) checkSameRepository(trusted.repository, next.repository, `root version ${next.version}`, where);
 }
 
-export function checkSameRepository(trusted: string, claimed: string, what: string, where: string): void {
+/** `claimed` must be the trusted repository's id; both absent only for a repository from before ids. */
+export function checkSameRepository(trusted: string | undefined, claimed: string | undefined, what: string, where: string): void {
   if (claimed !== trusted) {
-    throw new RepositoryMismatchError(`${what} belongs to repository ${claimed}, not to the trusted repository ${trusted}`, { where });
+    throw new RepositoryMismatchError(`${what} belongs to repository ${claimed ?? '(none named)'}, not to the trusted repository ${trusted ?? '(none named)'}`, { where });
   }
 }
 

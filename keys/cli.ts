@@ -3,7 +3,7 @@ import type { Command } from 'commander';
 import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { Keystore, ROLES, type Role, type KeyEntry } from './keystore.js';
-import { buildRoot, signRoot } from './root.js';
+import { buildRoot, newRepositoryId, signRoot } from './root.js';
 import { readPassphrase } from './passphrase.js';
 import { signingKeyFingerprint, type GpgSignerOptions, type SigningKey } from './signer.js';
 import { LoopshipError, UsageError } from '../format/errors.js';
@@ -30,7 +30,7 @@ function dedupe(signers: SigningKey[]): SigningKey[] {
 
 /** The next root from the store, signed by the old root's keys and the new ones, checked as a client would. */
 async function signNextRoot(store: Keystore, current: Root | undefined, oldRootSigners: SigningKey[], passphrase: string | undefined, gpg: GpgOpts) {
-  const next = current ? await buildRoot(store, current.version + 1, { repository: current.repository }) : await buildRoot(store, 1);
+  const next = current ? await buildRoot(store, current.version + 1, { repository: current.repository ?? newRepositoryId() }) : await buildRoot(store, 1);
   const signed = await signRoot(next, dedupe([...oldRootSigners, ...(await store.signers('root', passphrase, gpg))]));
   if (current) await verifyRootTransition(current, next, signed.bytes, signed.signature, `root ${next.version}`);
   else await verifyRole(signed.bytes, signed.signature, next, 'root', 'root 1');
@@ -67,7 +67,7 @@ function print(json: boolean, value: unknown, text: string): void {
 export async function publishRootFromKeystore(store: Keystore, repoDir: string, passphrase: string | undefined, oldRootSigners: SigningKey[], gpg: GpgOpts = {}) {
   const writer = new RepositoryWriter(repoDir, { indexKeys: await store.signers('index', passphrase, gpg) });
   const current = await writer.readRoot();
-  const next = await buildRoot(store, current.version + 1, { repository: current.repository });
+  const next = await buildRoot(store, current.version + 1, { repository: current.repository ?? newRepositoryId() });
   const newSigners = await store.signers('root', passphrase, gpg);
   const signed = await signRoot(next, dedupe([...oldRootSigners, ...newSigners]));
   return writer.addRoot(signed.bytes, signed.signature);

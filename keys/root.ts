@@ -14,10 +14,15 @@ const YEAR_MS = 365 * 86_400_000;
  * fresh random repository id unless one is given; every later version must carry the id of
  * the root it follows (`repository`), or clients refuse it.
  */
+/** A fresh repository id: 128 random bits. */
+export function newRepositoryId(): string {
+  return randomBytes(16).toString('hex');
+}
+
 export async function buildRoot(store: Keystore, version: number, opts: { now?: Date; expiresDays?: number; repository?: string } = {}): Promise<Root> {
   const now = opts.now ?? new Date();
-  if (version > 1 && !opts.repository) throw new LoopshipError('USAGE', `root version ${version} must carry the repository id of the root it follows`, { where: store.dir });
-  const repository = opts.repository ?? randomBytes(16).toString('hex');
+  if (version > 1 && !opts.repository) throw new LoopshipError('USAGE', `root version ${version} must carry the repository id of the root it follows (newRepositoryId() for a repository from before ids)`, { where: store.dir });
+  const repository = opts.repository ?? newRepositoryId();
   const keys: Root['keys'] = {};
   const roles = {} as Root['roles'];
   for (const role of ['root', 'index', 'publisher'] as Role[]) {

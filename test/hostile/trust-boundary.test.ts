@@ -348,3 +348,37 @@ test('a revoked root key carries nothing, whatever time its signature claims', a
   t.true(pinned instanceof Error, 'the pin is refused');
   t.regex((pinned as Error).message, /root\/1\.json: no valid signature by any pinned root key .*revoked/);
 });
+
+// ---------- repositories from before ids get one through a rotation ----------
+
+test('a repository from before ids: a rotation gives it one, hosts adopt it, and from then on an index without it is refused', async (t) => {
+  const fx = await makeRepo();
+  t.teardown(fx.cleanup);
+  // make it what an old repository looks like: root 1 and the index name no repository
+  const old = await fx.writer.readRoot();
+  delete (old as Partial<Root>).repository;
+  const r1 = await signRoot(old, await fx.keystore.signingKeys('root'));
+  for (const [f, d] of [[rootHistoryPath(1), r1.bytes], [sigPath(rootHistoryPath(1)), r1.signature], ['root.json', r1.bytes], ['root.json.asc', r1.signature]] as const) await writeFile(join(fx.repoDir, f), d);
+  const writeIndex = async (f: (i: Index) => void) => {
+    const i = await fx.writer.readIndex();
+    f(i);
+    const bytes = serialize(i);
+    await writeFile(join(fx.repoDir, 'index.json'), bytes);
+    await writeFile(join(fx.repoDir, 'index.json.asc'), await (await import('../../keys/index.js')).signDetached(bytes, await fx.keystore.signingKeys('index')));
+  };
+  await writeIndex((i) => { delete (i as Partial<Index>).repository; i.version += 1; });
+  const f = createFetcher(fx.repoDir);
+  const host = new RepoClient({ fetchers: [f], trustedRoot: await RepoClient.pin(f, { keyArmored: fx.rootKeyArmored }) });
+  t.is((await host.update()).root.repository, undefined, 'an old repository still verifies');
+
+  // keys rotate: root 2 gets a fresh id, the writer's next index names it
+  await publishRootFromKeystore(fx.keystore, fx.repoDir, undefined, await fx.keystore.signingKeys('root'));
+  const up = await host.update();
+  t.deepEqual(up.rootsAccepted, [2]);
+  t.regex(up.root.repository ?? '', /^[0-9a-f]{32}$/);
+  t.is(up.index.repository, up.root.repository);
+
+  // now an index that names no repository (or another) is not this repository's
+  await writeIndex((i) => { delete (i as Partial<Index>).repository; i.version += 1; });
+  await rejects(t, host.update(), 'WRONG_REPOSITORY', /index\.json: index version \d+ belongs to repository \(none named\), not to the trusted repository [0-9a-f]{32}/);
+});
