@@ -10,7 +10,7 @@ import { randomBytes } from 'node:crypto';
 import * as z from 'zod';
 import { ConfigError, FetchError, LoopshipError } from '../format/index.js';
 import { packageVersion } from '../format/version.js';
-import { fsyncDir, ioError } from './fsutil.js';
+import { fsyncDir, ioError, readOwnFileOrNull } from './fsutil.js';
 import type { AgentConfig } from './config.js';
 
 /** What a POST answered: the status, and the JSON body when there was one. */
@@ -38,7 +38,8 @@ export const tokenFile = (trustDir: string): string => join(trustDir, 'report-to
 /** A bare server URL gets the server's report endpoint; any other URL is used as given. */
 export function reportUrl(url: string): string {
   const u = new URL(url);
-  if (u.pathname === '/' || u.pathname === '') u.pathname = '/api/v1/reports';
+  // the server's URL, possibly behind a path prefix (a reverse proxy): its report endpoint
+  if (!/\/reports\/?$/.test(u.pathname) && (u.pathname === '' || u.pathname.endsWith('/'))) u.pathname = `${u.pathname.replace(/\/+$/, '')}/api/v1/reports`;
   return u.toString();
 }
 
@@ -171,15 +172,12 @@ async function enrol(o: SendOptions, opts: { replace?: boolean } = {}): Promise<
 export async function readToken(file: string): Promise<string | null> {
   let text: string;
   try {
-    const fh = await open(file, constants.O_RDONLY | constants.O_NOFOLLOW);
-    try {
-      if (!(await fh.stat()).isFile()) throw Object.assign(new Error('not a regular file'), { code: 'EINVAL' });
-      text = await fh.readFile('utf8');
-    } finally {
-      await fh.close();
-    }
+    // fsutil's safe read: a planted symlink, hard link or FIFO is refused at once, not followed or waited on
+    const bytes = await readOwnFileOrNull(file);
+    if (bytes === null) return null;
+    text = bytes.toString('utf8');
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    if (err instanceof LoopshipError) throw err;
     throw ioError(err, file, "cannot read this host's report token");
   }
   const token = text.trim();

@@ -94,5 +94,9 @@ test('report URL: a bare server URL gets the report endpoint', (t) => {
   t.is(reportUrl('https://fleet.example/custom/path'), 'https://fleet.example/custom/path');
   t.is(enrolUrl('http://127.0.0.1:8080'), 'http://127.0.0.1:8080/api/v1/hosts/enrol');
   t.is(enrolUrl('https://fleet.example/loopship/api/v1/reports'), 'https://fleet.example/loopship/api/v1/hosts/enrol');
+  // a server behind a reverse proxy's path prefix: its URL with the trailing slash
+  t.is(reportUrl('https://fleet.example/loopship/'), 'https://fleet.example/loopship/api/v1/reports');
+  t.is(enrolUrl('https://fleet.example/loopship/'), 'https://fleet.example/loopship/api/v1/hosts/enrol');
+  t.is(reportUrl('https://fleet.example/api/v1/reports/'), 'https://fleet.example/api/v1/reports/');
   t.throws(() => enrolUrl('https://fleet.example/custom/path'), { message: /report\.url: cannot tell the enrolment URL/ });
 });

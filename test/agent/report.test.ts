@@ -108,7 +108,8 @@ test('a symlink planted at the token path is refused and never followed; no site
   await mkdir(join(h.dir, 'state', 'trust'), { recursive: true });
   await symlink(outside, h.tokenFile);
   const err = await t.throwsAsync(h.agent.report(null));
-  t.regex(err!.message, /report-token: cannot read this host's report token/);
+  t.regex(err!.message, /report-token: is a symbolic link; refused/);
+  t.is((err as { code?: string }).code, 'STATE_UNSAFE');
   t.is(h.calls.length, 0, 'nothing sent');
   // a dangling symlink: enrolment must not write through it
   await rm(h.tokenFile);
