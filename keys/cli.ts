@@ -194,6 +194,36 @@ export function registerKeysCommands(program: Command): void {
     });
 
   keys
+    .command('generate')
+    .description('generate a key of a role without publishing a root (the offline ceremony signs the root that lists it)')
+    .requiredOption('--dir <dir>', 'key directory')
+    .requiredOption('--role <role>', `one of ${ROLES.join(', ')}`)
+    .requiredOption('--name <name>', 'key name')
+    .option('--passphrase-file <file>', 'protect the private key with this passphrase (else LOOPSHIP_PASSPHRASE, else none)')
+    .option('--json', 'machine-readable output')
+    .action(async (o) => {
+      if (!ROLES.includes(o.role)) throw new UsageError(`--role must be one of ${ROLES.join(', ')}, not ${o.role}`);
+      const entry = await (await Keystore.open(o.dir)).generate(o.role as Role, o.name, { passphrase: await readPassphrase(o.passphraseFile) });
+      print(o.json, { key: entry }, `${entry.role} key ${entry.name}: ${entry.fingerprint}`);
+    });
+
+  keys
+    .command('retire')
+    .description('retire a key in this store (the next root built here leaves it out); publishes nothing')
+    .requiredOption('--dir <dir>', 'key directory')
+    .requiredOption('--fingerprint <fpr>', 'the key')
+    .option('--json', 'machine-readable output')
+    .action(async (o) => {
+      const store = await Keystore.open(o.dir);
+      const fpr = String(o.fingerprint).replace(/\s+/g, '').toLowerCase();
+      const entry = store.entries().find((e) => e.fingerprint === fpr);
+      if (!entry) throw new UsageError(`no active key ${fpr} in ${o.dir}`);
+      if (store.entries({ role: entry.role }).length === 1) throw new UsageError(`${fpr} is the only active ${entry.role} key`);
+      await store.retire(fpr);
+      print(o.json, { retired: entry }, `${entry.role} key ${entry.name} (${fpr}) retired`);
+    });
+
+  keys
     .command('export-public')
     .description('write the public half of the key store (public keys, a keystore.json without private keys) to a directory, to carry across an air gap')
     .requiredOption('--dir <dir>', 'key directory')

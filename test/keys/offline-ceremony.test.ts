@@ -74,10 +74,27 @@ test('offline root ceremony: root keys never leave the air-gapped store; reposit
   t.false(u.root.roles.root.keys.includes(rot.retired.fingerprint));
   t.true(u.root.roles.root.keys.includes(rot.key.fingerprint));
 
+  // an online key rotated under the offline root: the new index key is made online, the old
+  // one retired there; its public half crosses; the air-gapped store signs root 3
+  const idx2 = await ok(['keys', 'generate', '--dir', online, '--role', 'index', '--name', 'index-2']);
+  const idx1 = (await Keystore.open(online)).find('index', 'index-1');
+  await ok(['keys', 'retire', '--dir', online, '--fingerprint', idx1.fingerprint]);
+  await ok(['keys', 'export-public', '--dir', online, '--out', join(usb, 'online-public-2')]);
+  const moved = await ok(['keys', 'import-public', '--dir', offline, '--from', join(usb, 'online-public-2'), '--roles', 'index,publisher']);
+  t.deepEqual(moved.added.map((e: { fingerprint: string }) => e.fingerprint), [idx2.key.fingerprint]);
+  t.deepEqual(moved.retired.map((e: { fingerprint: string }) => e.fingerprint), [idx1.fingerprint]);
+  await ok(['keys', 'sign-root', '--dir', offline, '--current-root', join(repo, 'root.json'), '--out', join(usb, 'root-3')]);
+  await ok(['keys', 'install-root', '--dir', online, '--repo', repo, '--root', join(usb, 'root-3', '3.json')]);
+  const u3 = await client.update();
+  t.is(u3.root.version, 3);
+  t.deepEqual(u3.root.roles.index.keys, [idx2.key.fingerprint]);
+  const retireLast = await cli(['keys', 'retire', '--dir', online, '--fingerprint', idx2.key.fingerprint]);
+  t.regex(retireLast.stderr, /only active index key/);
+
   // install-root checks the chain: the same root again is refused
   const stale = await cli(['keys', 'install-root', '--dir', online, '--repo', repo, '--root', join(usb, 'root-2', '2.json')]);
   t.not(stale.exitCode, 0);
-  t.regex(stale.stderr, /must be version 3/);
+  t.regex(stale.stderr, /must be version 4/);
 
   // everything that crossed: public only
   await onlyPublic(t, usb);
