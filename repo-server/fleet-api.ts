@@ -60,6 +60,10 @@ function requireHostToken(hosts: HostCredentials | undefined, config: ServerConf
       if (!id) {
         return next(new ApiError(401, 'UNAUTHORIZED', 'this host token is not enrolled here (revoked, or issued by another server): enrol again with the site token', { headers: { 'WWW-Authenticate': `${challenge}, error="invalid_token"` } }));
       }
+      // a site removed from server.yaml takes its hosts with it
+      if (!config.sites.some((s) => s.name === id.site)) {
+        return next(new ApiError(401, 'UNAUTHORIZED', `site ${id.site} is not configured on this server (server.yaml sites): its hosts' tokens are refused`, { headers: { 'WWW-Authenticate': `${challenge}, error="invalid_token"` } }));
+      }
       res.locals.hostIdentity = id;
       next();
     }, next);

@@ -1,7 +1,7 @@
-// `loopship hosts revoke SITE HOST`: the operator's half of enrolment. It removes the host's
-// credential from the server's state directory (the running server reads it on every
-// request, so it counts at once); the host's token is refused from then on, and the site
-// token may enrol that host name again.
+// `loopship hosts revoke|allow SITE HOST`: the operator's half of enrolment. revoke removes
+// the host's credential from the server's state directory (the running server reads it on
+// every request, so it counts at once) and bars the name: a revoked host holds the site
+// token too and would enrol itself again. allow lifts the bar for a re-installed host.
 import type { Command } from 'commander';
 import { LoopshipError, UsageError } from '../format/index.js';
 import { DEFAULT_STATE_DIR } from './config.js';
@@ -24,6 +24,22 @@ export function registerHostsCommands(program: Command): void {
       if (!(await registry.revoke(site, host))) {
         throw new LoopshipError('NOT_FOUND', `host ${host} of site ${site} is not enrolled`, { where: registry.file(site, host) });
       }
-      process.stdout.write(o.json ? JSON.stringify({ site, host, revoked: true }) + '\n' : `revoked host ${host} of site ${site}: its token is refused; the site token may enrol it again\n`);
+      process.stdout.write(o.json ? JSON.stringify({ site, host, revoked: true }) + '\n' : `revoked host ${host} of site ${site}: its token is refused, and the name may not enrol again until: loopship hosts allow ${site} ${host}\n`);
+    });
+  hosts
+    .command('allow')
+    .description('let a revoked host name enrol again with the site token (a re-installed host)')
+    .argument('<site>', 'site name (as in server.yaml sites:)')
+    .argument('<host>', 'host name')
+    .option('--state-dir <dir>', "the server's state directory", DEFAULT_STATE_DIR)
+    .option('--json', 'machine-readable output')
+    .action(async (site: string, host: string, o: { stateDir: string; json?: boolean }) => {
+      if (!siteName.safeParse(site).success) throw new UsageError(`invalid site name "${site}" (letters, digits, ".", "_", "-")`);
+      if (!hostName.safeParse(host).success) throw new UsageError(`invalid host name "${host}" (a DNS host name)`);
+      const registry = FileHostRegistry.at(o.stateDir, { maxHosts: Infinity, maxHostsPerSite: Infinity });
+      if (!(await registry.allow(site, host))) {
+        throw new LoopshipError('NOT_FOUND', `host ${host} of site ${site} is not revoked`, { where: registry.revokedMark(site, host) });
+      }
+      process.stdout.write(o.json ? JSON.stringify({ site, host, allowed: true }) + '\n' : `host ${host} of site ${site} may enrol again with the site token\n`);
     });
 }

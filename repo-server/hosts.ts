@@ -34,8 +34,10 @@ export interface HostCredentials {
   enrol(site: string, host: string): Promise<Enrolment>;
   /** the host a token belongs to, or null (unknown, revoked, malformed) */
   authenticate(token: string): Promise<HostIdentity | null>;
-  /** true when there was an enrolment to remove */
+  /** true when there was an enrolment to remove; the name stays barred until allow() */
   revoke(site: string, host: string): Promise<boolean>;
+  /** lifts a revocation: the site token may enrol the name again; true when there was one */
+  allow(site: string, host: string): Promise<boolean>;
 }
 
 export interface FileHostRegistryOptions {
@@ -121,9 +123,18 @@ export class FileHostRegistry implements HostCredentials {
     return run;
   }
 
+  /** The mark a revocation leaves: the name stays barred (a revoked host would enrol itself again with the site token). */
+  revokedMark(site: string, host: string): string {
+    return path.join(this.dir, site, `${host.toLowerCase()}.revoked`);
+  }
+
   private async enrolNow(site: string, host: string): Promise<Enrolment> {
     const file = this.file(site, host);
     if (await this.read(file)) throw enrolled(site, host);
+    const mark = await lstat(this.revokedMark(site, host)).catch(() => null);
+    if (mark) {
+      throw new ApiError(403, 'HOST_REVOKED', `host ${host} of site ${site} was revoked (${mark.mtime.toISOString()}); it may enrol again only after an operator runs: loopship hosts allow ${site} ${host}`);
+    }
     const { maxHostsPerSite, maxHosts } = this.opts;
     if ((await this.count(site)) >= maxHostsPerSite) {
       throw new ApiError(507, 'STORE_FULL', `site ${site} has enrolled its limit of ${maxHostsPerSite} hosts (limits.max_hosts_per_site); host ${host} not enrolled`);
@@ -152,8 +163,19 @@ export class FileHostRegistry implements HostCredentials {
     const file = this.file(site, host);
     // lstat, not read: a damaged record (or a planted symlink) must be removable too
     if (!(await lstat(file).catch(() => null))) return false;
+    await mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
+    // the mark first: between the two steps the name is barred either way
+    await createExclusive(this.revokedMark(site, host), JSON.stringify({ site, host, revoked_at: (this.opts.now?.() ?? new Date()).toISOString() }) + '\n').catch(() => false);
     await rm(file, { force: true });
     await fsyncDir(path.dirname(file));
+    return true;
+  }
+
+  async allow(site: string, host: string): Promise<boolean> {
+    const mark = this.revokedMark(site, host);
+    if (!(await lstat(mark).catch(() => null))) return false;
+    await rm(mark, { force: true });
+    await fsyncDir(path.dirname(mark));
     return true;
   }
 
@@ -161,7 +183,7 @@ export class FileHostRegistry implements HostCredentials {
   private async read(file: string): Promise<z.infer<typeof HostRecord> | null> {
     let text: string;
     try {
-      const fh = await open(file, constants.O_RDONLY | constants.O_NOFOLLOW);
+      const fh = await open(file, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
       try {
         if (!(await fh.stat()).isFile()) throw new Error('not a regular file');
         text = await fh.readFile('utf8');
@@ -185,7 +207,7 @@ export class FileHostRegistry implements HostCredentials {
 }
 
 const enrolled = (site: string, host: string) =>
-  new ApiError(409, 'HOST_ENROLLED', `host ${host} of site ${site} is already enrolled; its own token must be used (an operator may revoke it: loopship hosts revoke ${site} ${host})`);
+  new ApiError(409, 'HOST_ENROLLED', `host ${host} of site ${site} is already enrolled; its own token must be used (a re-installed host: an operator runs loopship hosts revoke ${site} ${host}, then loopship hosts allow ${site} ${host})`);
 
 /** Writes `data` as `file` (0600) only if no such file exists; false if one did. */
 async function createExclusive(file: string, data: string): Promise<boolean> {

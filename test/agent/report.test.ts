@@ -124,7 +124,7 @@ test('a symlink planted at the token path is refused and never followed; no site
   t.regex(e2!.message, /report\.token: this host has no report token yet/);
 });
 
-test('against the real server: enrol, report; another host with the same name and the site token is refused; revoked, the host enrols again', async (t) => {
+test('against the real server: enrol, report; another host with the same name and the site token is refused; revoked, the name is barred until allowed, then the host enrols again', async (t) => {
   const repoDir = await mkdtemp(join(tmpdir(), 'loopship-repo-'));
   const stateDir = await mkdtemp(join(tmpdir(), 'loopship-state-'));
   const config = parseServerConfig({ sites: [{ name: 'branch-7', token: SITE_TOKEN }] });
@@ -146,9 +146,15 @@ test('against the real server: enrol, report; another host with the same name an
   t.regex(err!.message, /host dom0-7 is already enrolled with another token \(HTTP 409 HOST_ENROLLED/);
   t.is(JSON.parse(await readFile(join(stateDir, 'reports', 'branch-7', 'dom0-7.json'), 'utf8')).report.last_error, 'second round');
 
-  // the operator revokes the name (a reinstalled host): the real host enrols again by itself
+  // the operator revokes the name: the host (it holds the site token) cannot enrol itself again
   const before = (await readFile(a.tokenFile, 'utf8')).trim();
-  t.true(await FileHostRegistry.at(stateDir, { maxHosts: 10, maxHostsPerSite: 10 }).revoke('branch-7', 'dom0-7'));
+  const registry = FileHostRegistry.at(stateDir, { maxHosts: 10, maxHostsPerSite: 10 });
+  t.true(await registry.revoke('branch-7', 'dom0-7'));
+  const barred = await t.throwsAsync(a.agent.report('after revoke'));
+  t.regex(barred!.message, /HTTP 403 HOST_REVOKED.*loopship hosts allow branch-7 dom0-7/);
+  t.is((await readFile(a.tokenFile, 'utf8')).trim(), before, 'the old token kept until a new one is issued');
+  // allowed again (a re-installed host): the real host enrols again by itself
+  t.true(await registry.allow('branch-7', 'dom0-7'));
   t.true(await a.agent.report('after revoke'));
   t.not((await readFile(a.tokenFile, 'utf8')).trim(), before);
   t.is(JSON.parse(await readFile(join(stateDir, 'reports', 'branch-7', 'dom0-7.json'), 'utf8')).report.last_error, 'after revoke');

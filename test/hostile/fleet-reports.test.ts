@@ -130,3 +130,25 @@ test('the site token cannot enrol an already enrolled host name again (409), in 
   t.is(await hashTree(stateDir), before, 'the enrolment record is untouched');
   t.is((await postReport(srv.url, report('xen-01'), owner)).status, 201, 'the real host still reports');
 });
+
+test('a site removed from server.yaml takes its hosts with it: their tokens are refused (401), other sites unaffected', async (t) => {
+  const repoDir = await tempDir('loopship-repo-');
+  const stateDir = await tempDir('loopship-state-');
+  t.teardown(async () => {
+    await rm(repoDir, { recursive: true, force: true });
+    await rm(stateDir, { recursive: true, force: true });
+  });
+  const both = parseServerConfig({ sites: [{ name: 'site-a', token: SITE_A }, { name: 'site-b', token: SITE_B }] });
+  let srv = await startServer({ repoDir, config: both, stateDir, host: '127.0.0.1' });
+  const a = await enrolHost(srv.url, SITE_A, 'xen-a');
+  const b = await enrolHost(srv.url, SITE_B, 'xen-b');
+  t.is((await postReport(srv.url, report('xen-a'), a)).status, 201);
+  await srv.close(100);
+  // the operator drops site-a (a closed branch, a leaked site token)
+  srv = await startServer({ repoDir, config: parseServerConfig({ sites: [{ name: 'site-b', token: SITE_B }] }), stateDir, host: '127.0.0.1' });
+  t.teardown(() => srv.close(100));
+  const refused = await postReport(srv.url, report('xen-a'), a);
+  t.is(refused.status, 401);
+  t.regex(json(refused).message as string, /site site-a is not configured on this server/);
+  t.is((await postReport(srv.url, report('xen-b'), b)).status, 201);
+});

@@ -98,23 +98,33 @@ test('enrolment keeps only the sha256 of the host token, 0600 in a 0700 director
   t.is(json(r).host, 'Xen-07');
 });
 
-test('a second enrolment of a name is refused (409) until an operator revokes it (loopship hosts revoke)', async (t) => {
+test('a second enrolment of a name is refused (409); revoked, the name stays barred (403) until an operator allows it (loopship hosts revoke, allow)', async (t) => {
   const { srv, stateDir } = await setup(t);
   const first = await enrol(srv, 'xen-01');
   const again = await enrolRequest(srv.url, SITES[0].token, { host: 'XEN-01' });
   t.is(again.status, 409);
   t.like(json(again), { code: 'HOST_ENROLLED' });
-  t.regex(json(again).message as string, /host XEN-01 of site site-a is already enrolled.*loopship hosts revoke site-a XEN-01/);
+  t.regex(json(again).message as string, /host XEN-01 of site site-a is already enrolled.*loopship hosts revoke site-a XEN-01, then loopship hosts allow site-a XEN-01/);
   // the same name in another site is another host
   t.is((await enrolRequest(srv.url, SITES[1].token, { host: 'xen-01' })).status, 201);
 
-  const revoke = (args: string[]) => execa('node', ['--import', 'tsx', path.join(ROOT, 'bin/loopship.ts'), 'hosts', 'revoke', ...args], { cwd: ROOT, reject: false });
+  const hosts = (verb: string, args: string[]) => execa('node', ['--import', 'tsx', path.join(ROOT, 'bin/loopship.ts'), 'hosts', verb, ...args], { cwd: ROOT, reject: false });
+  const revoke = (args: string[]) => hosts('revoke', args);
   const done = await revoke(['site-a', 'xen-01', '--state-dir', stateDir]);
   t.is(done.exitCode, 0, done.stderr);
   t.regex(done.stdout, /revoked host xen-01 of site site-a/);
   const r = await post(srv, report('xen-01'), first);
   t.is(r.status, 401, 'the revoked token is refused at once');
   t.regex(json(r).message as string, /not enrolled here/);
+  // the revoked host holds the site token as well: it may not simply enrol again
+  const barred = await enrolRequest(srv.url, SITES[0].token, { host: 'xen-01' });
+  t.is(barred.status, 403);
+  t.like(json(barred), { code: 'HOST_REVOKED' });
+  t.regex(json(barred).message as string, /host xen-01 of site site-a was revoked .*loopship hosts allow site-a xen-01/);
+  const allowed = await hosts('allow', ['site-a', 'xen-01', '--state-dir', stateDir]);
+  t.is(allowed.exitCode, 0, allowed.stderr);
+  t.regex(allowed.stdout, /host xen-01 of site site-a may enrol again/);
+  t.is((await hosts('allow', ['site-a', 'xen-01', '--state-dir', stateDir])).exitCode, 1, 'allow twice: nothing to lift');
   const second = await enrol(srv, 'xen-01');
   t.not(second, first);
   t.is((await post(srv, report('xen-01'), second)).status, 201);
