@@ -47,7 +47,13 @@ export const ServerConfigSchema = z
     /** who may look at the dashboard and GET /api/v1/reports (publishers may too) */
     viewers: z.array(principal).max(1000).default([]),
     index_keys: z
-      .array(z.strictObject({ path: z.string().min(1), passphrase_env: z.string().regex(/^[A-Z_][A-Z0-9_]*$/).optional() }))
+      .array(
+        z.union([
+          z.strictObject({ path: z.string().min(1), passphrase_env: z.string().regex(/^[A-Z_][A-Z0-9_]*$/).optional() }),
+          // a key gpg-agent holds (GNUPGHOME, smartcard, PKCS#11 token): docs/key-custody.md
+          z.strictObject({ gpg: z.string().regex(/^([0-9A-Fa-f]{40}|[0-9A-Fa-f]{64})$/), gnupg_home: z.string().min(1).optional(), pin_env: z.string().regex(/^[A-Z_][A-Z0-9_]*$/).optional() }),
+        ]),
+      )
       .max(16)
       .default([]),
     index_expires_days: z.number().int().positive().max(3650).default(30),
@@ -87,7 +93,7 @@ export interface ServerConfig {
   publishers: Principal[];
   sites: Principal[];
   viewers: Principal[];
-  indexKeys: Array<{ path: string; passphraseEnv?: string }>;
+  indexKeys: Array<{ path: string; passphraseEnv?: string } | { gpg: string; gnupgHome?: string; pinEnv?: string }>;
   indexExpiresDays: number;
   limits: {
     maxUploadBytes: number;
@@ -118,7 +124,7 @@ export function parseServerConfig(value: unknown, source = '(inline config)'): S
     publishers: toPrincipals('publisher', c.publishers),
     sites: toPrincipals('site', c.sites),
     viewers: toPrincipals('viewer', c.viewers),
-    indexKeys: c.index_keys.map((k) => ({ path: k.path, passphraseEnv: k.passphrase_env })),
+    indexKeys: c.index_keys.map((k) => ('gpg' in k ? { gpg: k.gpg, gnupgHome: k.gnupg_home, pinEnv: k.pin_env } : { path: k.path, passphraseEnv: k.passphrase_env })),
     indexExpiresDays: c.index_expires_days,
     limits: {
       maxUploadBytes: c.limits.max_upload_bytes,

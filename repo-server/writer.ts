@@ -2,13 +2,25 @@
 // named in the server config (or taken from a key store directory).
 import { readFile } from 'node:fs/promises';
 import { RepositoryWriter, LoopshipError, ConfigError } from '../format/index.js';
-import { Keystore, readPrivateKey, readPassphrase, type PrivateKey, type SigningKey } from '../keys/index.js';
+import { Keystore, GpgSigner, readPrivateKey, readPassphrase, type SigningKey } from '../keys/index.js';
 import type { ServerConfig } from './config.js';
 import type { PackageWriter } from './api.js';
 
-export async function loadIndexKeys(config: ServerConfig): Promise<PrivateKey[]> {
-  const keys: PrivateKey[] = [];
+export async function loadIndexKeys(config: ServerConfig): Promise<SigningKey[]> {
+  const keys: SigningKey[] = [];
   for (const k of config.indexKeys) {
+    if ('gpg' in k) {
+      const pin = k.pinEnv ? process.env[k.pinEnv] : undefined;
+      if (k.pinEnv && pin === undefined) throw new ConfigError(`environment variable ${k.pinEnv} (the key's PIN or passphrase) is not set`, { where: `index key gpg:${k.gpg}` });
+      const signer = new GpgSigner(k.gpg, { homedir: k.gnupgHome, passphrase: pin });
+      try {
+        await signer.publicKey(); // at start-up, not at the first publish: gpg must know the key
+      } catch (cause) {
+        throw new ConfigError((cause as Error).message, { where: `index key gpg:${k.gpg}`, cause });
+      }
+      keys.push(signer);
+      continue;
+    }
     let armored: string;
     try {
       armored = await readFile(k.path, 'utf8');
