@@ -23,10 +23,12 @@ import { XlBackend } from './backends/xl.js';
 import { QemuBackend } from './backends/qemu.js';
 import { waitReady, fileSize, type WaitReadyResult } from './health.js';
 import { verifyVersionDir, type VersionCheck } from './verify.js';
-import { writeFileAtomic, readOwnFile, ownFileOrNull, createOwnFile } from './fsutil.js';
+import { writeFileAtomic, readOwnFile, ownFileOrNull, createOwnFile, assertOwnDirsBelow } from './fsutil.js';
 import { packageVersion } from '../format/version.js';
 import { pauseAt } from './pause.js';
 import { decideMove, type Move } from './policy.js';
+// fleet reports (the body, enrolment, the host's token, the POST) are report.ts's
+import { reportBody, sendReport, defaultPost, tokenFile as reportTokenFile } from './report.js';
 
 /** What the daemon's start line and reports say: the package's version (format/version.ts). */
 export const AGENT_VERSION = packageVersion();
@@ -282,7 +284,10 @@ export class Agent {
     const version = spec.version ?? (spec.channel ? undefined : cfgApp?.version);
     const channel = spec.channel ?? (spec.version ? undefined : cfgApp?.channel);
     const r = client.resolve(spec.name, { version, channel });
-    return { name: r.name, version: r.version, via: version ? { version } : { channel: channel ?? 'stable' } };
+    // resolve's own order: the version, the channel, stable, else the newest version
+    const hasStable = client.currentIndex?.images[spec.name]?.channels.stable !== undefined;
+    const via: Move['via'] = version ? { version } : channel ? { channel } : hasStable ? { channel: 'stable' } : { newest: true };
+    return { name: r.name, version: r.version, via };
   }
 
   private async fetchManifest(spec: InstallSpec): Promise<VerifiedManifest> {
@@ -379,8 +384,10 @@ export class Agent {
     return this.locked(async () => {
       const root = await this.trustedRoot();
       const spool = join(this.state.root, 'import', `${process.pid}`);
+      // rm -r and mkdir -p would follow an import/ planted as a symlink out of the state dir
+      await assertOwnDirsBelow(this.state.root, spool);
       await rm(spool, { recursive: true, force: true });
-      await mkdir(spool, { recursive: true });
+      await mkdir(spool, { recursive: true, mode: 0o700 });
       try {
         const seeds = await seedIndex(this.state);
         const pkg = await readPackage(createReadStream(file), {
@@ -393,7 +400,7 @@ export class Agent {
           onChunk: async (sha, compressed) => writeFileAtomic(join(spool, chunkPath(sha)), compressed, { mkdir: true }),
         });
         const source: ChunkSource = {
-          chunk: async (c: Chunk, where?: string) => decodeChunk(await readFile(join(spool, chunkPath(c.sha256))), c, where ?? file),
+          chunk: async (c: Chunk, where?: string) => decodeChunk(await readOwnFile(join(spool, chunkPath(c.sha256))), c, where ?? file),
         };
         // an exported package may carry newer roots and the signed index: trust advances through them
         if (pkg.root.version > root.version) {
@@ -417,7 +424,7 @@ export class Agent {
 
   private async versionManifest(name: string, version: string): Promise<Manifest> {
     const p = join(this.state.versionDir(name, version), 'manifest.json');
-    return parseMetadata('manifest', await readFile(p), p);
+    return parseMetadata('manifest', await readOwnFile(p), p);
   }
 
   private async configureVersion(name: string, version: string, extra?: Record<string, string>): Promise<string[]> {
@@ -425,7 +432,7 @@ export class Agent {
     const settings = await this.effectiveSettings(name, m, extra);
     const disk = join(this.state.versionDir(name, version), BOOT_DISK);
     // the first configure of a version starts from the verified image
-    if (!(await stat(disk).catch(() => null))) await makeBootDisk(this.state.versionDir(name, version), m);
+    if (!(await ownFileOrNull(disk))) await makeBootDisk(this.state.versionDir(name, version), m);
     const files = await withMountedImage({ exec: this.exec, state: this.state }, disk, name, (mp) =>
       writeHostSettings(mp, m, settings, { host: this.host, configuredAt: this.now().toISOString(), image: disk }),
     );
@@ -490,7 +497,15 @@ export class Agent {
     try {
       backend.validate(await this.domainSpecFor(m));
     } catch (err) {
+      if (err instanceof LoopshipError && err.code !== 'CONFIG_INVALID') throw err;
       throw new ConfigError(`${m.name} ${m.version} cannot be booted here: ${(err as Error).message}`, { where: `${m.name} ${m.version}`, cause: err });
+    }
+  }
+
+  /** The files a boot hands the toolstack are the agent's own, complete: never a planted link to a host disk. */
+  private async checkBootFiles(spec: DomainSpec): Promise<void> {
+    for (const f of [spec.kernel, spec.initrd, spec.disk]) {
+      if (f && !(await ownFileOrNull(f))) throw new LoopshipError('STATE_UNSAFE', `missing: ${spec.name} ${spec.version} cannot be booted without it`, { where: f });
     }
   }
 
@@ -532,7 +547,9 @@ export class Agent {
     const offset = backend.kind === 'qemu' ? 0 : await fileSize(log);
     await this.state.updateAppliance(name, (a) => { a.health = 'starting'; });
     this.log(`starting ${name} ${version} (${backend.kind})`);
-    await backend.start(await this.domainSpec(name, version));
+    const spec = await this.domainSpec(name, version);
+    await this.checkBootFiles(spec);
+    await backend.start(spec);
     const instance = await backend.instanceId(name);
     await pauseAt('boot');
     const autostart = this.applianceConfig(await this.configIfAny(), name)?.autostart ?? true;
@@ -623,6 +640,7 @@ export class Agent {
     const backend = await this.backend();
     // planned before anything is stopped: a version the backend would refuse leaves `from` running
     await this.checkBootable(await this.versionManifest(name, to));
+    await this.checkBootFiles(await this.domainSpec(name, to));
     await this.state.updateAppliance(name, (a) => {
       a.pending_upgrade = { from, to, started_at: this.now().toISOString() };
     });
@@ -693,6 +711,8 @@ export class Agent {
         const target = await this.resolveTarget({ name: n });
         if (from === target.version) {
           results.push({ name: n, from, to: target.version, status: 'up-to-date' });
+          // on what the repository names: a held move's message no longer holds
+          await this.state.updateAppliance(n, (a) => { if (a.last_error?.includes('not downgrading')) a.last_error = null; });
           continue;
         }
         const decision = decideMove({ name: n, from, to: target.version, via: target.via }, this.applianceConfig(cfg, n));
@@ -817,7 +837,7 @@ export class Agent {
       const versions = await this.state.installedVersions(n);
       if (name && !versions.length) throw new UsageError(`${n} is not installed`, { where: n });
       for (const v of versions) {
-        const r = await verifyVersionDir(this.state.versionDir(n, v), root);
+        const r = await verifyVersionDir(this.state.versionDir(n, v), root, this.now());
         out.push(r);
         this.log(r.ok ? `${n} ${v}: ok` : `${n} ${v}: ${r.problems.length} problem(s)`);
       }
@@ -881,8 +901,6 @@ export class Agent {
   }
 }
 
-// fleet reports (the body, enrolment, the host's token, the POST) are report.ts's
-import { reportBody, sendReport, defaultPost, tokenFile as reportTokenFile } from './report.js';
 export { reportUrl } from './report.js';
 
 const mib = (n: number): string => (n / 1024 / 1024).toFixed(1);

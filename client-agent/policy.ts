@@ -11,17 +11,18 @@ export interface Move {
   name: string;
   from: string | null;
   to: string;
-  /** where `to` came from: a channel of the index, or a version agent.yaml (or the command line) names */
-  via: { channel: string } | { version: string };
+  /** where `to` came from: a channel of the index (or its newest version), or a version agent.yaml (or the command line) names */
+  via: { channel: string } | { newest: true } | { version: string };
 }
 
 export function decideMove(m: Move, cfg: ApplianceConfig | undefined): MoveDecision {
   if (!m.from || compareVersions(m.to, m.from) >= 0) return { move: true };
   if ('version' in m.via) return { move: true };
   if (cfg?.allow_downgrade) return { move: true };
+  const word = 'channel' in m.via ? `channel ${m.via.channel} names ${m.to}` : `the repository's newest version is ${m.to}`;
   return {
     move: false,
-    reason: `channel ${m.via.channel} names ${m.to}, older than the installed ${m.from}: not downgrading on the repository's word ` +
+    reason: `${word}, older than the installed ${m.from}: not downgrading on the repository's word ` +
       `(to go back, republish the old content as a new version, or set allow_downgrade: true for ${m.name} in agent.yaml)`,
   };
 }

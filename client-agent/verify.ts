@@ -1,10 +1,11 @@
 // Re-hashes an installed version against its signed manifest: every chunk's sha256, every
 // gap between chunks all zero (a hole), file sizes. Reports bit rot or tampering on disk.
-import { open, readFile, stat } from 'node:fs/promises';
+import { stat, type FileHandle } from 'node:fs/promises';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { parseMetadata, verifyManifestSignature, LoopshipError, type Root, type Blob } from '../format/index.js';
 import { blobsOf, BLOB_FILES, BOOT_DISK } from './install.js';
+import { openOwnFile, readOwnFile } from './fsutil.js';
 
 export interface VersionCheck {
   name: string;
@@ -21,14 +22,16 @@ const ZERO = Buffer.alloc(1024 * 1024);
 /** Compares one file with its blob description; returns the problems found. */
 export async function checkBlob(path: string, blob: Pick<Blob, 'size' | 'chunks'>, label: string, maxProblems = 20): Promise<string[]> {
   const problems: string[] = [];
-  let size: number;
+  let fh: FileHandle;
   try {
-    size = (await stat(path)).size;
-  } catch {
-    return [`${label}: missing`];
+    // never through a planted link, never a FIFO to hang on: the agent's own regular file
+    fh = await openOwnFile(path, 'read');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [`${label}: missing`];
+    return [err instanceof LoopshipError ? err.message : `${label}: ${(err as Error).message}`];
   }
+  const size = (await fh.stat()).size;
   if (size !== blob.size) problems.push(`${label}: size ${size}, manifest says ${blob.size}`);
-  const fh = await open(path, 'r');
   try {
     const buf = Buffer.allocUnsafe(8 * 1024 * 1024);
     const readRange = async (offset: number, length: number, each: (b: Buffer) => void) => {
@@ -70,16 +73,16 @@ export async function checkBlob(path: string, blob: Pick<Blob, 'size' | 'chunks'
   return problems;
 }
 
-export async function verifyVersionDir(dir: string, root: Root): Promise<VersionCheck & { problems: string[] }> {
+export async function verifyVersionDir(dir: string, root: Root, now: Date = new Date()): Promise<VersionCheck & { problems: string[] }> {
   const mpath = join(dir, 'manifest.json');
   const parts = dir.split('/');
   const out: VersionCheck = { name: parts.at(-2)!, version: parts.at(-1)!, ok: false, problems: [], bytes: 0, boot_disk_changed_chunks: null };
   let bytes: Buffer;
   let sig: string;
   try {
-    bytes = await readFile(mpath);
-    sig = await readFile(mpath + '.asc', 'utf8');
-    await verifyManifestSignature(bytes, sig, root, mpath);
+    bytes = await readOwnFile(mpath);
+    sig = (await readOwnFile(mpath + '.asc')).toString('utf8');
+    await verifyManifestSignature(bytes, sig, root, mpath, { now });
   } catch (err) {
     out.problems.push(err instanceof LoopshipError ? err.message : `${mpath}: ${(err as Error).message}`);
     return out;

@@ -199,6 +199,25 @@ test('a channel moved back to an older version (one online key or token) does no
   const state = JSON.parse(await readFile(join(host.stateDir, 'state.json'), 'utf8'));
   t.regex(state.appliances.sbc.last_error, /not downgrading/, 'the fleet report will say why');
 
+  // the channel back on the installed version: up to date, and the held message goes
+  const { server: back } = await hostileTree(w, async (c) => {
+    const index: Index = await c.index();
+    index.version += 2;
+    await c.writeIndex(index);
+  });
+  t.teardown(back.close);
+  await hostConfig(host.dir, [back.url]);
+  t.like((await agentFor(host, backend).upgrade('sbc'))[0], { from: '2.0.0', to: '2.0.0', status: 'up-to-date' });
+  t.is(JSON.parse(await readFile(join(host.stateDir, 'state.json'), 'utf8')).appliances.sbc.last_error, null, 'the held message cleared');
+  const { server: again } = await hostileTree(w, async (c) => {
+    const index: Index = await c.index();
+    index.images.sbc.channels.stable = '1.0.0';
+    index.version += 3;
+    await c.writeIndex(index);
+  });
+  t.teardown(again.close);
+  await hostConfig(host.dir, [again.url]);
+
   // the host's own word: allow_downgrade for this appliance
   await writeFile(host.configPath, (await readFile(host.configPath, 'utf8')).replace('    channel: stable\n', '    channel: stable\n    allow_downgrade: true\n'));
   t.like((await agentFor(host, backend).upgrade('sbc'))[0], { from: '2.0.0', to: '1.0.0', status: 'upgraded' });
