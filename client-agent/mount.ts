@@ -77,9 +77,15 @@ async function releaseRecord(deps: MountDeps, recPath: string, rec: MountRecord)
 }
 
 /** What cleanStale may act on: a mount point directly in mnt/, a loop device or none. */
-function assertOurRecord(mntDir: string, recPath: string, rec: MountRecord): void {
-  if (dirname(rec.mountPoint) !== resolve(mntDir)) throw unsafeEntry(recPath, `names the mount point ${rec.mountPoint}, outside ${resolve(mntDir)}`);
+function assertOurRecord(state: StateDir, recPath: string, rec: MountRecord): void {
+  const mntDir = resolve(state.mntDir);
+  // resolved first: "mnt/.." has mnt as its dirname
+  if (typeof rec.mountPoint !== 'string' || dirname(resolve(rec.mountPoint)) !== mntDir || resolve(rec.mountPoint) !== rec.mountPoint) throw unsafeEntry(recPath, `names the mount point ${rec.mountPoint}, outside ${mntDir}`);
   if (rec.device !== null && !/^\/dev\/loop\d+$/.test(rec.device)) throw unsafeEntry(recPath, `names ${rec.device}, not a loop device`);
+  // without a device, cleaning detaches every loop on the image: only an image of the state dir
+  if (typeof rec.image !== 'string' || resolve(rec.image) !== rec.image || !rec.image.startsWith(resolve(state.root) + '/') || !rec.image.endsWith('.img')) {
+    throw unsafeEntry(recPath, `names the image ${rec.image}, not one in ${resolve(state.root)}`);
+  }
 }
 
 /**
@@ -106,7 +112,7 @@ export async function cleanStale(deps: MountDeps): Promise<string[]> {
       await rm(recPath, { force: true }); // torn or damaged: a record we wrote, of no use now
       continue;
     }
-    assertOurRecord(dir, recPath, rec);
+    assertOurRecord(deps.state, recPath, rec);
     if (rec.pid !== process.pid && processAlive(rec.pid)) {
       live.add(rec.mountPoint);
       continue;

@@ -4,7 +4,7 @@
 import http from 'node:http';
 import https from 'node:https';
 import { constants } from 'node:fs';
-import { open, realpath, stat } from 'node:fs/promises';
+import { lstat, open, realpath } from 'node:fs/promises';
 import { join, resolve, sep } from 'node:path';
 import { Readable, Transform } from 'node:stream';
 import { FetchError } from './errors.js';
@@ -216,7 +216,12 @@ export class DirFetcher implements Fetcher {
    * on a USB stick or share would hang or never end), without blocking on a FIFO while it looks.
    */
   private async openFile(p: string) {
-    const fh = await open(p, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY);
+    // looked at before it is opened (opening a device can itself do something), and opened
+    // without following a link swapped in since realpath resolved it
+    if (!(await lstat(p)).isFile()) throw new FetchError('not a regular file', { where: p });
+    const fh = await open(p, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY | constants.O_NOFOLLOW).catch((err: NodeJS.ErrnoException) => {
+      throw new FetchError(err.code === 'ELOOP' ? 'replaced by a symlink while being opened' : `cannot read (${err.message})`, { where: p, cause: err });
+    });
     const st = await fh.stat();
     if (!st.isFile()) {
       await fh.close();
@@ -252,7 +257,11 @@ export class DirFetcher implements Fetcher {
       await fh.close();
       throw new FetchError(`range ends at ${end}, past the end of the file`, { where: p });
     }
-    return fh.createReadStream({ start: opts.start ?? 0, end, highWaterMark: 1024 * 1024 }).pipe(limitStream(maxBytes, p));
+    const src = fh.createReadStream({ start: opts.start ?? 0, end, highWaterMark: 1024 * 1024 });
+    const out = src.pipe(limitStream(maxBytes, p));
+    // a reader that gives up (a bad frame in a pack) destroys `out`: close the file with it
+    out.once('close', () => src.destroy());
+    return out;
   }
 }
 

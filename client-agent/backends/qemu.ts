@@ -1,7 +1,8 @@
 // QEMU backend, for hosts without Xen and for tests: the same kernel, initrd, cmdline and
 // disks (as virtio), console to a log file in the state dir, daemonized with a pid file.
 // Stop is graceful first (QMP system_powerdown), then SIGTERM, then SIGKILL.
-import { readFile, rm, mkdir, writeFile, access, open } from 'node:fs/promises';
+import { readFile, rm, mkdir, rename, open } from 'node:fs/promises';
+import { writeFileAtomic } from '../fsutil.js';
 import { constants } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
@@ -128,13 +129,12 @@ export class QemuBackend implements Backend {
     const f = this.files(spec.name);
     await rm(f.qmpSocket, { force: true });
     await rm(f.pidFile, { force: true });
-    // keep the previous boot's console for diagnosis
+    // keep the previous boot's console for diagnosis: a rename moves a planted link itself,
+    // where copying its content would write through one planted as the .1 name
     await rm(`${f.consoleLog}.1`, { force: true });
-    await access(f.consoleLog).then(
-      async () => writeFile(`${f.consoleLog}.1`, await readFile(f.consoleLog)),
-      () => {},
-    );
-    await rm(f.consoleLog, { force: true });
+    await rename(f.consoleLog, `${f.consoleLog}.1`).catch((err: NodeJS.ErrnoException) => {
+      if (err.code !== 'ENOENT') throw err;
+    });
     // Default tcg: /dev/kvm can open and even run firmware on a nested host whose KVM then
     // hangs the Linux guest (seen on these build machines). 'auto' or 'kvm' opt in.
     const accelMode = this.o.accel ?? ((process.env.LOOPSHIP_QEMU_ACCEL as 'auto' | 'tcg' | 'kvm' | undefined) || 'tcg');
@@ -174,7 +174,7 @@ export class QemuBackend implements Backend {
     const f = this.files(name);
     if (enabled) {
       await mkdir(this.o.runDir, { recursive: true });
-      await writeFile(f.autostart, '');
+      await writeFileAtomic(f.autostart, '', { mode: 0o600 }); // never through a planted link
     } else await rm(f.autostart, { force: true });
   }
 

@@ -178,3 +178,29 @@ test('agent.yaml holding report.token stays 0600 through init, and a 0644 one is
   await init();
   t.is(await mode(host.configPath), 0o600, 'a file holding the token is written 0600');
 });
+
+test('a planted mount record is refused, not acted on: a mount point outside mnt/ (also via mnt/..), an image outside the state dir', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'loopship-mnt-rec-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const state = new StateDir(join(dir, 'state'));
+  await state.init();
+  const { cleanStale } = await import('../../client-agent/mount.js');
+  const { defaultExec } = await import('../../client-agent/exec.js');
+  const calls: string[][] = [];
+  const exec: typeof defaultExec = async (cmd, args, o) => {
+    calls.push([cmd, ...args]);
+    return defaultExec(cmd, args, o);
+  };
+  const planted = [
+    { pid: 999999, image: join(state.root, 'x.img'), mountPoint: join(state.mntDir, '..'), device: null },
+    { pid: 999999, image: '/var/lib/xen/images/other-guest.img', mountPoint: join(state.mntDir, 'x'), device: null },
+  ];
+  for (const rec of planted) {
+    await writeFile(join(state.mntDir, 'evil.json'), JSON.stringify(rec), { mode: 0o600 });
+    const err = (await t.throwsAsync(cleanStale({ exec, state }))) as Error & { code?: string };
+    t.is(err.code, 'STATE_UNSAFE', err.message);
+    t.regex(err.message, /mnt\/evil\.json: names the (mount point|image)/);
+    t.false(calls.some(([c, ...a]) => c === 'losetup' && a.includes('--detach')), 'nothing detached');
+    t.false(calls.some(([c]) => c === 'umount'), 'nothing unmounted');
+  }
+});
