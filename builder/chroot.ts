@@ -40,7 +40,10 @@ export async function unmountAll(root: string, exec: Exec): Promise<void> {
 // with the conventional status.
 const openRoots = new Map<string, Exec>();
 let handlersInstalled = false;
+/** set once a signal is being handled: the handler unmounts and exits, nothing else may end the process first */
+let signalled: NodeJS.Signals | null = null;
 function onSignal(signal: NodeJS.Signals): void {
+  signalled = signal;
   const roots = [...openRoots.entries()];
   killRunning('SIGTERM');
   void Promise.allSettled(roots.map(([r, exec]) => unmountAll(r, exec))).finally(() => {
@@ -124,7 +127,14 @@ export async function withChroot<T>(root: string, exec: Exec, env: Record<string
       run: async (file, args, opts = {}) => (await exec('chroot', [root, file, ...args], { stage: opts.stage, env: { ...baseEnv, ...opts.env }, input: opts.input })).stdout,
       sh: async (script, opts = {}) => (await exec('chroot', [root, '/bin/sh', '-ec', script], { stage: opts.stage, env: { ...baseEnv, ...opts.env } })).stdout,
     };
-    return await fn(c);
+    try {
+      return await fn(c);
+    } catch (err) {
+      // a step killed by the signal handler (killRunning): the handler unmounts this root and
+      // exits with the signal's status; an error thrown on from here would race it to exit 1
+      if (signalled) await new Promise<never>(() => {});
+      throw err;
+    }
   } finally {
     try {
       await unmountAll(root, exec);
