@@ -454,8 +454,13 @@ export async function readPackage(input: NodeJS.ReadableStream, opts: ReadPackag
   const extract = tar.extract();
   let root = opts.root;
   const roots: ReadPackageResult['roots'] = [];
+  // once the roots are walked (the first index or manifest entry), the root trust ends on must be in force
   let rootChecked = false;
-  const rootWhere = () => (roots.length ? `${where}: root/${root.version}.json` : opts.rootWhere ?? `trusted root version ${root.version}`);
+  const ensureRootInForce = () => {
+    if (rootChecked) return;
+    checkRootInForce(root, now(), roots.length ? `${where}: root/${root.version}.json` : opts.rootWhere ?? `trusted root version ${root.version}`);
+    rootChecked = true;
+  };
   let pendingRoot: { bytes: Buffer; name: string } | undefined;
   let pendingIndex: Buffer | undefined;
   let index: ReadPackageResult['index'];
@@ -494,7 +499,7 @@ export async function readPackage(input: NodeJS.ReadableStream, opts: ReadPackag
       } else if (pendingIndex) {
         const sig = (await readEntry(entry, LIMITS.signatureBytes, at)).toString('utf8');
         const iw = `${where}: index.json`;
-        rootChecked ||= (checkRootInForce(root, now(), rootWhere()), true);
+        ensureRootInForce();
         const idx = await verifyIndex(pendingIndex, sig, root, { now: now(), lastVersion: opts.lastIndexVersion, where: iw });
         index = { index: idx, bytes: pendingIndex, signature: sig };
         pendingIndex = undefined;
@@ -509,7 +514,7 @@ export async function readPackage(input: NodeJS.ReadableStream, opts: ReadPackag
         signature = (await readEntry(entry, LIMITS.signatureBytes, at)).toString('utf8');
         const mw = `${where}: ${MANIFEST_ENTRY}`;
         // the same decision as an update over the network: the root trust ends on must be in force
-        rootChecked ||= (checkRootInForce(root, now(), rootWhere()), true);
+        ensureRootInForce();
         await verifyManifestSignature(manifestBytes, signature, root, mw, { now: now() });
         manifest = parseMetadata('manifest', manifestBytes, mw);
         if (index) {
