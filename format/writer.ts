@@ -10,9 +10,10 @@ import { promisify } from 'node:util';
 import { join, dirname } from 'node:path';
 import lockfile from 'proper-lockfile';
 import { signDetached, type SigningKey } from '../keys/pgp.js';
+import { signingKeyFingerprint } from '../keys/signer.js';
 import { ChunkStore, writeFileAtomic, fsyncDir } from './chunkstore.js';
 import { decodeChunk, sha256Hex } from './codec.js';
-import { LoopshipError, VerificationError } from './errors.js';
+import { LoopshipError, VerificationError, SignatureError } from './errors.js';
 import { LIMITS } from './limits.js';
 import { readPackage } from './package.js';
 import { parallel } from './parallel.js';
@@ -75,8 +76,9 @@ export class RepositoryWriter {
       if (err instanceof LoopshipError) throw err;
     }
     await verifyRootSignature(root.bytes, root.signature, parsed, 'new root');
-    await mkdir(join(repoDir, WRITER_DIR), { recursive: true });
     const writer = new RepositoryWriter(repoDir, opts);
+    writer.assertIndexKeysOf(parsed);
+    await mkdir(join(repoDir, WRITER_DIR), { recursive: true });
     await writer.locked(async () => {
       await writer.writeFile(rootHistoryPath(1), root.bytes);
       await writer.writeFile(sigPath(rootHistoryPath(1)), root.signature);
@@ -103,6 +105,7 @@ export class RepositoryWriter {
    */
   async addPackage(tar: NodeJS.ReadableStream, opts: { where?: string; channel?: string } = {}): Promise<PublishResult> {
     const root = await this.readRoot();
+    this.assertIndexKeysOf(root);
     const repoStore = new ChunkStore(this.repoDir);
     await mkdir(join(this.repoDir, WRITER_DIR), { recursive: true });
     // the pid in the name lets a later writer tell a dead upload's leftovers from a live one's
@@ -147,6 +150,7 @@ export class RepositoryWriter {
    */
   async addManifest(manifestBytes: Buffer, signature: string, opts: { channel?: string } = {}): Promise<PublishResult> {
     const root = await this.readRoot();
+    this.assertIndexKeysOf(root);
     await verifyManifestSignature(manifestBytes, signature, root, 'manifest');
     const manifest = parseMetadata('manifest', manifestBytes, 'manifest');
     const manifestSha = sha256Hex(manifestBytes);
@@ -205,12 +209,28 @@ export class RepositoryWriter {
     }
   }
 
+  /**
+   * Throws unless the index keys this writer holds are enough of `root`'s index keys to sign:
+   * checked before anything is written, so a writer given another key store's key changes
+   * nothing (it used to move chunks and write the manifest, then fail at the index).
+   */
+  assertIndexKeysOf(root: Root, where = 'new index'): void {
+    const mine = new Set(this.opts.indexKeys.map(signingKeyFingerprint));
+    const listed = root.roles.index.keys.filter((k) => mine.has(k));
+    if (listed.length < root.roles.index.threshold) {
+      const held = [...mine].join(', ') || 'none';
+      throw new SignatureError(listed.length ? 'SIGNATURE_THRESHOLD' : 'UNKNOWN_KEY',
+        `the index keys this writer holds (${held}) are ${listed.length} of root version ${root.version}'s index keys, threshold ${root.roles.index.threshold}: nothing was written`, { where });
+    }
+  }
+
   /** Points a channel at a published version; the index is re-signed. */
   async promote(name: string, channel: string, version: string): Promise<{ indexVersion: number }> {
     const ch = channelName.safeParse(channel);
     if (!ch.success) throw new LoopshipError('USAGE', `invalid channel name ${JSON.stringify(channel)}: expected lowercase letters, digits, _ or -`);
     return this.locked(async () => {
       const root = await this.readRoot();
+      this.assertIndexKeysOf(root);
       const index = await this.readIndex();
       const image = index.images[name];
       if (!image) throw new LoopshipError('NOT_FOUND', `no image named ${name}`);
@@ -224,6 +244,7 @@ export class RepositoryWriter {
   async resign(): Promise<{ indexVersion: number; expires: string }> {
     return this.locked(async () => {
       const root = await this.readRoot();
+      this.assertIndexKeysOf(root);
       const index = this.bump(await this.readIndex(), root);
       await this.writeIndex(index, root);
       return { indexVersion: index.version, expires: index.expires };
@@ -237,6 +258,7 @@ export class RepositoryWriter {
       const next = parseMetadata('root', bytes, 'new root');
       if (next.version !== current.version + 1) throw new LoopshipError('CONFLICT', `new root must be version ${current.version + 1}, got ${next.version}`);
       await verifyRootTransition(current, next, bytes, signature, 'new root');
+      this.assertIndexKeysOf(next); // the index is re-signed under the new root: before its files are written
       await this.writeFile(rootHistoryPath(next.version), bytes);
       await this.writeFile(sigPath(rootHistoryPath(next.version)), signature);
       await this.writeFile(sigPath(ROOT_FILE), signature);

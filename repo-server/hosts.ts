@@ -16,7 +16,7 @@ import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import * as z from 'zod';
 import { LoopshipError, fsyncDir } from '../format/index.js';
 import { ApiError } from './api-error.js';
-import { hostName, siteName } from './reports.js';
+import { hostName, siteName, hostFileStem } from './reports.js';
 
 export interface HostIdentity {
   site: string;
@@ -99,7 +99,7 @@ export class FileHostRegistry implements HostCredentials {
   file(site: string, host: string): string {
     if (!siteName.safeParse(site).success) throw new ApiError(400, 'BAD_REQUEST', `invalid site name ${JSON.stringify(site)}`);
     if (!hostName.safeParse(host).success) throw new ApiError(400, 'BAD_REQUEST', `invalid host name ${JSON.stringify(host)}`);
-    return path.join(this.dir, site, `${host.toLowerCase()}.json`);
+    return path.join(this.dir, site, `${hostFileStem(host)}.json`);
   }
 
   /** Enrolled host names of `site` (or of every site). */
@@ -125,7 +125,7 @@ export class FileHostRegistry implements HostCredentials {
 
   /** The mark a revocation leaves: the name stays barred (a revoked host would enrol itself again with the site token). */
   revokedMark(site: string, host: string): string {
-    return path.join(this.dir, site, `${host.toLowerCase()}.revoked`);
+    return path.join(this.dir, site, `${hostFileStem(host)}.revoked`);
   }
 
   private async enrolNow(site: string, host: string): Promise<Enrolment> {

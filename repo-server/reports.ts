@@ -6,7 +6,7 @@
 // host's own token (hosts.ts, fleet-api.ts).
 import { mkdir, open, readdir, readFile, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
-import { randomBytes } from 'node:crypto';
+import { randomBytes, createHash } from 'node:crypto';
 import * as z from 'zod';
 import { imageName, imageVersion, channelName } from '../format/index.js';
 import { LoopshipError } from '../format/index.js';
@@ -17,6 +17,16 @@ export const hostName = z
   .max(253)
   .regex(/^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/, 'expected a DNS host name');
 export const siteName = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, 'expected a site name (letters, digits, ".", "_", "-")');
+
+/**
+ * The file name (without extension) a host's files are kept under: its name in lower case,
+ * or, past 240 characters (a DNS name may have 253; a file name 255 bytes with ".revoked"),
+ * a prefix and a digest of it. "~" is in no host name, so the two forms never meet.
+ */
+export function hostFileStem(host: string): string {
+  const h = host.toLowerCase();
+  return h.length <= 240 ? h : `${h.slice(0, 200)}~${createHash('sha256').update(h).digest('hex').slice(0, 32)}`;
+}
 
 export const HEALTH_STATES = ['healthy', 'unhealthy', 'starting', 'stopped', 'unknown'] as const;
 
@@ -139,7 +149,7 @@ export class FileReportStore implements ReportStore {
         try {
           const stored = JSON.parse(await readFile(file, 'utf8')) as StoredReport;
           const report = ReportSchema.parse(stored.report) as FleetReport;
-          if (report.site !== site.name || `${report.host.toLowerCase()}.json` !== f.name || typeof stored.received_at !== 'string') throw new Error('file name does not match its content');
+          if (report.site !== site.name || `${hostFileStem(report.host)}.json` !== f.name || typeof stored.received_at !== 'string') throw new Error('file name does not match its content');
           into.set(FileReportStore.key(report.site, report.host), { report, received_at: stored.received_at });
         } catch (err) {
           this.opts.log?.warn({ file, err: (err as Error).message }, 'ignoring an unreadable stored report');
@@ -191,7 +201,7 @@ export class FileReportStore implements ReportStore {
       }
     }
     const stored: StoredReport = { report, received_at: (this.opts.now?.() ?? new Date()).toISOString() };
-    const file = path.join(this.dir, report.site, `${report.host.toLowerCase()}.json`);
+    const file = path.join(this.dir, report.site, `${hostFileStem(report.host)}.json`);
     // one write at a time per host, in arrival order: the last report wins, on disk and in memory
     const prev = this.writes.get(key) ?? Promise.resolve();
     const write = prev.catch(() => {}).then(async () => {

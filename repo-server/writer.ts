@@ -49,11 +49,17 @@ export async function createRepositoryWriter(repoDir: string, config: ServerConf
   if (indexKeys.length === 0) return undefined;
   const writer = new RepositoryWriter(repoDir, { indexKeys, expiresDays: config.indexExpiresDays });
   // fail at start-up, not at the first publish, when the keys are not the root's index keys
+  let root;
   try {
-    await writer.readRoot();
+    root = await writer.readRoot();
   } catch (err) {
     if (err instanceof LoopshipError) throw err;
     throw new ConfigError(`cannot read the repository root (${(err as Error).message})`, { where: repoDir, cause: err });
+  }
+  try {
+    writer.assertIndexKeysOf(root, opts.keysDir ?? 'server.yaml index_keys');
+  } catch (err) {
+    throw new ConfigError(`the index keys given are not this repository's: ${(err as Error).message}`, { where: opts.keysDir ?? 'server.yaml index_keys', cause: err });
   }
   return writer;
 }
