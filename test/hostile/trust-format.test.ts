@@ -3,7 +3,7 @@
 // fix. RepoClient against real signed repository directories; no host (trust-boundary.test.ts
 // has those), so this file is fast enough for a mutation run (npm run mutation).
 import test, { type ExecutionContext } from 'ava';
-import { writeFile, readFile, mkdir } from 'node:fs/promises';
+import { writeFile, readFile, mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import type * as OpenPGP from 'openpgp';
@@ -260,4 +260,61 @@ test('a repository from before ids: a rotation gives it one, hosts adopt it, and
   // now an index that names no repository (or another) is not this repository's
   await writeIndex((i) => { delete (i as Partial<Index>).repository; i.version += 1; });
   await rejects(t, host.update(), 'WRONG_REPOSITORY', /index\.json: index version \d+ belongs to repository \(none named\), not to the trusted repository [0-9a-f]{32}/);
+});
+
+// ---------- edges a mutation run found unguarded ----------
+
+test('a root key revoked as "superseded" carries nothing either, though its signature predates the revocation', async (t) => {
+  // soft revocations do not reach back in openpgp.js; for root keys the agent refuses them itself
+  const pgp = await openpgp();
+  const fx = await makeRepo();
+  t.teardown(fx.cleanup);
+  const root1 = await fx.writer.readRoot();
+  const created = new Date(Date.now() - 10 * DAY);
+  const { privateKey } = await pgp.generateKey({ type: 'ecc', curve: 'ed25519Legacy', userIDs: [{ name: 'root S' }], date: created, format: 'object' });
+  const { publicKey: revoked } = await pgp.revokeKey({ key: privateKey, reasonForRevocation: { flag: pgp.enums.reasonForRevocation.keySuperseded }, date: new Date(Date.now() - DAY), format: 'object' });
+  const fpr = revoked.getFingerprint().toLowerCase();
+  const r: Root = { ...root1, keys: { ...root1.keys, [fpr]: { name: 'root:s', public_key: revoked.armor() } }, roles: { ...root1.roles, root: { keys: [fpr], threshold: 1 } } };
+  const bytes = serialize(r);
+  const sig = (await pgp.sign({ message: await pgp.createMessage({ binary: bytes }), signingKeys: privateKey, detached: true, date: new Date(Date.now() - 5 * DAY), format: 'armored' })) as string;
+  for (const [f, d] of [[rootHistoryPath(1), bytes], [sigPath(rootHistoryPath(1)), sig]] as const) await writeFile(join(fx.repoDir, f), d);
+  await rejects(t, RepoClient.pin(createFetcher(fx.repoDir), { keyArmored: revoked.armor() }), 'UNKNOWN_KEY', /root\/1\.json: no valid signature by any pinned root key .*is not valid at .*the key is revoked/);
+});
+
+test('an index is judged at the client\'s clock, not the machine\'s: expiry exactly at now is expired, a key valid at the client\'s time counts', async (t) => {
+  const pgp = await openpgp();
+  // an index key that expires in two days; the client's clock three days ahead: refused, one day ahead: counted
+  const { privateKey, publicKey } = await pgp.generateKey({ type: 'ecc', curve: 'ed25519Legacy', userIDs: [{ name: 'short index' }], keyExpirationTime: (2 * DAY) / 1000, format: 'object' });
+  const { fx } = await repoWithIndexKey(publicKey.armor());
+  t.teardown(fx.cleanup);
+  await indexSignedAt(fx, privateKey, new Date());
+  const at = async (ms: number) => {
+    const f = createFetcher(fx.repoDir);
+    return new RepoClient({ fetchers: [f], trustedRoot: await RepoClient.pin(f, { keyArmored: fx.rootKeyArmored }), now: () => new Date(Date.now() + ms) });
+  };
+  t.is((await (await at(DAY)).update()).index.version, (await fx.writer.readIndex()).version);
+  await rejects(t, (await at(3 * DAY)).update(), 'UNKNOWN_KEY', /index\.json: .*is not valid at/);
+  // expiry exactly at the client's clock: expired
+  const { checkNotExpired } = await import('../../format/index.js');
+  const now = new Date('2027-01-01T00:00:00Z');
+  t.throws(() => checkNotExpired('index', '2027-01-01T00:00:00Z', now, 'index.json'), { message: /index\.json: index expired at 2027-01-01T00:00:00Z/ });
+  t.notThrows(() => checkNotExpired('index', '2027-01-01T00:00:01Z', now, 'index.json'));
+});
+
+test('a root whose key entry is not an OpenPGP key, and a signature that is not armor, are refused naming the file', async (t) => {
+  const fx = await makeRepo();
+  t.teardown(fx.cleanup);
+  const root1 = await fx.writer.readRoot();
+  const other = fingerprintOf(await readPublicKey((await generateKey('other')).publicArmored));
+  const r2: Root = { ...root1, version: 2, keys: { ...root1.keys, [other]: { name: 'publisher:junk', public_key: 'not a key' } }, roles: { ...root1.roles, publisher: { keys: [...root1.roles.publisher.keys, other], threshold: 1 } } };
+  const signed = await signRoot(r2, await fx.keystore.signingKeys('root'));
+  await writeFile(join(fx.repoDir, rootHistoryPath(2)), signed.bytes);
+  await writeFile(join(fx.repoDir, sigPath(rootHistoryPath(2))), signed.signature);
+  const f = createFetcher(fx.repoDir);
+  const c = new RepoClient({ fetchers: [f], trustedRoot: await RepoClient.pin(f, { keyArmored: fx.rootKeyArmored }) });
+  await rejects(t, c.update(), 'KEY_INVALID', new RegExp(`root/2\\.json: keys\\.${other}: not an OpenPGP public key`));
+  await writeFile(join(fx.repoDir, sigPath(rootHistoryPath(2))), 'garbage, not armor\n');
+  await rm(join(fx.repoDir, rootHistoryPath(2)));
+  await writeFile(join(fx.repoDir, 'index.json.asc'), 'garbage, not armor\n');
+  await rejects(t, new RepoClient({ fetchers: [f], trustedRoot: await RepoClient.pin(f, { keyArmored: fx.rootKeyArmored }) }).update(), 'SIGNATURE_INVALID', /index\.json\.asc: not an armored OpenPGP signature \(/);
 });
