@@ -2,10 +2,11 @@
 // tokens); the fleet routes (enrolment, reports) are fleet-api.ts's. Each handler
 // validates, then hands over to an injected writer or store: the verification itself lives
 // in format/ (RepositoryWriter).
-import { Router, json, type Request, type Response, type NextFunction, type RequestHandler } from 'express';
+import { Router, json } from 'express';
 import * as z from 'zod';
-import { imageName, imageVersion, channelName, describeIssues, type RepositoryWriter } from '../format/index.js';
+import { imageName, imageVersion, channelName, type RepositoryWriter } from '../format/index.js';
 import { ApiError, sendError } from './api-error.js';
+import { validate, wrap, requireJson } from './handlers.js';
 import { requireToken, principalOf } from './auth.js';
 import { LimitedUpload } from './upload-limit.js';
 import { fleetRouter } from './fleet-api.js';
@@ -27,21 +28,6 @@ export interface ApiOptions {
 
 const PromoteBody = z.strictObject({ name: imageName, version: imageVersion });
 
-function validate<T>(schema: z.ZodType<T>, value: unknown, what: string): T {
-  const r = schema.safeParse(value);
-  if (!r.success) throw new ApiError(400, 'BAD_REQUEST', `invalid ${what}: ${describeIssues(r.error.issues)}`);
-  return r.data;
-}
-
-const wrap =
-  (fn: (req: Request, res: Response) => Promise<void>): RequestHandler =>
-  (req, res, next: NextFunction) => {
-    fn(req, res).catch(next);
-  };
-
-function requireJson(req: Request): void {
-  if (!req.is('application/json')) throw new ApiError(415, 'UNSUPPORTED_MEDIA_TYPE', 'expected a JSON body (Content-Type: application/json)');
-}
 
 export function apiRouter(opts: ApiOptions): Router {
   const { config, writer, store, hosts, log } = opts;

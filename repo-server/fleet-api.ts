@@ -4,10 +4,10 @@
 //   POST /hosts/enrol   {host[, site]}   site token     -> 201 {site, host, token, enrolled_at}
 //   POST /reports       ReportSchema     host token     -> 201 {site, host, received_at}
 //   GET  /reports                        viewer/publisher token
-import { Router, json, type Request, type Response, type RequestHandler } from 'express';
+import { Router, json, type Response, type RequestHandler } from 'express';
 import * as z from 'zod';
-import { describeIssues } from '../format/index.js';
 import { ApiError, sendError } from './api-error.js';
+import { validate, wrap, requireJson } from './handlers.js';
 import { bearerToken, findPrincipal, principalOf, requireToken } from './auth.js';
 import { isHostToken, type HostCredentials, type HostIdentity } from './hosts.js';
 import { ReportSchema, RateLimiter, hostName, siteName, type ReportStore } from './reports.js';
@@ -22,21 +22,6 @@ export interface FleetApiOptions {
 
 const EnrolBody = z.strictObject({ host: hostName, site: siteName.nullable().optional() });
 
-function validate<T>(schema: z.ZodType<T>, value: unknown, what: string): T {
-  const r = schema.safeParse(value);
-  if (!r.success) throw new ApiError(400, 'BAD_REQUEST', `invalid ${what}: ${describeIssues(r.error.issues)}`);
-  return r.data;
-}
-
-const wrap =
-  (fn: (req: Request, res: Response) => Promise<void>): RequestHandler =>
-  (req, res, next) => {
-    fn(req, res).catch(next);
-  };
-
-function requireJson(req: Request): void {
-  if (!req.is('application/json')) throw new ApiError(415, 'UNSUPPORTED_MEDIA_TYPE', 'expected a JSON body (Content-Type: application/json)');
-}
 
 const hostOf = (res: Response): HostIdentity => res.locals.hostIdentity as HostIdentity;
 

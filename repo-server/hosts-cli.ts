@@ -8,6 +8,13 @@ import { DEFAULT_STATE_DIR } from './config.js';
 import { FileHostRegistry } from './hosts.js';
 import { hostName, siteName } from './reports.js';
 
+/** The site and host named on the command line, checked, and the registry in the server's state dir. */
+function registryFor(site: string, host: string, stateDir: string): FileHostRegistry {
+  if (!siteName.safeParse(site).success) throw new UsageError(`invalid site name "${site}" (letters, digits, ".", "_", "-")`);
+  if (!hostName.safeParse(host).success) throw new UsageError(`invalid host name "${host}" (a DNS host name)`);
+  return FileHostRegistry.at(stateDir, { maxHosts: Infinity, maxHostsPerSite: Infinity });
+}
+
 export function registerHostsCommands(program: Command): void {
   const hosts = program.command('hosts').description("the fleet's per-host credentials (issued at enrolment)");
   hosts
@@ -18,9 +25,7 @@ export function registerHostsCommands(program: Command): void {
     .option('--state-dir <dir>', "the server's state directory", DEFAULT_STATE_DIR)
     .option('--json', 'machine-readable output')
     .action(async (site: string, host: string, o: { stateDir: string; json?: boolean }) => {
-      if (!siteName.safeParse(site).success) throw new UsageError(`invalid site name "${site}" (letters, digits, ".", "_", "-")`);
-      if (!hostName.safeParse(host).success) throw new UsageError(`invalid host name "${host}" (a DNS host name)`);
-      const registry = FileHostRegistry.at(o.stateDir, { maxHosts: Infinity, maxHostsPerSite: Infinity });
+      const registry = registryFor(site, host, o.stateDir);
       if (!(await registry.revoke(site, host))) {
         throw new LoopshipError('NOT_FOUND', `host ${host} of site ${site} is not enrolled`, { where: registry.file(site, host) });
       }
@@ -34,9 +39,7 @@ export function registerHostsCommands(program: Command): void {
     .option('--state-dir <dir>', "the server's state directory", DEFAULT_STATE_DIR)
     .option('--json', 'machine-readable output')
     .action(async (site: string, host: string, o: { stateDir: string; json?: boolean }) => {
-      if (!siteName.safeParse(site).success) throw new UsageError(`invalid site name "${site}" (letters, digits, ".", "_", "-")`);
-      if (!hostName.safeParse(host).success) throw new UsageError(`invalid host name "${host}" (a DNS host name)`);
-      const registry = FileHostRegistry.at(o.stateDir, { maxHosts: Infinity, maxHostsPerSite: Infinity });
+      const registry = registryFor(site, host, o.stateDir);
       if (!(await registry.allow(site, host))) {
         throw new LoopshipError('NOT_FOUND', `host ${host} of site ${site} is not revoked`, { where: registry.revokedMark(site, host) });
       }
