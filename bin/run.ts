@@ -4,9 +4,16 @@ import type { Command } from 'commander';
 import { CommanderError } from 'commander';
 import { LoopshipError, exitCodeFor, EXIT } from '../format/errors.js';
 
+/** Commander copies exitOverride to subcommands only when they are made after it: set it on all. */
+function overrideExits(cmd: Command): void {
+  cmd.exitOverride();
+  cmd.configureOutput({ outputError: (str, write) => write(str) });
+  for (const sub of cmd.commands) overrideExits(sub);
+}
+
 export async function runCli(program: Command, argv = process.argv): Promise<void> {
-  program.exitOverride();
-  program.configureOutput({ outputError: (str, write) => write(str) });
+  // a usage error of the parser (missing argument, unknown option) exits 2 like any other
+  overrideExits(program);
   const json = argv.includes('--json');
   try {
     await program.parseAsync(argv);

@@ -5,7 +5,7 @@ import cluster from 'node:cluster';
 import { createReadStream } from 'node:fs';
 import { readFile, stat } from 'node:fs/promises';
 import { Transform } from 'node:stream';
-import { Option, type Command } from 'commander';
+import { Option, InvalidArgumentError, type Command } from 'commander';
 import cliProgress from 'cli-progress';
 import pino, { type Logger } from 'pino';
 import { RepositoryWriter, UsageError, type PublishResult } from '../format/index.js';
@@ -152,7 +152,10 @@ export function register(program: Command): void {
     .command('serve')
     .description('serve a repository over HTTP: the static tree, the publish/promote API, fleet reports and a dashboard')
     .requiredOption('--repo <dir>', 'repository directory')
-    .option('--port <n>', 'TCP port', (v) => parseInt(v, 10), 8080)
+    .option('--port <n>', 'TCP port', (v) => {
+      if (!/^[0-9]{1,5}$/.test(v) || Number(v) > 65535) throw new InvalidArgumentError('expected a TCP port number (0-65535)');
+      return Number(v);
+    }, 8080)
     .option('--host <addr>', 'address to listen on', '127.0.0.1')
     .option('--config <file>', `server config (YAML): tokens, index key, limits (default ${DEFAULT_CONFIG_PATH}, optional)`)
     .option('--state-dir <dir>', 'where fleet reports are kept', DEFAULT_STATE_DIR)

@@ -50,3 +50,22 @@ test('keys init, repo init and verify from the command line; verify fails with e
   t.not(again.exitCode, 0);
   t.regex(again.stderr, /keystore\.json: a key store already exists here/);
 });
+
+test('usage errors of the command-line parser exit 2 in every subcommand, naming what is wrong', async (t) => {
+  const agent = (args: string[]) => execa('node', ['dist/bin/loopship-agent.js', ...args], { reject: false });
+  const cases: [Promise<{ exitCode?: number; stderr: string }>, RegExp][] = [
+    [loopship(['repo', 'init']), /required option '--dir <dir>' not specified/],
+    [loopship(['serve', '--port', 'abc', '--repo', '/nonexistent']), /option '--port <n>' argument 'abc' is invalid\. expected a TCP port number \(0-65535\)/],
+    [loopship(['verify', '--repo', '/nonexistent', '--no-such-option']), /unknown option '--no-such-option'/],
+    [loopship(['no-such-command']), /unknown command 'no-such-command'/],
+    [agent(['install']), /missing required argument 'spec'/],
+  ];
+  for (const [p, message] of cases) {
+    const r = await p;
+    t.is(r.exitCode, 2, r.stderr);
+    t.regex(r.stderr, message);
+  }
+  // --help and --version still exit 0
+  t.is((await loopship(['repo', 'init', '--help'])).exitCode, 0);
+  t.is((await agent(['--version'])).exitCode, 0);
+});
