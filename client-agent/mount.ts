@@ -66,6 +66,13 @@ async function detachLoops(deps: MountDeps, rec: MountRecord): Promise<void> {
       throw new LoopshipError('EXEC_FAILED', `losetup --detach ${dev}: ${r.stderr.trim()}`, { where: rec.image });
     }
   }
+  // a device still busy for a moment (udev probing it after the umount) is only marked to go
+  // when free (autoclear): wait for it, so that the boot that follows finds the image unattached
+  for (let waited = 0; waited < 5000 && devices.length; waited += 100) {
+    const left = await loopsFor(deps.exec, rec.image);
+    if (!devices.some((d) => left.includes(d))) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
 }
 
 async function releaseRecord(deps: MountDeps, recPath: string, rec: MountRecord): Promise<void> {
