@@ -17,32 +17,29 @@ function registryFor(site: string, host: string, stateDir: string): FileHostRegi
 
 export function registerHostsCommands(program: Command): void {
   const hosts = program.command('hosts').description("the fleet's per-host credentials (issued at enrolment)");
-  hosts
-    .command('revoke')
-    .description("revoke a host's credential: its token stops working, and the site token may enrol the name again")
-    .argument('<site>', 'site name (as in server.yaml sites:)')
-    .argument('<host>', 'host name')
-    .option('--state-dir <dir>', "the server's state directory", DEFAULT_STATE_DIR)
-    .option('--json', 'machine-readable output')
-    .action(async (site: string, host: string, o: { stateDir: string; json?: boolean }) => {
-      const registry = registryFor(site, host, o.stateDir);
-      if (!(await registry.revoke(site, host))) {
-        throw new LoopshipError('NOT_FOUND', `host ${host} of site ${site} is not enrolled`, { where: registry.file(site, host) });
-      }
-      process.stdout.write(o.json ? JSON.stringify({ site, host, revoked: true }) + '\n' : `revoked host ${host} of site ${site}: its token is refused, and the name may not enrol again until: loopship hosts allow ${site} ${host}\n`);
-    });
-  hosts
-    .command('allow')
-    .description('let a revoked host name enrol again with the site token (a re-installed host)')
-    .argument('<site>', 'site name (as in server.yaml sites:)')
-    .argument('<host>', 'host name')
-    .option('--state-dir <dir>', "the server's state directory", DEFAULT_STATE_DIR)
-    .option('--json', 'machine-readable output')
-    .action(async (site: string, host: string, o: { stateDir: string; json?: boolean }) => {
-      const registry = registryFor(site, host, o.stateDir);
-      if (!(await registry.allow(site, host))) {
-        throw new LoopshipError('NOT_FOUND', `host ${host} of site ${site} is not revoked`, { where: registry.revokedMark(site, host) });
-      }
-      process.stdout.write(o.json ? JSON.stringify({ site, host, allowed: true }) + '\n' : `host ${host} of site ${site} may enrol again with the site token\n`);
-    });
+  // both verbs take SITE HOST and the server's state dir, and print one line or one JSON object
+  const verb = (name: string, description: string, act: (r: FileHostRegistry, site: string, host: string) => Promise<{ json: Record<string, unknown>; text: string }>) =>
+    hosts
+      .command(name)
+      .description(description)
+      .argument('<site>', 'site name (as in server.yaml sites:)')
+      .argument('<host>', 'host name')
+      .option('--state-dir <dir>', "the server's state directory", DEFAULT_STATE_DIR)
+      .option('--json', 'machine-readable output')
+      .action(async (site: string, host: string, o: { stateDir: string; json?: boolean }) => {
+        const out = await act(registryFor(site, host, o.stateDir), site, host);
+        process.stdout.write(o.json ? JSON.stringify({ site, host, ...out.json }) + '\n' : out.text + '\n');
+      });
+  verb('revoke', "revoke a host's credential: its token stops working, and the name may not enrol again until allowed", async (registry, site, host) => {
+    if (!(await registry.revoke(site, host))) {
+      throw new LoopshipError('NOT_FOUND', `host ${host} of site ${site} is not enrolled`, { where: registry.file(site, host) });
+    }
+    return { json: { revoked: true }, text: `revoked host ${host} of site ${site}: its token is refused, and the name may not enrol again until: loopship hosts allow ${site} ${host}` };
+  });
+  verb('allow', 'let a revoked host name enrol again with the site token (a re-installed host)', async (registry, site, host) => {
+    if (!(await registry.allow(site, host))) {
+      throw new LoopshipError('NOT_FOUND', `host ${host} of site ${site} is not revoked`, { where: registry.revokedMark(site, host) });
+    }
+    return { json: { allowed: true }, text: `host ${host} of site ${site} may enrol again with the site token` };
+  });
 }
