@@ -3,14 +3,12 @@
 // (POST /api/v1/hosts/enrol); the server answers a token of this host's own, kept in
 // STATE/trust/report-token (0600, created exclusively, never through a symlink), and every
 // report goes with that token: no other host of the site can speak for this one.
-import { constants } from 'node:fs';
-import { link, mkdir, open, rename, unlink } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { randomBytes } from 'node:crypto';
 import * as z from 'zod';
 import { ConfigError, FetchError, LoopshipError } from '../format/index.js';
 import { packageVersion } from '../format/version.js';
-import { fsyncDir, ioError, readOwnFileOrNull } from './fsutil.js';
+import { ioError, readOwnFileOrNull, writeFileAtomic } from './fsutil.js';
 import type { AgentConfig } from './config.js';
 
 /** What a POST answered: the status, and the JSON body when there was one. */
@@ -146,24 +144,24 @@ export async function sendReport(body: unknown, o: SendOptions): Promise<void> {
   if (a.status === 401 && !enrolledNow) {
     o.log(`report: the server refused this host's token (${describe(a)}); enrolling again`);
     // the old token stays until a new one is stored: a failed enrolment loses nothing
-    a = answer(await o.post(url, body, await enrol(o, { replace: true })));
+    a = answer(await o.post(url, body, await enrol(o)));
   }
   if (!ok(a)) throw new FetchError(`report answered ${describe(a)}`, { where: url, status: a.status });
 }
 
 const EnrolAnswer = z.object({ token: z.string().regex(/^[\x21-\x7e]{16,512}$/) });
 
-async function enrol(o: SendOptions, opts: { replace?: boolean } = {}): Promise<string> {
+async function enrol(o: SendOptions): Promise<string> {
   const url = enrolUrl(o.report.url);
   if (!o.report.token) throw new ConfigError('this host has no report token yet: report.token (the site token) is needed once, to enrol it', { where: 'report.token' });
   const a = answer(await o.post(url, { host: o.host, ...(o.report.site ? { site: o.report.site } : {}) }, o.report.token));
   if (a.status === 409) {
-    throw new LoopshipError('CONFLICT', `host ${o.host} is already enrolled with another token (${describe(a)}); restore ${o.tokenFile}, or have the server's operator revoke it (loopship hosts revoke SITE ${o.host})`, { where: url });
+    throw new LoopshipError('CONFLICT', `host ${o.host} is already enrolled with another token (${describe(a)}); restore ${o.tokenFile}, or have the server's operator revoke it (loopship hosts revoke SITE ${o.host}, then loopship hosts allow SITE ${o.host})`, { where: url });
   }
   if (!ok(a)) throw new FetchError(`enrolment answered ${describe(a)}`, { where: url, status: a.status });
   const r = EnrolAnswer.safeParse(a.body);
   if (!r.success) throw new FetchError(`enrolment answered HTTP ${a.status} without a usable token`, { where: url, status: a.status });
-  await writeToken(o.tokenFile, r.data.token, opts);
+  await writeToken(o.tokenFile, r.data.token);
   o.log(`report: enrolled host ${o.host}; its token is in ${o.tokenFile}`);
   return r.data.token;
 }
@@ -181,33 +179,13 @@ export async function readToken(file: string): Promise<string | null> {
     throw ioError(err, file, "cannot read this host's report token");
   }
   const token = text.trim();
-  if (!/^[\x21-\x7e]{16,512}$/.test(token)) throw new LoopshipError('IO', "this host's report token is damaged (remove it to enrol again, after the server's operator revoked the host)", { where: file });
+  if (!/^[\x21-\x7e]{16,512}$/.test(token)) throw new LoopshipError('IO', "this host's report token is damaged (remove it to enrol again, after the server's operator revoked and allowed the host)", { where: file });
   return token;
 }
 
-/**
- * Stores the token as `file` (0600) via a temp file created with O_EXCL|O_NOFOLLOW: linked
- * into place (refusing any existing name) the first time, renamed over the old token (the
- * link itself is replaced, nothing followed) when enrolling again.
- */
-async function writeToken(file: string, token: string, opts: { replace?: boolean } = {}): Promise<void> {
+/** Stores the token as `file` (0600), atomically, never through a planted link (fsutil's writer). */
+async function writeToken(file: string, token: string): Promise<void> {
   await mkdir(dirname(file), { recursive: true, mode: 0o700 });
-  const tmp = join(dirname(file), `.report-token.tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
-  try {
-    const fh = await open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
-    try {
-      await fh.writeFile(token + '\n');
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-    if (opts.replace) await rename(tmp, file);
-    else await link(tmp, file); // fails if a file (or symlink) of that name appeared meanwhile
-    await fsyncDir(dirname(file));
-  } catch (err) {
-    throw ioError(err, file, "cannot store this host's report token");
-  } finally {
-    await unlink(tmp).catch(() => {});
-  }
+  await writeFileAtomic(file, token + '\n', { mode: 0o600 });
 }
 

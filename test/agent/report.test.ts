@@ -87,7 +87,7 @@ test('a token the server no longer knows (401): the agent enrols again, once; a 
   enrolAnswer = { status: 409, body: { code: 'HOST_ENROLLED', message: 'host dom0-7 of site branch-7 is already enrolled' } };
   const err = await t.throwsAsync(h.agent.report(null));
   t.is((err as { code?: string }).code, 'CONFLICT');
-  t.regex(err!.message, /host dom0-7 is already enrolled with another token \(HTTP 409 HOST_ENROLLED: .*\); restore .*report-token, or have the server's operator revoke it \(loopship hosts revoke SITE dom0-7\)/);
+  t.regex(err!.message, /host dom0-7 is already enrolled with another token \(HTTP 409 HOST_ENROLLED: .*\); restore .*report-token, or have the server's operator revoke it \(loopship hosts revoke SITE dom0-7, then loopship hosts allow SITE dom0-7\)/);
   t.is((await readFile(h.tokenFile, 'utf8')).trim(), HOST_TOKEN, 'a failed enrolment leaves the old token');
 });
 
