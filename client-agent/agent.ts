@@ -134,8 +134,7 @@ export class Agent {
 
   /** The version a spec (or, without one, agent.yaml) names now, and whose word that is. */
   private async resolveTarget(spec: InstallSpec): Promise<{ name: string; version: string; via: Move['via'] }> {
-    const client = await this.trust.repo();
-    await this.config(); // names the repositories: a missing or broken agent.yaml is an error here
+    const client = await this.trust.repo(); // its update loaded agent.yaml: a missing or broken one failed there
     const cfgApp = await this.ctx.applianceConfig(spec.name);
     const version = spec.version ?? (spec.channel ? undefined : cfgApp?.version);
     const channel = spec.channel ?? (spec.version ? undefined : cfgApp?.channel);
@@ -377,15 +376,23 @@ export class Agent {
         const target = await this.resolveTarget({ name: n });
         if (from === target.version) {
           results.push({ name: n, from, to: target.version, status: 'up-to-date' });
-          // on what the repository names: a held move's message no longer holds
-          await this.state.updateAppliance(n, (a) => { if (a.last_error?.includes('not downgrading')) a.last_error = null; });
+          // on what the repository names: a held move's message no longer holds (written only then)
+          if ((await this.state.readState()).appliances[n]?.held) {
+            await this.state.updateAppliance(n, (a) => {
+              if (a.last_error === a.held?.reason) a.last_error = null;
+              a.held = null;
+            });
+          }
           continue;
         }
         const decision = decideMove({ name: n, from, to: target.version, via: target.via }, await this.ctx.applianceConfig(n));
         if (!decision.move) {
           this.log(`${n}: ${decision.reason}`);
           results.push({ name: n, from, to: target.version, status: 'held', message: decision.reason });
-          await this.state.updateAppliance(n, (a) => { a.last_error = decision.reason; });
+          await this.state.updateAppliance(n, (a) => {
+            a.held = { to: target.version, reason: decision.reason };
+            a.last_error = decision.reason;
+          });
           continue;
         }
         const verified = await (await this.trust.repo()).manifest(target.name, target.version);

@@ -34,6 +34,8 @@ const applianceState = z.object({
     .default(null),
   /** result of the last `verify` of the current version */
   verified: z.boolean().nullable().default(null),
+  /** a move the policy refused (policy.ts): its reason is also last_error, until the repository names the installed version again */
+  held: z.object({ to: z.string(), reason: z.string() }).nullable().default(null),
 });
 export type ApplianceState = z.infer<typeof applianceState>;
 

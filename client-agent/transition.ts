@@ -67,6 +67,7 @@ export class Transitions {
         a.pending_upgrade = null;
         a.failed_versions = a.failed_versions.filter((v) => v !== to);
         a.last_error = null;
+        a.held = null;
       });
       return { ok: true, health };
     }
