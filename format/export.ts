@@ -35,10 +35,11 @@ export interface ExportOptions {
  * bytes it checked (never a second download); older ones (before the pin) fetched and checked
  * to be that version of this repository, with keys that match, signed by their own root role.
  */
-async function verifiedRootFiles(fetcher: Fetcher, up: UpdateResult): Promise<UpdateResult['rootFiles']> {
+async function verifiedRootFiles(fetcher: Fetcher, up: UpdateResult, have: (v: number) => Promise<boolean> = async () => false): Promise<UpdateResult['rootFiles']> {
   const walked = new Map(up.rootFiles.map((r) => [r.version, r]));
   const out: UpdateResult['rootFiles'] = [];
   for (let v = 1; v <= up.root.version; v++) {
+    if (await have(v)) continue; // a mirror keeps the roots it stored: not fetched again
     const known = walked.get(v);
     if (known) {
       out.push(known);
@@ -147,11 +148,9 @@ export async function mirrorRepository(opts: MirrorOptions): Promise<MirrorResul
 
   const write = (rel: string, data: Buffer | string) => writeFileAtomic(join(opts.to, rel), data);
   const exists = async (rel: string) => stat(join(opts.to, rel)).then(() => true, () => false);
-  for (const file of await verifiedRootFiles(opts.from, up)) {
-    const v = file.version;
-    if (await exists(rootHistoryPath(v))) continue;
-    await write(rootHistoryPath(v), file.bytes);
-    await write(sigPath(rootHistoryPath(v)), file.signature);
+  for (const file of await verifiedRootFiles(opts.from, up, (v) => exists(rootHistoryPath(v)))) {
+    await write(rootHistoryPath(file.version), file.bytes);
+    await write(sigPath(rootHistoryPath(file.version)), file.signature);
   }
 
   const store = new ChunkStore(opts.to);

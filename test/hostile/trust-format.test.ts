@@ -135,6 +135,10 @@ test('a mirror writes the root files it verified: an origin that answers a secon
   t.deepEqual(await readFile(join(to, rootHistoryPath(2))), signed.bytes, 'root/2.json as verified');
   t.deepEqual(await readFile(join(to, 'root.json')), signed.bytes);
   t.is(asked, 1, 'root/2.json fetched once');
+  // the next run keeps the roots it stored: not fetched again (the origin's other answer never matters)
+  await mirrorRepository({ from: createFetcher(server.url), to });
+  t.is(asked, 1, 'root/2.json not fetched by the second run');
+  t.deepEqual(await readFile(join(to, rootHistoryPath(2))), signed.bytes);
 });
 
 test('a mirror checks the roots before its pin too: another repository\'s root 1 is refused, nothing written', async (t) => {
