@@ -90,7 +90,8 @@ export class Boot {
   /** The files a boot hands the toolstack are the agent's own, complete: never a planted link to a host disk. */
   async checkBootFiles(spec: DomainSpec): Promise<void> {
     for (const f of [spec.kernel, spec.initrd, spec.disk]) {
-      if (f && !(await ownFileOrNull(f))) throw new LoopshipError('STATE_UNSAFE', `missing: ${spec.name} ${spec.version} cannot be booted without it`, { where: f });
+      // a planted entry is STATE_UNSAFE from ownFileOrNull; an absent one is damage to the installed version
+      if (f && !(await ownFileOrNull(f))) throw new LoopshipError('IO', `missing: ${spec.name} ${spec.version} cannot be booted without it (reinstall it: remove, then install)`, { where: f });
     }
   }
 

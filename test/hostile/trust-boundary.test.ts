@@ -157,3 +157,18 @@ test('a broken agent.yaml stops configure with an error naming the file and fiel
   t.deepEqual((await bare.status()).map((a) => a.name), ['sbc']);
 });
 
+
+test('an installed version missing a boot file is refused before the running version is stopped, naming the file', async (t) => {
+  const w = await worldP;
+  const host = await hostFor(w, t, 'bootfiles');
+  const backend = runningBackend(w, host);
+  await hostConfig(host.dir, [w.goodServer.url]);
+  // 2.0.0 installed beside the running 1.0.0, then damaged
+  await agentFor(host, backend).install('sbc@2.0.0', { start: false });
+  const kernel = join(host.stateDir, 'appliances', 'sbc', '2.0.0', 'kernel');
+  await execa('rm', [kernel]);
+  const stops = backend.stops.length;
+  await rejects(t, agentFor(host, backend).upgrade('sbc'), 'IO', new RegExp(`${kernel.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: missing: sbc 2\\.0\\.0 cannot be booted without it`));
+  t.is(backend.stops.length, stops, 'nothing was stopped');
+  t.is(backend.running.get('sbc')?.version, '1.0.0');
+});
