@@ -172,3 +172,18 @@ test('an installed version missing a boot file is refused before the running ver
   t.is(backend.stops.length, stops, 'nothing was stopped');
   t.is(backend.running.get('sbc')?.version, '1.0.0');
 });
+
+test('an unreadable trust root stops init with an error naming it; only --force replaces it, saying so', async (t) => {
+  const w = await worldP;
+  const host = await hostFor(w, t, 'badroot');
+  const rootFile = join(host.stateDir, 'trust', 'root.json');
+  await writeFile(rootFile, '{"type": "loopship/root"');
+  const before = await hashTree(host.dir);
+  const opts = { repos: [w.goodServer.url], rootKeyFile: join(w.templateHost, 'root.asc') };
+  await rejects(t, agentFor(host, runningBackend(w, host)).init(opts), 'METADATA_INVALID', /trust\/root\.json: not valid JSON/);
+  t.deepEqual((await hashTree(host.dir)).files, before.files, 'nothing changed without --force');
+  const r = await agentFor(host, runningBackend(w, host)).init({ ...opts, force: true });
+  t.like(r, { kept: false, repository: w.repository });
+  t.regex(r.reset ?? '', /^the unreadable trusted root and the rollback floor \(index version \d+\)$/);
+  t.is(JSON.parse(await readFile(rootFile, 'utf8')).repository, w.repository);
+});
