@@ -1,7 +1,7 @@
 // Serving the repository tree over real HTTP on 127.0.0.1: headers, conditional GET,
 // Range (including many clients resuming mid-file), cache policy, and refusals.
 import test from 'ava';
-import { rename, symlink, writeFile, mkdir, rm } from 'node:fs/promises';
+import { rename, symlink, writeFile, mkdir, rm, readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { startServer, parseServerConfig, type RunningServer } from '../../repo-server/index.js';
 import { makeFixtureRepo, rawRequest, sha256hex, tempDir, type FixtureRepo } from './helpers.js';
@@ -9,21 +9,27 @@ import { makeFixtureRepo, rawRequest, sha256hex, tempDir, type FixtureRepo } fro
 let repo: FixtureRepo;
 let srv: RunningServer;
 let outside: string;
+// chunk names for the planted links, under prefixes the fixture's own chunks do not use
+let viaDirName: string;
+let insideName: string;
 
 test.before(async () => {
   repo = await makeFixtureRepo();
   outside = await tempDir('loopship-outside-');
   await writeFile(path.join(outside, 'secret'), 'outside the tree');
   // symlinks: one leaving the tree (file), one leaving via a directory, one staying inside
+  const used = new Set(await readdir(path.join(repo.dir, 'chunks')));
+  const free = [...Array(256).keys()].map((i) => i.toString(16).padStart(2, '0')).filter((p) => !used.has(p));
+  const [viaPrefix, insidePrefix] = free;
   const fake = 'ab' + 'c'.repeat(62);
   await mkdir(path.join(repo.dir, 'chunks', 'ab'), { recursive: true });
   await symlink(path.join(outside, 'secret'), path.join(repo.dir, 'chunks', 'ab', fake));
-  const viaDir = 'cd' + 'e'.repeat(62);
-  await symlink(outside, path.join(repo.dir, 'chunks', 'cd'));
-  await symlink(path.join(outside, 'secret'), path.join(outside, viaDir));
-  const inside = 'ef' + '0'.repeat(62);
-  await mkdir(path.join(repo.dir, 'chunks', 'ef'));
-  await symlink(path.join(repo.dir, repo.chunk.rel), path.join(repo.dir, 'chunks', 'ef', inside));
+  viaDirName = viaPrefix + 'e'.repeat(62);
+  await symlink(outside, path.join(repo.dir, 'chunks', viaPrefix));
+  await symlink(path.join(outside, 'secret'), path.join(outside, viaDirName));
+  insideName = insidePrefix + '0'.repeat(62);
+  await mkdir(path.join(repo.dir, 'chunks', insidePrefix));
+  await symlink(path.join(repo.dir, repo.chunk.rel), path.join(repo.dir, 'chunks', insidePrefix, insideName));
   srv = await startServer({ repoDir: repo.dir, config: parseServerConfig({}), stateDir: null });
 });
 
@@ -200,10 +206,10 @@ test('symlinks leaving the tree are refused, a symlink inside it is served', asy
   const out = await get('/chunks/ab/ab' + 'c'.repeat(62));
   t.is(out.status, 404);
   t.false(out.body.toString().includes('outside'));
-  const viaDir = await get('/chunks/cd/cd' + 'e'.repeat(62));
+  const viaDir = await get(`/chunks/${viaDirName.slice(0, 2)}/${viaDirName}`);
   t.is(viaDir.status, 404);
   t.false(viaDir.body.toString().includes('outside'));
-  const inside = await get('/chunks/ef/ef' + '0'.repeat(62));
+  const inside = await get(`/chunks/${insideName.slice(0, 2)}/${insideName}`);
   t.is(inside.status, 200);
   t.true(inside.body.equals(repo.chunk.bytes));
 });
