@@ -3,8 +3,8 @@ export * from './errors.js';
 export { LIMITS, BLOCK_SIZE, zstdCompressBound } from './limits.js';
 export {
   SPEC_VERSION, RootSchema, IndexSchema, ManifestSchema, parseMetadata, serialize, describeIssues, compareVersions, latestVersion,
-  imageName, imageVersion, channelName, settingType, bridgeName, oneLine, repositoryId,
-  type Root, type Index, type IndexImage, type IndexVersion, type Manifest, type Chunk, type Blob, type SettingType, type MetadataKind, type RoleName,
+  imageName, imageVersion, channelName, settingType, bridgeName, oneLine, repositoryId, siteName, groupName, rolloutId,
+  type Root, type Rollout, type RolloutStage, type Index, type IndexImage, type IndexVersion, type Manifest, type Chunk, type Blob, type SettingType, type MetadataKind, type RoleName,
 } from './schema.js';
 export * from './paths.js';
 export { sha256Hex, compressChunk, decodeChunk, DEFAULT_ZSTD_LEVEL } from './codec.js';
@@ -17,4 +17,8 @@ export { createFetcher, HttpFetcher, DirFetcher, type Fetcher, type HttpFetcherO
 export { RepoClient, verifyIndex, verifyManifest, checkNotExpired, type RootPin, type UpdateResult, type Resolved } from './client.js';
 export { roleKeys, verifyRole, verifyRootSignature, verifyManifestSignature, verifyRootTransition, checkSameRepository } from './trust.js';
 export { parallel } from './parallel.js';
+export {
+  rolloutBucket, openStage, nextStage, placeHost, parseStages, parseDuration, startRollout, pauseRollout, resumeRollout, abortRollout, finishRollout,
+  dropRollout, shouldHalt, DEFAULT_HALT, type HostPlace, type Placement, type StageSpec, type StartRollout,
+} from './rollout.js';
 export { exportPackage, mirrorRepository, type ExportOptions, type MirrorOptions, type MirrorResult } from './export.js';

@@ -15,6 +15,7 @@ export const LIMITS = {
   packagesPerManifest: 50_000,
   imagesPerIndex: 10_000,
   versionsPerImage: 10_000,
+  rolloutStages: 16,
   keysPerRoot: 256,
 } as const;
 

@@ -65,15 +65,70 @@ const versionEntry = z.strictObject({
   published: timestamp,
 });
 
+/** A fleet site, as agent.yaml's report.site and the server's sites name it. */
+export const siteName = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, 'expected a site name (letters, digits, ".", "_", "-")');
+/** A host group, as agent.yaml's groups name it. */
+export const groupName = z.string().regex(/^[a-z0-9][a-z0-9._-]{0,63}$/, 'expected a group name (lowercase letters, digits, ".", "_", "-")');
+export const rolloutId = z.string().regex(/^[0-9a-f]{16,64}$/, 'expected a rollout id (16-64 lowercase hex digits)');
+
+const rolloutStage = z.strictObject({
+  percent: z.number().int().min(1).max(100),
+  /** when the stage opens, by the host's clock; null: when an operator opens it (rollout resume) */
+  opens: timestamp.nullable(),
+  /** for the writer: once the stage before opens, this one opens so many seconds later */
+  after_seconds: count.max(366 * 86400).optional(),
+});
+
+/**
+ * A staged move of a channel from one version to the next (format/rollout.ts decides what
+ * a host makes of it). The channel keeps naming `from` until the rollout is finished.
+ */
+const rollout = z
+  .strictObject({
+    id: rolloutId,
+    from: imageVersion,
+    to: imageVersion,
+    started: timestamp,
+    state: z.enum(['running', 'paused', 'aborted']),
+    /** why and since when it is paused or aborted, and by whom */
+    stopped: z.strictObject({ at: timestamp, reason: oneLine(1000), by: oneLine(200) }).optional(),
+    stages: z.array(rolloutStage).min(1).max(LIMITS.rolloutStages),
+    /** only hosts of these sites / groups take part; the others stay on `from` */
+    sites: z.array(siteName).min(1).max(256).optional(),
+    groups: z.array(groupName).min(1).max(256).optional(),
+    /** the server pauses the rollout when `failures` of the first `of_first` hosts on `to` failed, or `percent` of them */
+    halt: z.strictObject({ failures: z.number().int().min(1), of_first: z.number().int().min(1), percent: z.number().min(0).max(100) }).optional(),
+  })
+  .superRefine((r, ctx) => {
+    if (r.from === r.to) ctx.addIssue({ code: 'custom', path: ['to'], message: 'a rollout moves to another version than it starts from' });
+    if ((r.state === 'running') === (r.stopped !== undefined)) ctx.addIssue({ code: 'custom', path: ['stopped'], message: 'present exactly when the rollout is paused or aborted' });
+    let last: string | null = null;
+    r.stages.forEach((st, i) => {
+      if (i > 0 && st.percent <= r.stages[i - 1].percent) ctx.addIssue({ code: 'custom', path: ['stages', i, 'percent'], message: 'stages grow: each opens to more hosts than the one before' });
+      if (st.opens !== null) {
+        if (last !== null && Date.parse(st.opens) < Date.parse(last)) ctx.addIssue({ code: 'custom', path: ['stages', i, 'opens'], message: 'a stage cannot open before the one before it' });
+        last = st.opens;
+      }
+    });
+  });
+export type Rollout = z.infer<typeof rollout>;
+export type RolloutStage = Rollout['stages'][number];
+
 const imageEntry = z
   .strictObject({
     versions: z.record(imageVersion, versionEntry),
     channels: z.record(channelName, imageVersion),
+    /** per channel: the rollout under way (at most one) */
+    rollouts: z.record(channelName, rollout).optional(),
   })
   .superRefine((img, ctx) => {
     if (Object.keys(img.versions).length > LIMITS.versionsPerImage) ctx.addIssue({ code: 'custom', path: ['versions'], message: 'too many versions' });
     for (const [ch, v] of Object.entries(img.channels)) {
       if (!img.versions[v]) ctx.addIssue({ code: 'custom', path: ['channels', ch], message: `channel points to unknown version ${v}` });
+    }
+    for (const [ch, r] of Object.entries(img.rollouts ?? {})) {
+      if (img.channels[ch] !== r.from) ctx.addIssue({ code: 'custom', path: ['rollouts', ch, 'from'], message: `a rollout starts from the version its channel names (${img.channels[ch] ?? 'none'})` });
+      if (!img.versions[r.to]) ctx.addIssue({ code: 'custom', path: ['rollouts', ch, 'to'], message: `rollout to unknown version ${r.to}` });
     }
   });
 

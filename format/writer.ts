@@ -19,7 +19,8 @@ import { readPackage } from './package.js';
 import { parallel } from './parallel.js';
 import { INDEX_FILE, ROOT_FILE, chunkPath, indexHistoryPath, manifestPath, packPath, rootHistoryPath, sigPath } from './paths.js';
 import { packLayout, writePack } from './pack.js';
-import { parseMetadata, serialize, SPEC_VERSION, channelName, type Index, type Manifest, type Root } from './schema.js';
+import { parseMetadata, serialize, SPEC_VERSION, channelName, type Index, type IndexImage, type Manifest, type Root } from './schema.js';
+import { dropRollout } from './rollout.js';
 import { verifyManifestSignature, verifyRootTransition, verifyRootSignature, verifyRole, checkSameRepository } from './trust.js';
 
 export const WRITER_DIR = '.loopship';
@@ -236,8 +237,30 @@ export class RepositoryWriter {
       if (!image) throw new LoopshipError('NOT_FOUND', `no image named ${name}`);
       if (!image.versions[version]) throw new LoopshipError('NOT_FOUND', `image ${name} has no version ${version}`);
       image.channels[channel] = version;
+      dropRollout(image, channel); // moved by hand: the one-step form ends a rollout
       return { indexVersion: await this.writeIndex(this.bump(index, root), root) };
     });
+  }
+
+  /**
+   * Changes a channel's rollout (format/rollout.ts's moves, given the image entry and the
+   * writer's clock) and re-signs the index; nothing is written when `change` throws.
+   */
+  async changeRollout<T>(name: string, change: (image: IndexImage, now: Date) => T): Promise<{ indexVersion: number; result: T }> {
+    return this.locked(async () => {
+      const root = await this.readRoot();
+      this.assertIndexKeysOf(root);
+      const index = await this.readIndex();
+      const image = index.images[name];
+      if (!image) throw new LoopshipError('NOT_FOUND', `no image named ${name}`);
+      const result = change(image, this.now());
+      return { indexVersion: await this.writeIndex(this.bump(index, root), root), result };
+    });
+  }
+
+  /** The index as it stands (unverified: the writer's own tree). */
+  async currentIndex(): Promise<Index> {
+    return this.readIndex();
   }
 
   /** Re-signs the index with a fresh expiry (run periodically, e.g. daily). */
@@ -297,6 +320,7 @@ export class RepositoryWriter {
     if (info.channel) {
       if (!channelName.safeParse(info.channel).success) throw new LoopshipError('USAGE', `invalid channel name ${JSON.stringify(info.channel)}`);
       image.channels[info.channel] = manifest.version;
+      dropRollout(image, info.channel);
     }
     const indexVersion = await this.writeIndex(this.bump(index, root), root);
     return { ...result, indexVersion, unchanged: false, pack };

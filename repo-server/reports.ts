@@ -8,7 +8,7 @@ import { mkdir, open, readdir, readFile, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { randomBytes, createHash } from 'node:crypto';
 import * as z from 'zod';
-import { imageName, imageVersion, channelName } from '../format/index.js';
+import { imageName, imageVersion, channelName, siteName } from '../format/index.js';
 import { LoopshipError } from '../format/index.js';
 import { ApiError } from './api-error.js';
 
@@ -16,7 +16,7 @@ export const hostName = z
   .string()
   .max(253)
   .regex(/^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/, 'expected a DNS host name');
-export const siteName = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, 'expected a site name (letters, digits, ".", "_", "-")');
+export { siteName };
 
 /**
  * The file name (without extension) a host's files are kept under: its name in lower case,
