@@ -7,7 +7,7 @@ import { createReadStream } from 'node:fs';
 import { mkdir, readdir, rename, rm, rmdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
-  readPackage, decodeChunk, chunkPath, compareVersions, LoopshipError, UsageError,
+  readPackage, decodeChunk, chunkPath, compareVersions, placeHost, LoopshipError, UsageError,
   type Root, type Manifest, type Chunk,
 } from '../format/index.js';
 import { type AgentConfig, parseSize } from './config.js';
@@ -61,6 +61,8 @@ export interface ApplianceStatus {
   last_error: string | null;
   /** what the last install fetched and reused */
   last_install: ApplianceState['last_install'];
+  /** this host's place in the rollout on its channel, while one is under way */
+  rollout: ApplianceState['rollout'];
 }
 
 export class Agent {
@@ -140,9 +142,23 @@ export class Agent {
     const channel = spec.channel ?? (spec.version ? undefined : cfgApp?.channel);
     const r = client.resolve(spec.name, { version, channel });
     // resolve's own order: the version, the channel, stable, else the newest version
-    const hasStable = client.currentIndex?.images[spec.name]?.channels.stable !== undefined;
-    const via: Move['via'] = version ? { version } : channel ? { channel } : hasStable ? { channel: 'stable' } : { newest: true };
-    return { name: r.name, version: r.version, via };
+    const image = client.currentIndex?.images[spec.name];
+    const via: Move['via'] = version ? { version } : channel ? { channel } : image?.channels.stable !== undefined ? { channel: 'stable' } : { newest: true };
+    const rollout = 'channel' in via ? image?.rollouts?.[via.channel] : undefined;
+    if (!rollout || !('channel' in via)) return { name: r.name, version: r.version, via };
+    // a rollout under way on the channel: this host's place in it says which of its two versions
+    const cfg = await this.config();
+    const p = placeHost(rollout, { host: this.host, site: cfg.report?.site, groups: cfg.groups }, this.now());
+    return { name: r.name, version: p.version, via: { channel: via.channel, rollout: { id: rollout.id, from: rollout.from, to: rollout.to, taking: p.taking, reason: p.reason } } };
+  }
+
+  /** Keeps this host's place in its channel's rollout in state.json (written only when it changes). */
+  private async notePlace(name: string, via: Move['via']): Promise<void> {
+    const place = 'channel' in via ? via.rollout ?? null : null;
+    const a = (await this.state.readState()).appliances[name];
+    if (JSON.stringify(a?.rollout ?? null) === JSON.stringify(place)) return;
+    if (place && !place.taking) this.log(`${name}: stays on ${place.from}: ${place.reason}`);
+    await this.state.updateAppliance(name, (s) => { s.rollout = place; });
   }
 
   private async fetchManifest(spec: InstallSpec): Promise<VerifiedManifest> {
@@ -343,6 +359,7 @@ export class Agent {
         failed_versions: a?.failed_versions ?? [],
         last_error: a?.last_error ?? null,
         last_install: a?.last_install ?? null,
+        rollout: a?.rollout ?? null,
       });
     }
     return out;
@@ -374,6 +391,7 @@ export class Agent {
       const from = await this.state.currentVersion(n);
       try {
         const target = await this.resolveTarget({ name: n });
+        await this.notePlace(n, target.via);
         if (from === target.version) {
           results.push({ name: n, from, to: target.version, status: 'up-to-date' });
           // on what the repository names: a held move's message no longer holds (written only then)

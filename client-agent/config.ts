@@ -7,7 +7,7 @@ import { delimiter, join } from 'node:path';
 import * as z from 'zod';
 import YAML from 'yaml';
 import { ConfigError } from '../format/index.js';
-import { imageName, imageVersion, channelName, bridgeName, describeIssues } from '../format/index.js';
+import { imageName, imageVersion, channelName, bridgeName, siteName, groupName, describeIssues } from '../format/index.js';
 import { writeFileAtomic } from './fsutil.js';
 
 export const DEFAULT_CONFIG = '/etc/loopship/agent.yaml';
@@ -87,8 +87,10 @@ export const AgentConfigSchema = z
     backend: z.enum(['xl', 'qemu']).optional(),
     appliances: z.array(appliance).default([]),
     report: z
-      .strictObject({ url: z.url({ protocol: /^https?$/ }), token: z.string().optional(), site: z.string().max(200).optional() })
+      .strictObject({ url: z.url({ protocol: /^https?$/ }), token: z.string().optional(), site: siteName.optional() })
       .optional(),
+    /** the host groups this host is in: a rollout may be limited to some (format/rollout.ts) */
+    groups: z.array(groupName).max(64).default([]),
     daemon: z
       .strictObject({ interval_s: z.number().int().min(10).default(900), jitter_s: z.number().int().min(0).default(120) })
       .default({ interval_s: 900, jitter_s: 120 }),

@@ -12,14 +12,27 @@ export interface Move {
   from: string | null;
   to: string;
   /** where `to` came from: a channel of the index (or its newest version), or a version agent.yaml (or the command line) names */
-  via: { channel: string } | { newest: true } | { version: string };
+  via: { channel: string; rollout?: RolloutPlace } | { newest: true } | { version: string };
+}
+
+/** A host's place in the rollout on its channel, as the agent keeps it in state.json. */
+export interface RolloutPlace {
+  id: string;
+  from: string;
+  to: string;
+  taking: boolean;
+  reason: string | null;
 }
 
 export function decideMove(m: Move, cfg: ApplianceConfig | undefined): MoveDecision {
   if (!m.from || compareVersions(m.to, m.from) >= 0) return { move: true };
   if ('version' in m.via) return { move: true };
   if (cfg?.allow_downgrade) return { move: true };
-  const word = 'channel' in m.via ? `channel ${m.via.channel} names ${m.to}` : `the repository's newest version is ${m.to}`;
+  const word = !('channel' in m.via)
+    ? `the repository's newest version is ${m.to}`
+    : m.via.rollout?.reason
+      ? `${m.via.rollout.reason}, so channel ${m.via.channel} names ${m.to} again`
+      : `channel ${m.via.channel} names ${m.to}`;
   return {
     move: false,
     reason: `${word}, older than the installed ${m.from}: not downgrading on the repository's word ` +

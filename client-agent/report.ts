@@ -29,6 +29,8 @@ export interface ApplianceLine {
   health: 'healthy' | 'unhealthy' | 'starting' | 'stopped' | 'unknown';
   verified: boolean | null;
   last_error: string | null;
+  failed_versions?: string[];
+  rollout?: { id: string; to: string; taking: boolean; reason: string | null } | null;
 }
 
 export const tokenFile = (trustDir: string): string => join(trustDir, 'report-token');
@@ -104,6 +106,9 @@ export function reportBody(o: { host: string; site?: string; now: Date; lastErro
         health: !a.running && a.health !== 'unhealthy' ? 'stopped' : a.health,
         verified: a.verified,
         error: a.last_error ? a.last_error.slice(0, 2000) : null,
+        // what the server's halt rule counts (repo-server/rollout-watch.ts)
+        ...(a.failed_versions?.length ? { failed_versions: a.failed_versions.slice(-32) } : {}),
+        ...(a.rollout ? { rollout: { id: a.rollout.id, to: a.rollout.to, taking: a.rollout.taking, reason: a.rollout.reason?.slice(0, 1000) ?? null } } : {}),
       };
     }),
     last_error: o.lastError ? o.lastError.slice(0, 4000) : null,

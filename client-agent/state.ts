@@ -36,6 +36,8 @@ const applianceState = z.object({
   verified: z.boolean().nullable().default(null),
   /** a move the policy refused (policy.ts): its reason is also last_error, until the repository names the installed version again */
   held: z.object({ to: z.string(), reason: z.string() }).nullable().default(null),
+  /** this host's place in the rollout on its channel (format/rollout.ts), while one is under way */
+  rollout: z.object({ id: z.string(), from: z.string(), to: z.string(), taking: z.boolean(), reason: z.string().nullable() }).nullable().default(null),
 });
 export type ApplianceState = z.infer<typeof applianceState>;
 

@@ -10,12 +10,14 @@ import { validate, wrap, requireJson } from './handlers.js';
 import { requireToken, principalOf } from './auth.js';
 import { LimitedUpload } from './upload-limit.js';
 import { fleetRouter } from './fleet-api.js';
+import { rolloutRouter } from './rollout-api.js';
+import { RolloutWatch, type RolloutWriter } from './rollouts.js';
 import type { ReportStore } from './reports.js';
 import type { HostCredentials } from './hosts.js';
 import type { ServerConfig } from './config.js';
 
 /** What the server needs from format/'s RepositoryWriter (injected, so tests can use a fake). */
-export type PackageWriter = Pick<RepositoryWriter, 'addPackage' | 'promote'>;
+export type PackageWriter = Pick<RepositoryWriter, 'addPackage' | 'promote'> & Partial<RolloutWriter>;
 
 export interface ApiOptions {
   config: ServerConfig;
@@ -23,6 +25,7 @@ export interface ApiOptions {
   store?: ReportStore;
   /** per-host credentials; without them, enrolment and reports answer 503 */
   hosts?: HostCredentials;
+  now?: () => Date;
   log: { info: (obj: object, msg: string) => void; warn: (obj: object, msg: string) => void };
 }
 
@@ -107,7 +110,10 @@ export function apiRouter(opts: ApiOptions): Router {
   router.post('/channels/:channel/promote', publisher, jsonBody, promote('body'));
   router.post('/channels/:channel/promote/:name/:version', publisher, promote('path'));
 
-  router.use(fleetRouter({ config, store, hosts, log }));
+  const rollouts = writer?.changeRollout && writer.currentIndex ? (writer as PackageWriter & RolloutWriter) : undefined;
+  const watch = rollouts && store ? new RolloutWatch(rollouts, () => store.list(), log) : undefined;
+  router.use(fleetRouter({ config, store, hosts, log, onReport: watch && ((r) => void watch.observe(r)) }));
+  router.use(rolloutRouter({ config, writer: rollouts, store, now: opts.now ?? (() => new Date()), log }));
 
   // a known API path with the wrong method
   router.all(['/packages', '/channels/:channel/promote', '/channels/:channel/promote/:name/:version'], (req, res) => {

@@ -5,6 +5,8 @@
 //   POST /api/v1/hosts/enrol                a host's own token, once     (site token)
 //   POST /api/v1/reports                    a host's fleet report        (host token)
 //   GET  /api/v1/reports                    the fleet as JSON            (viewer/publisher token)
+//   GET  /api/v1/rollouts                   rollouts with the fleet's tally (viewer/operator/publisher token)
+//   POST /api/v1/rollouts/:img/:ch/:op      start|pause|resume|abort|finish (operator/publisher token)
 //   GET|HEAD /<repository path>             the static repository tree (format/paths.ts)
 import type { IncomingMessage, ServerResponse, RequestListener } from 'node:http';
 import express, { type Express } from 'express';
@@ -79,7 +81,7 @@ export function createApp(opts: AppOptions & { repository?: RepositoryHandler; l
   // the page shows host names and their errors: private unless the config opens it
   const dashboardAccess: express.RequestHandler = opts.config.dashboard.public
     ? (_req, _res, next) => next()
-    : requireBrowserToken('dashboard', () => [...opts.config.viewers, ...opts.config.publishers]);
+    : requireBrowserToken('dashboard', () => [...opts.config.viewers, ...opts.config.operators, ...opts.config.publishers]);
   app.get('/', dashboardAccess, async (_req, res, next) => {
     try {
       const view = await viewer.view();
@@ -94,7 +96,7 @@ export function createApp(opts: AppOptions & { repository?: RepositoryHandler; l
     }
   });
 
-  app.use('/api/v1', apiRouter({ config: opts.config, writer: opts.writer, store: opts.store, hosts: opts.hosts, log }));
+  app.use('/api/v1', apiRouter({ config: opts.config, writer: opts.writer, store: opts.store, hosts: opts.hosts, now, log }));
 
   // anything else: only GET and HEAD exist outside the API
   app.use((req, res) => {

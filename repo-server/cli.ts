@@ -15,6 +15,8 @@ import { loadServerConfig, DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR } from './conf
 import { createRepositoryWriter } from './writer.js';
 import { uploadPackage, promoteRemote, type PublishResponse } from './client.js';
 import { registerHostsCommands } from './hosts-cli.js';
+import { registerRolloutCommands } from './rollout-cli.js';
+import { tokenFrom, checkTarget, localWriter } from './cli-target.js';
 
 const LEVELS: Record<number, string> = { 10: 'TRACE', 20: 'DEBUG', 30: 'INFO', 40: 'WARN', 50: 'ERROR', 60: 'FATAL' };
 
@@ -57,30 +59,6 @@ function progressBar(enabled: boolean, label: string): { update: (done: number, 
     },
     stop: () => started && bar.stop(),
   };
-}
-
-async function tokenFrom(o: { token?: string; tokenFile?: string }): Promise<string> {
-  if (o.tokenFile) return (await readFile(o.tokenFile, 'utf8')).trim();
-  const t = o.token ?? process.env.LOOPSHIP_TOKEN;
-  if (!t) throw new UsageError('--server needs a token: --token, --token-file or LOOPSHIP_TOKEN');
-  return t;
-}
-
-type Target = { server?: string; token?: string; tokenFile?: string; repo?: string; keys?: string; passphraseFile?: string };
-
-function checkTarget(o: Target): 'server' | 'repo' {
-  if (o.server && o.repo) throw new UsageError('give either --server (with a token) or --repo (with --keys), not both');
-  if (o.server) return 'server';
-  if (o.repo) {
-    if (!o.keys) throw new UsageError('--repo needs --keys KEYDIR (the key store holding the index key)');
-    return 'repo';
-  }
-  throw new UsageError('where to? give --server URL --token TOKEN, or --repo DIR --keys KEYDIR');
-}
-
-async function localWriter(o: Target): Promise<RepositoryWriter> {
-  const store = await Keystore.open(o.keys!);
-  return new RepositoryWriter(o.repo!, { indexKeys: await store.signers('index', await readPassphrase(o.passphraseFile)) });
 }
 
 function describePublish(r: PublishResponse): string {
@@ -148,6 +126,7 @@ async function runWorkers(n: number, log: Logger): Promise<void> {
 
 export function register(program: Command): void {
   registerHostsCommands(program);
+  registerRolloutCommands(program);
   program
     .command('serve')
     .description('serve a repository over HTTP: the static tree, the publish/promote API, fleet reports and a dashboard')

@@ -1,6 +1,7 @@
 // The HTTP client side of the publishing API, used by `loopship publish/promote --server`:
 // streams the package file (never buffered) with progress, and turns the server's JSON
 // errors back into LoopshipErrors with the server's code and message.
+import type { RolloutRequest, RolloutResult, RolloutView } from './rollouts.js';
 import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import http from 'node:http';
@@ -137,4 +138,21 @@ export async function promoteRemote(server: string, token: string, name: string,
   const res = await request(url, { method: 'POST', token, headers: { 'Content-Type': 'application/json', 'Content-Length': body.length }, body, timeoutMs: 60_000 });
   if (res.status !== 200) throw remoteError(res.status, res.text, `${name} ${version} -> ${channel}`);
   return JSON.parse(res.text) as PromoteResponse;
+}
+
+/** `POST /api/v1/rollouts/<name>/<channel>/<op>`: one rollout move (rollouts.ts). */
+export async function rolloutRemote(server: string, token: string, name: string, channel: string, req: RolloutRequest): Promise<RolloutResult> {
+  const url = apiUrl(server, `api/v1/rollouts/${encodeURIComponent(name)}/${encodeURIComponent(channel)}/${req.op}`);
+  const { op: _op, ...rest } = req;
+  const body = Buffer.from(JSON.stringify(rest));
+  const res = await request(url, { method: 'POST', token, headers: { 'Content-Type': 'application/json', 'Content-Length': body.length }, body, timeoutMs: 60_000 });
+  if (res.status !== 200 && res.status !== 201) throw remoteError(res.status, res.text, `rollout ${req.op} ${name}/${channel}`);
+  return JSON.parse(res.text) as RolloutResult;
+}
+
+/** `GET /api/v1/rollouts`: every rollout, with the fleet's tally. */
+export async function rolloutsRemote(server: string, token: string): Promise<RolloutView[]> {
+  const res = await request(apiUrl(server, 'api/v1/rollouts'), { method: 'GET', token, timeoutMs: 60_000 });
+  if (res.status !== 200) throw remoteError(res.status, res.text, 'rollouts');
+  return (JSON.parse(res.text) as { rollouts: RolloutView[] }).rollouts;
 }

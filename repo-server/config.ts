@@ -46,6 +46,8 @@ export const ServerConfigSchema = z
     sites: z.array(principal).max(100_000).default([]),
     /** who may look at the dashboard and GET /api/v1/reports (publishers may too) */
     viewers: z.array(principal).max(1000).default([]),
+    /** who may start, pause, resume, abort and finish rollouts (publishers may too) */
+    operators: z.array(principal).max(1000).default([]),
     index_keys: z
       .array(
         z.union([
@@ -71,7 +73,7 @@ export const ServerConfigSchema = z
       .default({ stale_minutes: 30, title: 'loopship repository', public: false }),
   })
   .superRefine((c, ctx) => {
-    for (const key of ['publishers', 'sites', 'viewers'] as const) {
+    for (const key of ['publishers', 'sites', 'viewers', 'operators'] as const) {
       const seen = new Set<string>();
       c[key].forEach((p, i) => {
         if (seen.has(p.name)) ctx.addIssue({ code: 'custom', path: [key, i, 'name'], message: `duplicate name ${p.name}` });
@@ -83,7 +85,7 @@ export const ServerConfigSchema = z
 export type ServerConfigFile = z.infer<typeof ServerConfigSchema>;
 
 export interface Principal {
-  kind: 'publisher' | 'site' | 'viewer';
+  kind: 'publisher' | 'site' | 'viewer' | 'operator';
   name: string;
   /** sha256 of the bearer token */
   digest: Buffer;
@@ -93,6 +95,7 @@ export interface ServerConfig {
   publishers: Principal[];
   sites: Principal[];
   viewers: Principal[];
+  operators: Principal[];
   indexKeys: Array<{ path: string; passphraseEnv?: string } | { gpg: string; gnupgHome?: string; pinEnv?: string }>;
   indexExpiresDays: number;
   limits: {
@@ -124,6 +127,7 @@ export function parseServerConfig(value: unknown, source = '(inline config)'): S
     publishers: toPrincipals('publisher', c.publishers),
     sites: toPrincipals('site', c.sites),
     viewers: toPrincipals('viewer', c.viewers),
+    operators: toPrincipals('operator', c.operators),
     indexKeys: c.index_keys.map((k) => ('gpg' in k ? { gpg: k.gpg, gnupgHome: k.gnupg_home, pinEnv: k.pin_env } : { path: k.path, passphraseEnv: k.passphrase_env })),
     indexExpiresDays: c.index_expires_days,
     limits: {

@@ -10,7 +10,7 @@ import { ApiError, sendError } from './api-error.js';
 import { validate, wrap, requireJson } from './handlers.js';
 import { bearerToken, findPrincipal, principalOf, requireToken } from './auth.js';
 import { isHostToken, type HostCredentials, type HostIdentity } from './hosts.js';
-import { ReportSchema, RateLimiter, hostName, siteName, type ReportStore } from './reports.js';
+import { ReportSchema, RateLimiter, hostName, siteName, type ReportStore, type FleetReport } from './reports.js';
 import type { ServerConfig } from './config.js';
 
 export interface FleetApiOptions {
@@ -18,6 +18,8 @@ export interface FleetApiOptions {
   store?: ReportStore;
   hosts?: HostCredentials;
   log: { info: (obj: object, msg: string) => void; warn: (obj: object, msg: string) => void };
+  /** each stored report, for the rollouts' halt rule (rollouts.ts) */
+  onReport?: (report: FleetReport) => void;
 }
 
 const EnrolBody = z.strictObject({ host: hostName, site: siteName.nullable().optional() });
@@ -61,7 +63,7 @@ export function fleetRouter(opts: FleetApiOptions): Router {
   const router = Router();
   const site = requireToken('host enrolment', () => config.sites);
   const host = requireHostToken(hosts, config);
-  const reader = requireToken('the fleet data', () => [...config.viewers, ...config.publishers]);
+  const reader = requireToken('the fleet data', () => [...config.viewers, ...config.operators, ...config.publishers]);
   const jsonBody = json({ limit: limits.maxJsonBytes, type: 'application/json', strict: true });
   const rate = new RateLimiter(limits.reportsPerMinutePerSite);
   const takeRate = (who: string) => {
@@ -104,6 +106,7 @@ export function fleetRouter(opts: FleetApiOptions): Router {
       }
       const report = { ...input, site: id.site, host: id.host };
       const stored = await store.put(report);
+      opts.onReport?.(report);
       res.status(201).json({ host: report.host, site: report.site, received_at: stored.received_at });
     }),
   );

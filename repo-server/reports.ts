@@ -8,7 +8,7 @@ import { mkdir, open, readdir, readFile, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { randomBytes, createHash } from 'node:crypto';
 import * as z from 'zod';
-import { imageName, imageVersion, channelName, siteName } from '../format/index.js';
+import { imageName, imageVersion, channelName, siteName, rolloutId } from '../format/index.js';
 import { LoopshipError } from '../format/index.js';
 import { ApiError } from './api-error.js';
 
@@ -40,6 +40,10 @@ export const ApplianceReportSchema = z.strictObject({
   /** did the installed image verify against its signed manifest at the last check (null: not checked yet) */
   verified: z.boolean().nullable(),
   error: z.string().max(2000).nullable().optional(),
+  /** versions that failed their health check on this host and were rolled back */
+  failed_versions: z.array(imageVersion).max(32).optional(),
+  /** the host's place in the rollout on its channel (format/rollout.ts) */
+  rollout: z.strictObject({ id: rolloutId, to: imageVersion, taking: z.boolean(), reason: z.string().max(1000).nullable() }).optional(),
 });
 
 /**
