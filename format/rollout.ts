@@ -194,7 +194,7 @@ export function pauseRollout(image: IndexImage, name: string, channel: string, w
  * A paused rollout goes on where it stopped (stages still to come keep their spacing, moved
  * by the time it stood still); a running one opens its next stage that waits for an operator.
  */
-export function resumeRollout(image: IndexImage, name: string, channel: string, now: Date): { rollout: Rollout; opened: number | null } {
+export function resumeRollout(image: IndexImage, name: string, channel: string, now: Date, baseline?: Rollout['halt_baseline']): { rollout: Rollout; opened: number | null } {
   const r = requireRollout(image, name, channel);
   const where = `${name}/${channel}`;
   if (r.state === 'aborted') throw new LoopshipError('CONFLICT', `the rollout on ${where} was aborted: start a new one`, { where });
@@ -204,6 +204,8 @@ export function resumeRollout(image: IndexImage, name: string, channel: string, 
     for (const st of r.stages) if (st.opens !== null && Date.parse(st.opens) > at) st.opens = new Date(Date.parse(st.opens) + shift).toISOString();
     r.state = 'running';
     delete r.stopped;
+    // the failures that halted it were seen: the halt rule counts anew from here
+    if (baseline) r.halt_baseline = baseline;
     return { rollout: r, opened: null };
   }
   const { stage } = openStage(r, now);

@@ -98,6 +98,8 @@ const rollout = z
     groups: z.array(groupName).min(1).max(256).optional(),
     /** the server pauses the rollout when `failures` of the first `of_first` hosts on `to` failed, or `percent` of them */
     halt: z.strictObject({ failures: z.number().int().min(1), of_first: z.number().int().min(1), percent: z.number().min(0).max(100) }).optional(),
+    /** the fleet's tally when an operator last resumed it: the halt rule counts what came after */
+    halt_baseline: z.strictObject({ took: count, failed: count }).optional(),
   })
   .superRefine((r, ctx) => {
     if (r.from === r.to) ctx.addIssue({ code: 'custom', path: ['to'], message: 'a rollout moves to another version than it starts from' });

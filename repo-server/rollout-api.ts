@@ -49,7 +49,7 @@ export function rolloutRouter(opts: RolloutApiOptions): Router {
       if (req.get('content-length') && req.get('content-length') !== '0') requireJson(req);
       const body = validate(RolloutRequestSchema, { ...(req.body && typeof req.body === 'object' ? req.body : {}), op }, `rollout ${op} request`);
       const who = principalOf(req);
-      const r = await applyRollout(w, name, channel, body, `${who.kind} ${who.name}`);
+      const r = await applyRollout(w, name, channel, body, `${who.kind} ${who.name}`, store && (() => store.list()));
       log.info({ who: who.name, kind: who.kind, image: name, channel, op, rollout: r.rollout.id, to: r.rollout.to, state: r.rollout.state, indexVersion: r.index_version }, `rollout ${op}`);
       res.status(op === 'start' ? 201 : 200).json(r);
     }),

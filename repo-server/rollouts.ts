@@ -101,7 +101,7 @@ export interface RolloutResult {
 }
 
 /** Runs one request on the writer: the move, the signed index, and what it looks like now. */
-export async function applyRollout(w: RolloutWriter, name: string, channel: string, req: RolloutRequest, by: string): Promise<RolloutResult> {
+export async function applyRollout(w: RolloutWriter, name: string, channel: string, req: RolloutRequest, by: string, reports?: () => readonly StoredReport[]): Promise<RolloutResult> {
   const stages = req.op === 'start' ? parseStages(req.stages, req.every) : undefined;
   const { indexVersion, result } = await w.changeRollout(name, (image, now) => {
     const r = move(image, now);
@@ -117,8 +117,11 @@ export async function applyRollout(w: RolloutWriter, name: string, channel: stri
         return pauseRollout(image, name, channel, { reason: req.reason ?? 'paused by an operator', by }, now);
       case 'abort':
         return abortRollout(image, name, channel, { reason: req.reason ?? 'aborted by an operator', by }, now);
-      case 'resume':
-        return resumeRollout(image, name, channel, now).rollout;
+      case 'resume': {
+        const r = image.rollouts?.[channel];
+        const t = r && reports ? tallyFleet(r, name, reports()) : undefined;
+        return resumeRollout(image, name, channel, now, t && { took: t.took, failed: t.failed.length }).rollout;
+      }
       case 'finish':
         return finishRollout(image, name, channel, now, req.force).rollout;
     }
@@ -153,7 +156,8 @@ export class RolloutWatch {
       for (const [channel, r] of Object.entries(image.rollouts ?? {})) {
         if (r.state !== 'running' || !r.halt) continue;
         const t = tallyFleet(r, name, this.reports());
-        if (!shouldHalt(r.halt, t.took, t.failed.length)) continue;
+        const base = r.halt_baseline ?? { took: 0, failed: 0 };
+        if (!shouldHalt(r.halt, t.took - base.took, t.failed.length - base.failed)) continue;
         const named = t.failed.slice(0, 5).map((f) => `${f.host} (${(f.error ?? 'unhealthy').slice(0, 120)})`).join(', ');
         const reason = `halted: ${t.failed.length} of ${t.took} hosts that took ${r.to} failed: ${named}${t.failed.length > 5 ? ', ...' : ''}`;
         await this.w.changeRollout(name, (img, now) => pauseRollout(img, name, channel, { reason, by: 'loopship serve (halt rule)' }, now));

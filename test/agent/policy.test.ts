@@ -28,3 +28,11 @@ test('the host consents: an exact version in agent.yaml, or allow_downgrade for 
   // "~" sorts first, as in Debian: 1.0~rc1 is older than 1.0
   t.false(decideMove({ name: 'sbc', from: '1.0', to: '1.0~rc1', via: { channel: 'stable' } }, undefined).move);
 });
+
+test('an aborted rollout sends a host back only with its consent, and says which rollout', (t) => {
+  const via = { channel: 'stable', rollout: { id: 'ab'.repeat(8), from: '1.0', to: '1.1', taking: false, reason: 'the rollout of 1.1 was aborted (bad build)' } };
+  const held = decideMove({ name: 'sbc', from: '1.1', to: '1.0', via }, cfg(false));
+  t.false(held.move);
+  t.regex((held as { reason: string }).reason, /^the rollout of 1\.1 was aborted \(bad build\), so channel stable names 1\.0 again, older than the installed 1\.1: not downgrading/);
+  t.deepEqual(decideMove({ name: 'sbc', from: '1.1', to: '1.0', via }, cfg(true)), { move: true });
+});

@@ -83,7 +83,8 @@ test('pause stands a rollout still; resume goes on with the remaining stages mov
   t.is(openStage(r, at(500)).percent, 10, 'no stage opens while paused');
   t.regex(placeHost(r, { host: hosts(50).find((h) => rolloutBucket(ID, h) > 10)! }, at(500)).reason!, /paused: 2 hosts failed health; next: stage 2 of 3 \(50%\) opens when the rollout is resumed/);
   t.throws(() => pauseRollout(img, 'tiny', 'stable', { reason: 'x', by: 'y' }, at(31)), { message: /is paused, not running/ });
-  resumeRollout(img, 'tiny', 'stable', at(90));
+  resumeRollout(img, 'tiny', 'stable', at(90), { took: 3, failed: 2 });
+  t.deepEqual(r.halt_baseline, { took: 3, failed: 2 }, 'the halt rule counts anew from the resume');
   t.is(r.state, 'running');
   t.is(r.stopped, undefined);
   t.deepEqual(r.stages.map((s) => s.opens), [T0.toISOString(), at(120).toISOString(), at(180).toISOString()]);
