@@ -36,6 +36,8 @@ const applianceState = z.object({
   verified: z.boolean().nullable().default(null),
   /** a move the policy refused (policy.ts): its reason is also last_error, until the repository names the installed version again */
   held: z.object({ to: z.string(), reason: z.string() }).nullable().default(null),
+  /** a move installed but not switched, outside the maintenance window (windows.ts): like held, its reason is also last_error */
+  waiting: z.object({ to: z.string(), opens: z.string().nullable(), reason: z.string() }).nullable().default(null),
 });
 export type ApplianceState = z.infer<typeof applianceState>;
 

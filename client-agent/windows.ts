@@ -215,3 +215,24 @@ export function windowsFor(
   if (!texts) return null;
   return { windows: parseWindows(texts), tz: appliance?.timezone ?? host.timezone ?? localTimeZone() };
 }
+
+/** Whether an upgrade of `name` to `to` may switch at `now`, and if not, what its status says. */
+export type SwitchDecision = { switch: true } | { switch: false; opens: string | null; reason: string };
+
+export function decideSwitch(
+  host: { windows?: readonly string[]; timezone?: string },
+  appliance: { windows?: readonly string[]; timezone?: string } | undefined,
+  now: Date,
+  move: { name: string; to: string },
+): SwitchDecision {
+  const w = windowsFor(host, appliance);
+  if (!w || isOpen(w.windows, now, w.tz)) return { switch: true };
+  const opens = nextOpening(w.windows, now, w.tz);
+  const when = opens ? `next opens ${describeTime(opens, w.tz)}` : 'no window opens in the next 9 days';
+  return {
+    switch: false,
+    opens: opens?.toISOString() ?? null,
+    reason: `${move.to} is downloaded and verified, waiting for a maintenance window (${w.windows.map((x) => x.text).join(', ')}) to switch: ` +
+      `${when} (to switch now: loopship-agent upgrade ${move.name} --ignore-window)`,
+  };
+}
