@@ -501,14 +501,15 @@ export class Agent {
     });
   }
 
-  /** Drops versions no longer needed (keeps current and previous), abandoned staging and trash. */
+  /** Drops versions no longer needed (keeps current, previous and one waiting for its window), abandoned staging and trash. */
   async gc() {
     return this.locked(async () => {
       const s = await this.state.readState();
       const removed: string[] = [];
       let freed = 0;
       for (const n of await this.state.applianceNames()) {
-        const keep = new Set([await this.state.currentVersion(n), s.appliances[n]?.previous].filter(Boolean) as string[]);
+        // and a version waiting for its maintenance window: removing it would only fetch it again
+        const keep = new Set([await this.state.currentVersion(n), s.appliances[n]?.previous, s.appliances[n]?.waiting?.to].filter(Boolean) as string[]);
         for (const v of await this.state.installedVersions(n)) {
           if (keep.has(v)) continue;
           for (const f of ['verified.img', 'disk.img', 'kernel', 'initrd']) freed += await allocatedBytes(join(this.state.versionDir(n, v), f));

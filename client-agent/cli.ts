@@ -204,7 +204,7 @@ export function register(program: Command): void {
 
   program
     .command('gc')
-    .description('drop versions no longer needed (keeps current and previous) and abandoned downloads')
+    .description('drop versions no longer needed (keeps current, previous and a version waiting for its window) and abandoned downloads')
     .action(async (_o, cmd) => {
       const { agent, g } = agentFor(cmd);
       const r = await agent.gc();

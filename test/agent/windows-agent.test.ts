@@ -113,6 +113,10 @@ test('outside the window a round pre-fetches and waits (status and report say un
   t.like(report.appliances[0], { version: '1.0.0' });
   t.regex(report.appliances[0].error ?? '', waitRe);
 
+  // gc keeps what waits (it would only be fetched again)
+  t.deepEqual((await agent.gc()).removed, []);
+  t.deepEqual(await agent.state.installedVersions('sbc'), ['1.0.0', '2.0.0']);
+
   // an operator's plain `upgrade sbc` honours the window too (the config is the host's policy)
   const up = await agent.upgrade('sbc');
   t.like(up[0], { name: 'sbc', from: '1.0.0', to: '2.0.0', status: 'waiting' });
