@@ -21,6 +21,7 @@ import { verifyVersionDir, type VersionCheck } from './verify.js';
 import { writeFileAtomic, readOwnFile, ownFileOrNull, createOwnFile, assertOwnDirsBelow } from './fsutil.js';
 import { packageVersion } from '../format/version.js';
 import { decideMove, type Move } from './policy.js';
+import { decideSwitch } from './windows.js';
 import { AgentContext, type AgentDeps } from './context.js';
 import { HostTrust, type InitOptions, type InitResult, type UpdateSummary } from './trust.js';
 import { Boot } from './boot.js';
@@ -57,6 +58,8 @@ export interface ApplianceStatus {
   disk_bytes: number;
   data_disk_bytes: number;
   pending_upgrade: ApplianceState['pending_upgrade'];
+  /** installed, not switched: outside the maintenance window (windows.ts) */
+  waiting: ApplianceState['waiting'];
   failed_versions: string[];
   last_error: string | null;
   /** what the last install fetched and reused */
@@ -356,6 +359,7 @@ export class Agent {
         disk_bytes: disk,
         data_disk_bytes: await allocatedBytes(this.state.dataDisk(n)),
         pending_upgrade: a?.pending_upgrade ?? null,
+        waiting: a?.waiting ?? null,
         failed_versions: a?.failed_versions ?? [],
         last_error: a?.last_error ?? null,
         last_install: a?.last_install ?? null,
@@ -368,7 +372,7 @@ export class Agent {
   // ---------- upgrade / rollback ----------
 
   /** upgrade [NAME]: everything configured (or one) to what its channel/version names now. */
-  async upgrade(name?: string, opts: { force?: boolean } = {}) {
+  async upgrade(name?: string, opts: { force?: boolean; ignoreWindow?: boolean } = {}) {
     return this.locked(async () => {
       try {
         const r = await this.upgradeUnlocked(name, opts);
@@ -381,11 +385,11 @@ export class Agent {
     });
   }
 
-  private async upgradeUnlocked(name?: string, opts: { force?: boolean } = {}) {
+  private async upgradeUnlocked(name?: string, opts: { force?: boolean; ignoreWindow?: boolean } = {}) {
     const cfg = await this.config();
     await this.trust.update();
     const names = name ? [name] : [...new Set([...cfg.appliances.map((a) => a.name), ...(await this.state.applianceNames())])];
-    const results: { name: string; from: string | null; to: string; status: 'up-to-date' | 'upgraded' | 'installed' | 'skipped' | 'held' | 'rolled-back' | 'error'; message?: string }[] = [];
+    const results: { name: string; from: string | null; to: string; status: 'up-to-date' | 'upgraded' | 'installed' | 'skipped' | 'held' | 'waiting' | 'rolled-back' | 'error'; message?: string }[] = [];
     const failures: string[] = [];
     for (const n of names) {
       const from = await this.state.currentVersion(n);
@@ -429,6 +433,17 @@ export class Agent {
           results.push({ name: n, from, to, status: 'installed' });
           continue;
         }
+        // a switch stops what runs: outside its window only the pre-fetch above (a new version dir) happens
+        const gate = opts.ignoreWindow ? { switch: true as const } : decideSwitch(cfg, await this.ctx.applianceConfig(n), this.now(), { name: n, to });
+        if (!gate.switch) {
+          this.log(`${n}: ${gate.reason}`);
+          results.push({ name: n, from, to, status: 'waiting', message: gate.reason });
+          await this.state.updateAppliance(n, (a) => {
+            a.waiting = { to, opens: gate.opens, reason: gate.reason };
+            a.last_error = gate.reason;
+          });
+          continue;
+        }
         await this.boot.configure(n, to);
         const r = await this.transitions.run({ name: n, from, to, why: 'upgrade of' });
         if (r.ok) {
@@ -443,6 +458,9 @@ export class Agent {
         failures.push(`${n}: ${message}`);
         await this.state.updateAppliance(n, (a) => { a.last_error = message; }).catch(() => {});
         if (names.length === 1) throw err;
+      } finally {
+        // any other outcome ends a wait (switched, up to date, held, failed): its message goes with it
+        if (results.at(-1)?.name === n && results.at(-1)?.status !== 'waiting') await this.endWait(n).catch(() => {});
       }
     }
     if (failures.length) {
@@ -451,6 +469,15 @@ export class Agent {
       throw err;
     }
     return results;
+  }
+
+  /** Clears a wait recorded by an earlier round (state.json is written only then). */
+  private async endWait(name: string): Promise<void> {
+    if (!(await this.state.readState()).appliances[name]?.waiting) return;
+    await this.state.updateAppliance(name, (a) => {
+      if (a.last_error === a.waiting?.reason) a.last_error = null;
+      a.waiting = null;
+    });
   }
 
   async rollback(name: string) {
@@ -492,14 +519,15 @@ export class Agent {
     });
   }
 
-  /** Drops versions no longer needed (keeps current and previous), abandoned staging and trash. */
+  /** Drops versions no longer needed (keeps current, previous and one waiting for its window), abandoned staging and trash. */
   async gc() {
     return this.locked(async () => {
       const s = await this.state.readState();
       const removed: string[] = [];
       let freed = 0;
       for (const n of await this.state.applianceNames()) {
-        const keep = new Set([await this.state.currentVersion(n), s.appliances[n]?.previous].filter(Boolean) as string[]);
+        // and a version waiting for its maintenance window: removing it would only fetch it again
+        const keep = new Set([await this.state.currentVersion(n), s.appliances[n]?.previous, s.appliances[n]?.waiting?.to].filter(Boolean) as string[]);
         for (const v of await this.state.installedVersions(n)) {
           if (keep.has(v)) continue;
           for (const f of ['verified.img', 'disk.img', 'kernel', 'initrd']) freed += await allocatedBytes(join(this.state.versionDir(n, v), f));

@@ -151,18 +151,22 @@ export function register(program: Command): void {
           : r.map((a) =>
               `${a.name}: current ${a.current ?? '-'}${a.previous ? ` (previous ${a.previous})` : ''}, ${a.running ? 'running' : 'stopped'}, health ${a.health}` +
               `${a.verified === null ? '' : a.verified ? ', verified' : ', VERIFY FAILED'}; installed ${a.installed.join(' ') || '-'}; disk ${mib(a.disk_bytes)}, data ${mib(a.data_disk_bytes)}` +
-              `${a.pending_upgrade ? `; upgrade to ${a.pending_upgrade.to} interrupted` : ''}${a.last_error ? `\n  last error: ${a.last_error}` : ''}`).join('\n'));
+              `${a.pending_upgrade ? `; upgrade to ${a.pending_upgrade.to} interrupted` : ''}` +
+              // a wait is no error: said as what it is (its reason is last_error too, for the fleet report)
+              `${a.waiting ? `\n  waiting: ${a.waiting.reason}` : ''}${a.last_error && a.last_error !== a.waiting?.reason ? `\n  last error: ${a.last_error}` : ''}`).join('\n'));
     });
 
   program
     .command('upgrade')
     .argument('[name]')
     .option('--force', 'retry a version that failed its health check before')
-    .description('install the newer version beside the old, switch, boot, health check; roll back on failure')
+    .option('--ignore-window', 'switch now, outside the maintenance windows agent.yaml sets')
+    .description('install the newer version beside the old; inside the maintenance windows (if any) switch, boot, health check, roll back on failure')
+    .addHelpText('after', '\nMaintenance windows (agent.yaml windows:) hold for this command too: outside them the new version\nis downloaded and verified, the running one is left alone and the result is "waiting" with the next\nopening; --ignore-window switches now. A first install (nothing running yet) happens any time.')
     .action(async (name: string | undefined, o, cmd) => {
       const { agent, g } = agentFor(cmd);
       try {
-        const r = await agent.upgrade(name, { force: o.force });
+        const r = await agent.upgrade(name, { force: o.force, ignoreWindow: o.ignoreWindow });
         print(g, r, () => r.map((x) => `${x.name}: ${x.status}${x.from ? ` ${x.from}` : ''}${x.to && x.to !== x.from ? ` -> ${x.to}` : ''}${x.message ? ` (${x.message})` : ''}`).join('\n') || 'nothing to upgrade');
       } catch (err) {
         const results = (err as { results?: unknown }).results;
@@ -200,7 +204,7 @@ export function register(program: Command): void {
 
   program
     .command('gc')
-    .description('drop versions no longer needed (keeps current and previous) and abandoned downloads')
+    .description('drop versions no longer needed (keeps current, previous and a version waiting for its window) and abandoned downloads')
     .action(async (_o, cmd) => {
       const { agent, g } = agentFor(cmd);
       const r = await agent.gc();
@@ -231,6 +235,7 @@ export function register(program: Command): void {
   program
     .command('daemon')
     .description('poll on an interval with jitter: upgrade what follows a channel, keep appliances running, report')
+    .addHelpText('after', '\nOutside the maintenance windows agent.yaml sets (windows:, timezone:), a round downloads and verifies\nnew versions but stops, switches and reboots nothing; the next round inside a window switches.')
     .option('--once', 'one round, then exit (non-zero if it failed)')
     .action(async (o, cmd) => {
       const { agent } = agentFor(cmd, { daemon: true });

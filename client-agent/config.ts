@@ -9,6 +9,7 @@ import YAML from 'yaml';
 import { ConfigError } from '../format/index.js';
 import { imageName, imageVersion, channelName, bridgeName, siteName, groupName, describeIssues } from '../format/index.js';
 import { writeFileAtomic } from './fsutil.js';
+import { parseWindow, checkTimeZone } from './windows.js';
 
 export const DEFAULT_CONFIG = '/etc/loopship/agent.yaml';
 export const DEFAULT_STATE_DIR = '/var/lib/loopship';
@@ -51,6 +52,27 @@ const repoUrl = z.string().refine((s) => {
   }
 }, 'expected an http(s):// URL or an absolute directory path');
 
+// maintenance windows (windows.ts): checked here so a typo fails at load, naming the field and the text
+const windowsField = z
+  .array(z.string())
+  .min(1, 'an empty list would never let an upgrade switch; leave windows out to allow any time')
+  .superRefine((list, ctx) => {
+    list.forEach((text, i) => {
+      try {
+        parseWindow(text, ''); // no prefix: the issue's path names the field
+      } catch (e) {
+        ctx.addIssue({ code: 'custom', path: [i], message: (e as ConfigError).message });
+      }
+    });
+  });
+const timezoneField = z.string().superRefine((tz, ctx) => {
+  try {
+    checkTimeZone(tz, '');
+  } catch (e) {
+    ctx.addIssue({ code: 'custom', message: (e as ConfigError).message });
+  }
+});
+
 const settingValue = z.union([z.string(), z.number(), z.boolean(), z.array(z.string())]);
 
 const appliance = z
@@ -63,6 +85,9 @@ const appliance = z
     autostart: z.boolean().default(true),
     /** follow a channel to an older version too (default: a channel moves this host forward only) */
     allow_downgrade: z.boolean().default(false),
+    /** when upgrades of this appliance may switch (overrides the host's windows and timezone) */
+    windows: windowsField.optional(),
+    timezone: timezoneField.optional(),
     /** this host's overrides of the manifest's Xen defaults (bridge names differ between sites) */
     xen: z
       .strictObject({
@@ -96,6 +121,9 @@ export const AgentConfigSchema = z
       .default({ interval_s: 900, jitter_s: 120 }),
     health_timeout_s: z.number().int().min(1).default(300),
     fetch_concurrency: z.number().int().min(1).max(64).default(8),
+    /** maintenance windows, in `timezone` (default: the host's zone); unset: upgrades switch any time */
+    windows: windowsField.optional(),
+    timezone: timezoneField.optional(),
   })
   .superRefine((c, ctx) => {
     const seen = new Set<string>();
