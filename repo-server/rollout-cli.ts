@@ -2,7 +2,7 @@
 // (--server, an operator or publisher token) or straight on a repository directory (--repo,
 // --keys). `promote` stays the one-step form (and ends a rollout on its channel).
 import { Command, InvalidArgumentError } from 'commander';
-import { RepositoryWriter, UsageError } from '../format/index.js';
+import { RepositoryWriter, UsageError, parseStages } from '../format/index.js';
 import { rolloutRemote, rolloutsRemote } from './client.js';
 import { tokenFrom, checkTarget, localWriter, type Target } from './cli-target.js';
 import { applyRollout, viewRollouts, type RolloutRequest, type RolloutResult, type RolloutView } from './rollouts.js';
@@ -88,6 +88,7 @@ export function registerRolloutCommands(program: Command): void {
       .option('--groups <list>', 'only hosts in these groups (agent.yaml groups:)', list)
       .option('--halt <rule>', 'pause when FAILURES of the first OF_FIRST hosts fail, or more than PERCENT% after (default 2/20,5%)', halt),
   ).action(async (name: string, version: string, o: Common & { stages: string; every?: string; sites?: string[]; groups?: string[]; halt?: never }) => {
+    parseStages(o.stages, o.every); // a bad --stages is a usage error before any key or server is asked
     await act(name, o, { op: 'start', to: version, stages: o.stages, every: o.every, sites: o.sites, groups: o.groups, halt: o.halt });
   });
 
