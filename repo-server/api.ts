@@ -15,6 +15,7 @@ import { RolloutWatch, type RolloutWriter } from './rollouts.js';
 import type { ReportStore } from './reports.js';
 import type { HostCredentials } from './hosts.js';
 import type { ServerConfig } from './config.js';
+import type { ServerMetrics } from './metrics.js';
 
 /** What the server needs from format/'s RepositoryWriter (injected, so tests can use a fake). */
 export type PackageWriter = Pick<RepositoryWriter, 'addPackage' | 'promote'> & Partial<RolloutWriter>;
@@ -26,6 +27,7 @@ export interface ApiOptions {
   /** per-host credentials; without them, enrolment and reports answer 503 */
   hosts?: HostCredentials;
   now?: () => Date;
+  metrics?: Pick<ServerMetrics, 'observePublish'>;
   log: { info: (obj: object, msg: string) => void; warn: (obj: object, msg: string) => void };
 }
 
@@ -65,8 +67,11 @@ export function apiRouter(opts: ApiOptions): Router {
       });
       req.on('error', () => body.fail(new ApiError(400, 'BAD_REQUEST', 'the upload connection failed')));
       const who = principalOf(req).name;
+      const started = process.hrtime.bigint();
+      const took = () => Number(process.hrtime.bigint() - started) / 1e9;
       try {
         const result = await w.addPackage(body, { where: 'upload', channel });
+        opts.metrics?.observePublish(took(), true);
         log.info({ publisher: who, ...result, bytes: body.bytes }, result.unchanged ? 'package already published' : 'package published');
         res.status(result.unchanged ? 200 : 201).json({
           name: result.name,
@@ -82,6 +87,7 @@ export function apiRouter(opts: ApiOptions): Router {
         });
       } catch (err) {
         // our own cut-off (size, timeout, abort) explains the writer's failure better than its message
+        opts.metrics?.observePublish(took(), false);
         const reason = body.failure ?? err;
         log.warn({ publisher: who, err: (reason as Error).message, bytes: body.bytes }, 'package rejected');
         body.destroy();

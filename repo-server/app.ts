@@ -7,13 +7,15 @@
 //   GET  /api/v1/reports                    the fleet as JSON            (viewer/publisher token)
 //   GET  /api/v1/rollouts                   rollouts with the fleet's tally (viewer/operator/publisher token)
 //   POST /api/v1/rollouts/:img/:ch/:op      start|pause|resume|abort|finish (operator/publisher token)
+//   GET  /metrics                           Prometheus text format       (viewer/operator/publisher token, unless metrics_public)
 //   GET|HEAD /<repository path>             the static repository tree (format/paths.ts)
 import type { IncomingMessage, ServerResponse, RequestListener } from 'node:http';
 import express, { type Express } from 'express';
 import pino, { type Logger } from 'pino';
 import { ApiError, errorHandler, sendError } from './api-error.js';
 import { apiRouter, type PackageWriter } from './api.js';
-import { requireBrowserToken } from './auth.js';
+import { requireBrowserToken, requireToken } from './auth.js';
+import type { ServerMetrics } from './metrics.js';
 import { createRepositoryHandler, type RepositoryHandler, type StaticOptions } from './static.js';
 import { RepositoryViewer } from './repo-view.js';
 import { renderDashboard } from './dashboard.js';
@@ -33,14 +35,17 @@ export interface AppOptions {
   now?: () => Date;
   log?: Logger;
   static?: StaticOptions;
+  /** GET /metrics and the request counters; without, /metrics is 404 */
+  metrics?: ServerMetrics;
 }
 
 /** One log line per request, written when the response is done (5xx always, the rest at info). */
-export function logRequest(log: Logger, req: IncomingMessage, res: ServerResponse): void {
+export function logRequest(log: Logger, req: IncomingMessage, res: ServerResponse, metrics?: ServerMetrics): void {
+  const url = req.url; // express rewrites req.url inside mounted routers
+  if (metrics) res.on('close', () => metrics.observeRequest(url, req.method, res.statusCode, Number(res.getHeader('content-length') ?? 0) || 0));
   // below info nothing per request: failures are logged where they happen, with details
   if (!log.isLevelEnabled('info')) return;
   const start = process.hrtime.bigint();
-  const url = req.url; // express rewrites req.url inside mounted routers
   res.on('close', () => {
     const ms = Math.round(Number(process.hrtime.bigint() - start) / 1e5) / 10;
     const line = {
@@ -70,7 +75,7 @@ export function createApp(opts: AppOptions & { repository?: RepositoryHandler; l
 
   if (opts.logRequests !== false)
     app.use((req, res, next) => {
-      logRequest(log, req, res);
+      logRequest(log, req, res, opts.metrics);
       next();
     });
   // the static tree first: it is nearly all of the traffic
@@ -96,7 +101,24 @@ export function createApp(opts: AppOptions & { repository?: RepositoryHandler; l
     }
   });
 
-  app.use('/api/v1', apiRouter({ config: opts.config, writer: opts.writer, store: opts.store, hosts: opts.hosts, now, log }));
+  if (opts.metrics) {
+    const metrics = opts.metrics;
+    const metricsAccess: express.RequestHandler = opts.config.metricsPublic
+      ? (_req, _res, next) => next()
+      : requireToken('metrics', () => [...opts.config.viewers, ...opts.config.operators, ...opts.config.publishers]);
+    app.get('/metrics', metricsAccess, async (_req, res, next) => {
+      try {
+        const text = await metrics.text();
+        res.setHeader('Content-Type', metrics.registry.contentType);
+        res.setHeader('Cache-Control', 'no-store');
+        res.send(text);
+      } catch (err) {
+        next(err);
+      }
+    });
+  }
+
+  app.use('/api/v1', apiRouter({ config: opts.config, writer: opts.writer, store: opts.store, hosts: opts.hosts, now, log, metrics: opts.metrics }));
 
   // anything else: only GET and HEAD exist outside the API
   app.use((req, res) => {
@@ -118,7 +140,7 @@ export function createRequestListener(opts: AppOptions): RequestListener {
   const repository = createRepositoryHandler(opts.repoDir, { ...opts.static, onError: (err, url) => log.error({ err, url }, 'cannot serve a repository file') });
   const app = createApp({ ...opts, repository, logRequests: false });
   return (req, res) => {
-    logRequest(log, req, res);
+    logRequest(log, req, res, opts.metrics);
     if (!repository(req, res)) app(req, res);
   };
 }

@@ -71,6 +71,8 @@ export const ServerConfigSchema = z
         public: z.boolean().default(false),
       })
       .default({ stale_minutes: 30, title: 'loopship repository', public: false }),
+    /** true: GET /metrics needs no token (e.g. the server listens on a management network only) */
+    metrics_public: z.boolean().default(false),
   })
   .superRefine((c, ctx) => {
     for (const key of ['publishers', 'sites', 'viewers', 'operators'] as const) {
@@ -108,6 +110,7 @@ export interface ServerConfig {
     reportsPerMinutePerSite: number;
   };
   dashboard: { staleMinutes: number; title: string; public: boolean };
+  metricsPublic: boolean;
   /** where the config came from, for messages */
   source: string;
 }
@@ -140,6 +143,7 @@ export function parseServerConfig(value: unknown, source = '(inline config)'): S
       reportsPerMinutePerSite: c.limits.reports_per_minute_per_site,
     },
     dashboard: { staleMinutes: c.dashboard.stale_minutes, title: c.dashboard.title, public: c.dashboard.public },
+    metricsPublic: c.metrics_public,
     source,
   };
 }

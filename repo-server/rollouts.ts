@@ -11,6 +11,9 @@ import type { FleetReport, StoredReport } from './reports.js';
 
 export type RolloutWriter = Pick<RepositoryWriter, 'changeRollout' | 'currentIndex'>;
 
+/** Who the server names as having paused a rollout by its halt rule. */
+export const HALT_RULE_BY = 'loopship serve (halt rule)';
+
 export const RolloutRequestSchema = z.discriminatedUnion('op', [
   z.strictObject({
     op: z.literal('start'),
@@ -160,7 +163,7 @@ export class RolloutWatch {
         if (!shouldHalt(r.halt, t.took - base.took, t.failed.length - base.failed)) continue;
         const named = t.failed.slice(0, 5).map((f) => `${f.host} (${(f.error ?? 'unhealthy').slice(0, 120)})`).join(', ');
         const reason = `halted: ${t.failed.length} of ${t.took} hosts that took ${r.to} failed: ${named}${t.failed.length > 5 ? ', ...' : ''}`;
-        await this.w.changeRollout(name, (img, now) => pauseRollout(img, name, channel, { reason, by: 'loopship serve (halt rule)' }, now));
+        await this.w.changeRollout(name, (img, now) => pauseRollout(img, name, channel, { reason, by: HALT_RULE_BY }, now));
         this.log.warn({ image: name, channel, rollout: r.id, to: r.to, took: t.took, failed: t.failed.map((f) => f.host) }, 'rollout halted');
       }
     }

@@ -3,6 +3,7 @@
 // requests finish for a while, then cut the rest).
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { ServerMetrics } from './metrics.js';
 import pino, { type Logger } from 'pino';
 import { createRequestListener, type AppOptions } from './app.js';
 import { loadServerConfig, DEFAULT_STATE_DIR, type ServerConfig } from './config.js';
@@ -50,7 +51,8 @@ export async function startServer(opts: StartOptions): Promise<RunningServer> {
   const hosts = opts.hosts ?? (stateDir === null ? undefined : await FileHostRegistry.open(stateDir, { maxHosts, maxHostsPerSite, now: opts.now }));
   const writer = opts.writer ?? (await opts.createWriter?.(opts.repoDir, config));
   const unwatch = opts.storeSyncMs && store instanceof FileReportStore ? store.watch(opts.storeSyncMs) : undefined;
-  const server = http.createServer(createRequestListener({ repoDir: opts.repoDir, config, writer, store, hosts, log, now: opts.now, static: opts.static }));
+  const metrics = new ServerMetrics({ repoDir: opts.repoDir, store, now: opts.now, staleMinutes: config.dashboard.staleMinutes });
+  const server = http.createServer(createRequestListener({ repoDir: opts.repoDir, config, writer, store, hosts, log, now: opts.now, static: opts.static, metrics }));
   // uploads are bounded by our own idle/total timeouts, not by Node's whole-request timer
   server.requestTimeout = 0;
   server.headersTimeout = 30_000;

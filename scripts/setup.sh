@@ -15,6 +15,7 @@ DEBIAN_PACKAGES=(
   build-essential python3                             # node-gyp: loopship serve's optional sendfile addon
   freerdp2-x11 xvfb ovmf openssh-client openssl       # appliance tests: RDP client in a virtual display, UEFI for the kiosk's framebuffer
   softhsm2 opensc gnupg-pkcs11-scd scdaemon           # key custody: a PKCS#11 token (SoftHSM2) behind gpg-agent, smartcards/YubiKeys (test/keys/pkcs11.test.ts)
+  prometheus                                          # promtool: /metrics and the agent's textfile metrics are checked by Prometheus' own checker
 )
 missing=()
 for p in "${DEBIAN_PACKAGES[@]}"; do
