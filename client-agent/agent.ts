@@ -60,6 +60,8 @@ export interface ApplianceStatus {
   pending_upgrade: ApplianceState['pending_upgrade'];
   /** installed, not switched: outside the maintenance window (windows.ts) */
   waiting: ApplianceState['waiting'];
+  /** a move to an older version this host refused (policy.ts) */
+  held: ApplianceState['held'];
   failed_versions: string[];
   last_error: string | null;
   /** what the last install fetched and reused */
@@ -360,6 +362,7 @@ export class Agent {
         data_disk_bytes: await allocatedBytes(this.state.dataDisk(n)),
         pending_upgrade: a?.pending_upgrade ?? null,
         waiting: a?.waiting ?? null,
+        held: a?.held ?? null,
         failed_versions: a?.failed_versions ?? [],
         last_error: a?.last_error ?? null,
         last_install: a?.last_install ?? null,

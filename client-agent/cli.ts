@@ -2,6 +2,7 @@
 import { Command, Option } from 'commander';
 import cliProgress from 'cli-progress';
 import { Agent, AGENT_VERSION } from './agent.js';
+import { writeAgentMetrics } from './metrics.js';
 import { DEFAULT_CONFIG, DEFAULT_STATE_DIR } from './config.js';
 import { parseSetOptions } from './settings.js';
 import { LoopshipError, VerificationError } from '../format/index.js';
@@ -153,7 +154,9 @@ export function register(program: Command): void {
               `${a.verified === null ? '' : a.verified ? ', verified' : ', VERIFY FAILED'}; installed ${a.installed.join(' ') || '-'}; disk ${mib(a.disk_bytes)}, data ${mib(a.data_disk_bytes)}` +
               `${a.pending_upgrade ? `; upgrade to ${a.pending_upgrade.to} interrupted` : ''}` +
               // a wait is no error: said as what it is (its reason is last_error too, for the fleet report)
-              `${a.waiting ? `\n  waiting: ${a.waiting.reason}` : ''}${a.last_error && a.last_error !== a.waiting?.reason ? `\n  last error: ${a.last_error}` : ''}`).join('\n'));
+              `${a.rollout && !a.rollout.taking ? `\n  rollout: stays on ${a.rollout.from}: ${a.rollout.reason}` : ''}` +
+              `${a.waiting ? `\n  waiting: ${a.waiting.reason}` : ''}${a.held ? `\n  held: ${a.held.reason}` : ''}` +
+              `${a.last_error && a.last_error !== a.waiting?.reason && a.last_error !== a.held?.reason ? `\n  last error: ${a.last_error}` : ''}`).join('\n'));
     });
 
   program
@@ -237,6 +240,7 @@ export function register(program: Command): void {
     .description('poll on an interval with jitter: upgrade what follows a channel, keep appliances running, report')
     .addHelpText('after', '\nOutside the maintenance windows agent.yaml sets (windows:, timezone:), a round downloads and verifies\nnew versions but stops, switches and reboots nothing; the next round inside a window switches.')
     .option('--once', 'one round, then exit (non-zero if it failed)')
+    .option('--metrics-file <file>', "after each round, write this host's facts for node-exporter's textfile collector (e.g. /var/lib/prometheus/node-exporter/loopship.prom)")
     .action(async (o, cmd) => {
       const { agent } = agentFor(cmd, { daemon: true });
       const cfg = await agent.config();
@@ -252,6 +256,10 @@ export function register(program: Command): void {
       for (;;) {
         const r = await agent.daemonOnce();
         process.stdout.write(r.ok ? 'round complete\n' : `round failed: ${r.error}\n`);
+        if (o.metricsFile) {
+          await writeAgentMetrics(o.metricsFile, await agent.status(), { ok: r.ok, at: new Date() })
+            .catch((e) => process.stdout.write(`cannot write ${o.metricsFile}: ${(e as Error).message}\n`));
+        }
         if (o.once) {
           if (!r.ok) throw new LoopshipError('INTERNAL', r.error ?? 'daemon round failed', { where: 'daemon' });
           return;
