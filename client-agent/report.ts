@@ -31,6 +31,8 @@ export interface ApplianceLine {
   last_error: string | null;
   failed_versions?: string[];
   rollout?: { id: string; to: string; taking: boolean; reason: string | null } | null;
+  waiting?: { to: string; opens: string | null; reason: string } | null;
+  held?: { to: string; reason: string } | null;
 }
 
 export const tokenFile = (trustDir: string): string => join(trustDir, 'report-token');
@@ -108,6 +110,8 @@ export function reportBody(o: { host: string; site?: string; now: Date; lastErro
         error: a.last_error ? a.last_error.slice(0, 2000) : null,
         // what the server's halt rule counts (repo-server/rollout-watch.ts)
         ...(a.failed_versions?.length ? { failed_versions: a.failed_versions.slice(-32) } : {}),
+        ...(a.waiting ? { waiting: { to: a.waiting.to, opens: a.waiting.opens?.slice(0, 64) ?? null, reason: a.waiting.reason.slice(0, 1000) } } : {}),
+        ...(a.held ? { held: { to: a.held.to, reason: a.held.reason.slice(0, 1000) } } : {}),
         ...(a.rollout ? { rollout: { id: a.rollout.id, to: a.rollout.to, taking: a.rollout.taking, reason: a.rollout.reason?.slice(0, 1000) ?? null } } : {}),
       };
     }),

@@ -7,6 +7,7 @@
 //   GET  /api/v1/reports                    the fleet as JSON            (viewer/publisher token)
 //   GET  /api/v1/rollouts                   rollouts with the fleet's tally (viewer/operator/publisher token)
 //   POST /api/v1/rollouts/:img/:ch/:op      start|pause|resume|abort|finish (operator/publisher token)
+//   POST /actions/rollouts/:img/:ch/:op     dashboard buttons (operator/publisher, Basic auth + CSRF token)
 //   GET  /metrics                           Prometheus text format       (viewer/operator/publisher token, unless metrics_public)
 //   GET|HEAD /<repository path>             the static repository tree (format/paths.ts)
 import type { IncomingMessage, ServerResponse, RequestListener } from 'node:http';
@@ -19,6 +20,11 @@ import type { ServerMetrics } from './metrics.js';
 import { createRepositoryHandler, type RepositoryHandler, type StaticOptions } from './static.js';
 import { RepositoryViewer } from './repo-view.js';
 import { renderDashboard } from './dashboard.js';
+import { dashboardActions, csrfToken, mayAct } from './dashboard-actions.js';
+import { viewRollouts, type RolloutWriter } from './rollouts.js';
+import { readServedIndex } from './repo-view.js';
+import { siteName } from '../format/index.js';
+import type { Principal } from './config.js';
 import type { ReportStore } from './reports.js';
 import type { HostCredentials } from './hosts.js';
 import type { ServerConfig } from './config.js';
@@ -87,10 +93,18 @@ export function createApp(opts: AppOptions & { repository?: RepositoryHandler; l
   const dashboardAccess: express.RequestHandler = opts.config.dashboard.public
     ? (_req, _res, next) => next()
     : requireBrowserToken('dashboard', () => [...opts.config.viewers, ...opts.config.operators, ...opts.config.publishers]);
-  app.get('/', dashboardAccess, async (_req, res, next) => {
+  app.get('/', dashboardAccess, async (req, res, next) => {
     try {
       const view = await viewer.view();
-      const page = renderDashboard(view, opts.store?.list() ?? [], { title: opts.config.dashboard.title, now: now(), staleMinutes: opts.config.dashboard.staleMinutes });
+      const reports = opts.store?.list() ?? [];
+      const index = await readServedIndex(opts.repoDir);
+      const who = (req as express.Request & { principal?: Principal }).principal;
+      const site = typeof req.query.site === 'string' && siteName.safeParse(req.query.site).success ? req.query.site : null;
+      const page = renderDashboard(view, reports, {
+        title: opts.config.dashboard.title, now: now(), staleMinutes: opts.config.dashboard.staleMinutes, site,
+        rollouts: index ? viewRollouts(index, now(), reports) : [],
+        actions: mayAct(who) && opts.writer ? { csrf: csrfToken(who) } : null,
+      });
       res.setHeader('Content-Type', 'text/html; charset=utf-8');
       res.setHeader('Cache-Control', 'no-store');
       res.setHeader('Content-Security-Policy', "default-src 'none'; style-src 'unsafe-inline'");
@@ -117,6 +131,8 @@ export function createApp(opts: AppOptions & { repository?: RepositoryHandler; l
       }
     });
   }
+
+  app.use(dashboardActions({ config: opts.config, writer: opts.writer?.changeRollout && opts.writer.currentIndex ? (opts.writer as RolloutWriter) : undefined, store: opts.store, log }));
 
   app.use('/api/v1', apiRouter({ config: opts.config, writer: opts.writer, store: opts.store, hosts: opts.hosts, now, log, metrics: opts.metrics }));
 

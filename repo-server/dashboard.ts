@@ -3,11 +3,19 @@
 import { html, formatBytes, formatAge, SafeHtml } from './html.js';
 import type { RepositoryView, VersionView, ImageView } from './repo-view.js';
 import type { StoredReport } from './reports.js';
+import type { RolloutView } from './rollouts.js';
+import { ROLLOUT_STYLE, rolloutCard, versionsTable, behindReason, siteNav, expiryBanner, type ActionContext } from './dashboard-rollouts.js';
 
 export interface DashboardOptions {
   title: string;
   now: Date;
   staleMinutes: number;
+  /** the rollouts under way, with the fleet's tally */
+  rollouts?: RolloutView[];
+  /** set when the viewer may act on rollouts (operator, publisher): the forms' CSRF token */
+  actions?: ActionContext | null;
+  /** show only this site's hosts */
+  site?: string | null;
 }
 
 const STYLE = `
@@ -90,9 +98,12 @@ function hostRow(r: StoredReport, view: RepositoryView, opts: DashboardOptions):
   const stale = age > opts.staleMinutes * 60_000;
   const apps = r.report.appliances.map((a) => {
     const target = a.channel ? view.images.find((i) => i.name === a.name)?.channels[a.channel] : undefined;
-    const behind = target !== undefined && a.version !== target;
+    // a host on the version a channel's rollout moves to is ahead of the channel, not behind it
+    const rollout = opts.rollouts?.find((r) => r.name === a.name && r.channel === a.channel);
+    const behind = target !== undefined && a.version !== target && !(rollout && a.version === rollout.to && rollout.state !== 'aborted');
+    const why = behindReason(a);
     return html`<li><b>${a.name}</b> ${a.version ?? 'not installed'}${a.channel ? html` <span class="muted">(${a.channel})</span>` : ''}
-      <span class="badge ${HEALTH_CLASS[a.health] ?? 'muted'}">${a.health}</span> ${a.running ? html`<span class="badge ok">running</span>` : html`<span class="badge muted">not running</span>`} ${a.verified === false ? html`<span class="badge bad">not verified</span>` : a.verified === null ? html`<span class="badge muted">not checked</span>` : ''} ${behind ? html`<span class="badge warn">behind: ${a.channel} is ${target}</span>` : ''}${a.error ? html`<div class="error">${a.error}</div>` : ''}</li>`;
+      <span class="badge ${HEALTH_CLASS[a.health] ?? 'muted'}">${a.health}</span> ${a.running ? html`<span class="badge ok">running</span>` : html`<span class="badge muted">not running</span>`} ${a.verified === false ? html`<span class="badge bad">not verified</span>` : a.verified === null ? html`<span class="badge muted">not checked</span>` : ''} ${behind ? html`<span class="badge warn">behind: ${a.channel} is ${target}</span>` : ''}${why ? html`<span class="badge warn why">${why}</span>` : ''}${a.error ? html`<div class="error">${a.error}</div>` : ''}</li>`;
   });
   return html`<tr class="host${stale ? ' stale' : ''}" data-host="${r.report.host}">
   <td><b>${r.report.host}</b>${stale ? html` <span class="badge warn">stale</span>` : ''}</td>
@@ -104,7 +115,9 @@ function hostRow(r: StoredReport, view: RepositoryView, opts: DashboardOptions):
 </tr>`;
 }
 
-export function renderDashboard(view: RepositoryView, reports: StoredReport[], opts: DashboardOptions): string {
+export function renderDashboard(view: RepositoryView, allReports: StoredReport[], opts: DashboardOptions): string {
+  const reports = opts.site ? allReports.filter((r) => r.report.site === opts.site) : allReports;
+  const rollouts = opts.rollouts ?? [];
   const staleCount = reports.filter((r) => opts.now.getTime() - Date.parse(r.received_at) > opts.staleMinutes * 60_000).length;
   const unhealthy = reports.filter((r) => r.report.appliances.some((a) => a.health === 'unhealthy' || a.verified === false) || r.report.last_error).length;
   const page = html`<!doctype html>
@@ -114,7 +127,7 @@ export function renderDashboard(view: RepositoryView, reports: StoredReport[], o
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta http-equiv="refresh" content="60">
 <title>${opts.title}</title>
-<style>${new SafeHtml(STYLE)}</style>
+<style>${new SafeHtml(STYLE + ROLLOUT_STYLE)}</style>
 </head>
 <body>
 <header><h1>${opts.title}</h1>
@@ -122,10 +135,13 @@ export function renderDashboard(view: RepositoryView, reports: StoredReport[], o
   <span class="meta">rendered ${date(opts.now.toISOString())}</span>
 </header>
 <main>
+${expiryBanner(view.index?.expires, opts.now)}
+${rollouts.length ? html`<h2 id="rollouts">Rollouts</h2>${rollouts.map((r) => rolloutCard(r, opts.actions ?? null))}` : ''}
 <h2 id="images">Images</h2>
 ${view.error ? html`<p class="${view.index ? 'error' : 'muted'}">${view.error}</p>` : ''}
 ${view.images.length ? view.images.map(imageCard) : view.error ? '' : html`<p class="muted">No images published yet.</p>`}
-<h2 id="fleet">Fleet</h2>
+<h2 id="fleet">Fleet${opts.site ? html` <span class="badge">site ${opts.site}</span>` : ''}</h2>
+${siteNav(allReports, opts.site ?? null)}
 <div class="summary">
   <div><b>${reports.length}</b>hosts</div>
   <div><b>${staleCount}</b>stale (no report for ${opts.staleMinutes} min)</div>
@@ -134,9 +150,10 @@ ${view.images.length ? view.images.map(imageCard) : view.error ? '' : html`<p cl
 ${reports.length
   ? html`<div class="card"><table id="hosts">
   <thead><tr><th>Host</th><th>Site</th><th>Agent</th><th>Last seen</th><th>Appliances</th><th>Last error</th></tr></thead>
-  <tbody>${reports.map((r) => hostRow(r, view, opts))}</tbody>
+  <tbody>${reports.map((r) => hostRow(r, view, { ...opts, rollouts }))}</tbody>
 </table></div>`
   : html`<p class="muted">No host has reported yet.</p>`}
+${reports.length ? html`<h2 id="by-version">Hosts per version</h2>${versionsTable(reports)}` : ''}
 </main>
 </body>
 </html>

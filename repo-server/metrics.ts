@@ -2,10 +2,9 @@
 // escaping, HELP/TYPE, histogram buckets - are the library's, not hand-written). The fleet
 // and rollout gauges are computed at scrape time from the report store and index.json, so
 // they are never stale; counters and the publish histogram are updated as requests finish.
-import { readFile } from 'node:fs/promises';
-import path from 'node:path';
 import { Registry, Counter, Gauge, Histogram, collectDefaultMetrics } from 'prom-client';
-import { INDEX_FILE, parseMetadata, openStage, type Index } from '../format/index.js';
+import { openStage, type Index } from '../format/index.js';
+import { readServedIndex } from './repo-view.js';
 import type { ReportStore } from './reports.js';
 import { HALT_RULE_BY } from './rollouts.js';
 
@@ -147,7 +146,7 @@ export class ServerMetrics {
   private readIndex(): Promise<Index | null> {
     const t = Date.now();
     if (!this.indexRead || t - this.indexRead.at > 1000) {
-      const index = readFile(path.join(this.opts.repoDir, INDEX_FILE)).then((b) => parseMetadata('index', b, INDEX_FILE), () => null);
+      const index = readServedIndex(this.opts.repoDir);
       this.indexRead = { at: t, index };
     }
     return this.indexRead.index;

@@ -76,6 +76,15 @@ function summarize(m: Manifest): Loaded {
   };
 }
 
+/** The served index.json as it stands (the server's own tree), or null when there is none or it does not parse. */
+export async function readServedIndex(repoDir: string): Promise<Index | null> {
+  try {
+    return parseMetadata('index', await readFile(path.join(repoDir, INDEX_FILE)), INDEX_FILE);
+  } catch {
+    return null;
+  }
+}
+
 export class RepositoryViewer {
   // manifests are immutable (content-addressed), so what we learn from one is kept
   private summaries = new Map<string, ManifestSummary>();

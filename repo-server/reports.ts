@@ -44,6 +44,10 @@ export const ApplianceReportSchema = z.strictObject({
   failed_versions: z.array(imageVersion).max(32).optional(),
   /** the host's place in the rollout on its channel (format/rollout.ts) */
   rollout: z.strictObject({ id: rolloutId, to: imageVersion, taking: z.boolean(), reason: z.string().max(1000).nullable() }).optional(),
+  /** a new version installed, waiting for the host's maintenance window */
+  waiting: z.strictObject({ to: imageVersion, opens: z.string().max(64).nullable(), reason: z.string().max(1000) }).optional(),
+  /** a move to an older version the host refused */
+  held: z.strictObject({ to: imageVersion, reason: z.string().max(1000) }).optional(),
 });
 
 /**
