@@ -13,7 +13,12 @@
 // The report rate limit is raised for the run: 200 hosts of one site reporting in a closed
 // loop would otherwise be (rightly) refused with 429 after 600 a minute.
 //
-//   node --import tsx bench/agents.ts [--agents 200] [--seconds 60] [--size-mib 64] [--chunks 8] [--range-kib 1024] [--workers 1] [--no-reports] [--keep]
+// With --rollout, a second version is published and rolled out while the agents run (10% at
+// once, 50% after a third of the run, all after two thirds): each agent reads index.json, places
+// itself (format/rollout.ts), fetches its version's manifest and reports its place, and an
+// operator asks GET /api/v1/rollouts every 2 s (bench/fleet.ts runs 200 and 1000 agents so).
+//
+//   node --import tsx bench/agents.ts [--agents 200] [--seconds 60] [--size-mib 64] [--chunks 8] [--range-kib 1024] [--workers 1] [--no-reports] [--rollout] [--name agents] [--keep]
 import { execa } from 'execa';
 import { mkdtemp, readFile, rm, writeFile, access } from 'node:fs/promises';
 import { createReadStream } from 'node:fs';
@@ -24,7 +29,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { Keystore, buildRoot, signRoot } from '../keys/index.js';
-import { RepositoryWriter, createPackage, chunkPath, manifestPath, packPath, packLayout, type Manifest, type Index } from '../format/index.js';
+import { RepositoryWriter, createPackage, chunkPath, manifestPath, packPath, packLayout, placeHost, type Manifest, type Index } from '../format/index.js';
 import { report, BENCH_DIR } from './report.js';
 
 const ROOT = path.resolve(BENCH_DIR, '..');
@@ -32,6 +37,7 @@ const { values: args } = parseArgs({
   options: {
     agents: { type: 'string' }, seconds: { type: 'string' }, 'size-mib': { type: 'string' }, chunks: { type: 'string' },
     'range-kib': { type: 'string' }, workers: { type: 'string' }, keep: { type: 'boolean' }, 'no-reports': { type: 'boolean' },
+    rollout: { type: 'boolean' }, name: { type: 'string' },
   },
 });
 const AGENTS = Number(args.agents ?? 200);
@@ -41,6 +47,8 @@ const CHUNKS = Number(args.chunks ?? 8);
 const RANGE = Number(args['range-kib'] ?? 1024) * 1024;
 const WORKERS = Number(args.workers ?? 1);
 const SITE_TOKEN = 'bench-site-token-0123456789abcdef';
+const OPERATOR_TOKEN = 'bench-operator-token-0123456789abcdef';
+const ROLLOUT = Boolean(args.rollout);
 
 async function freePort(): Promise<number> {
   return new Promise((resolve) => {
@@ -82,19 +90,29 @@ try {
   for (let off = 0; off < SIZE; off += 8 * 2 ** 20) img.fill(0, off + 6 * 2 ** 20, Math.min(SIZE, off + 8 * 2 ** 20)); // a quarter holes
   await writeFile(path.join(work, 'disk.img'), img);
   await writeFile(path.join(work, 'vmlinuz'), randomBytes(2 ** 20));
-  await createPackage({
+  const pkg = (version: string, tarPath: string) => createPackage({
     manifest: {
-      type: 'loopship/manifest', spec_version: 1, name: 'sbc', version: '1.0.0', arch: 'amd64',
+      type: 'loopship/manifest', spec_version: 1, name: 'sbc', version, arch: 'amd64',
       build: { recipe_digest: 'a'.repeat(64), suite: 'bookworm', packages: [{ name: 'xrdp', version: '0.9.21' }], built_at: '2026-01-01T00:00:00Z', builder: 'bench' },
       image: { fs: 'ext4' }, boot: { type: 'pvh', cmdline: 'root=/dev/xvda ro', ready_marker: 'LOOPSHIP-READY' },
       xen: { memory: 512, vcpus: 1, network: { nics: 1 } }, settings: {},
     } as Parameters<typeof createPackage>[0]['manifest'],
     imagePath: path.join(work, 'disk.img'), kernelPath: path.join(work, 'vmlinuz'), initrdPath: null,
-    publisherKey: (await keys.signingKeys('publisher'))[0], out: { tarPath: path.join(work, 'pkg.tar') },
+    publisherKey: publisherKey, out: { tarPath },
   });
+  const publisherKey = (await keys.signingKeys('publisher'))[0];
+  await pkg('1.0.0', path.join(work, 'pkg.tar'));
   await writer.addPackage(createReadStream(path.join(work, 'pkg.tar')), { channel: 'stable' });
+  if (ROLLOUT) {
+    // the next version: a few MiB changed, the rest shared (what a delta upgrade fetches)
+    randomBytes(4 * 2 ** 20).copy(img, Math.floor(SIZE / 3));
+    await writeFile(path.join(work, 'disk.img'), img);
+    await pkg('1.1.0', path.join(work, 'pkg2.tar'));
+    await writer.addPackage(createReadStream(path.join(work, 'pkg2.tar')));
+  }
   const index = JSON.parse(await readFile(path.join(repoDir, 'index.json'), 'utf8')) as Index;
   const msha = index.images.sbc.versions['1.0.0'].manifest;
+  const manifestOf: Record<string, string> = Object.fromEntries(Object.entries(index.images.sbc.versions).map(([v, e]) => [v, e.manifest]));
   const manifest = JSON.parse(await readFile(path.join(repoDir, manifestPath(msha)), 'utf8')) as Manifest;
   const chunks = manifest.image.chunks;
   const layout = packLayout(manifest);
@@ -103,12 +121,14 @@ try {
   // 2. The server, compiled (what a deployment runs), request log off.
   const cfg = path.join(work, 'server.yaml');
   const tokenSha = createHash('sha256').update(SITE_TOKEN).digest('hex');
-  await writeFile(cfg, `publishers: []\nsites:\n  - name: bench\n    token_sha256: ${tokenSha}\nlimits:\n  reports_per_minute_per_site: 100000000\n`);
+  const operatorSha = createHash('sha256').update(OPERATOR_TOKEN).digest('hex');
+  await writeFile(cfg, `publishers: []\noperators:\n  - name: bench-ops\n    token_sha256: ${operatorSha}\nsites:\n  - name: bench\n    token_sha256: ${tokenSha}\nlimits:\n  reports_per_minute_per_site: 100000000\n  max_hosts_per_site: 100000\n  max_hosts: 100000\n`);
   const port = await freePort();
   const compiled = path.join(ROOT, 'dist/bin/loopship.js');
   const useDist = await access(compiled).then(() => true, () => false);
   const cli = useDist ? [compiled] : ['--import', 'tsx', path.join(ROOT, 'bin/loopship.ts')];
-  server = execa('node', [...cli, 'serve', '--repo', repoDir, '--port', String(port), '--workers', String(WORKERS), '--state-dir', path.join(work, 'state'), '--log-level', 'warn', '--log-format', 'json', '--config', cfg], { reject: false, stdio: ['ignore', 'ignore', 'pipe'] });
+  const serveKeys = ROLLOUT ? ['--keys', path.join(work, 'keys')] : []; // the index key: the server signs the rollout's moves
+  server = execa('node', [...cli, 'serve', '--repo', repoDir, '--port', String(port), '--workers', String(WORKERS), '--state-dir', path.join(work, 'state'), '--log-level', 'warn', '--log-format', 'json', '--config', cfg, ...serveKeys], { reject: false, stdio: ['ignore', 'ignore', 'pipe'] });
   const base = `http://127.0.0.1:${port}`;
   for (let i = 0; ; i++) {
     if (await fetch(`${base}/index.json`).then((r) => r.ok, () => false)) break;
@@ -125,15 +145,17 @@ try {
   let rounds = 0;
 
   let retried = 0;
-  function request(agent: http.Agent, kind: Kind, opts: { path: string; method?: string; headers?: Record<string, string>; body?: string; expect: number; length?: number }, attempt = 0): Promise<void> {
+  function request(agent: http.Agent, kind: Kind, opts: { path: string; method?: string; headers?: Record<string, string>; body?: string; expect: number; length?: number; keep?: (body: Buffer) => void }, attempt = 0): Promise<void> {
     const t0 = performance.now();
     return new Promise((resolve) => {
       let answered = false;
       const req = http.request(`${base}/${opts.path}`, { agent, method: opts.method ?? 'GET', headers: opts.headers }, (res) => {
         answered = true;
         let n = 0;
-        res.on('data', (d: Buffer) => { n += d.length; });
+        const parts: Buffer[] = [];
+        res.on('data', (d: Buffer) => { n += d.length; if (opts.keep) parts.push(d); });
         res.on('end', () => {
+          if (opts.keep && res.statusCode === opts.expect) opts.keep(Buffer.concat(parts));
           lat[kind].push(performance.now() - t0);
           bytes += n;
           if (res.statusCode !== opts.expect) errors.push(`${kind} ${opts.path}: HTTP ${res.statusCode}`);
@@ -159,7 +181,24 @@ try {
     });
   }
 
+  const onNew = new Set<string>();
   const deadline = Date.now() + SECONDS * 1000;
+  // the rollout: 10% at once, 50% a third into the run, everyone two thirds in; an operator watches it
+  const operator = { 'content-type': 'application/json', authorization: `Bearer ${OPERATOR_TOKEN}` };
+  const watch: { polls: number; errors: number; lastStage: number } = { polls: 0, errors: 0, lastStage: 0 };
+  let watcher: NodeJS.Timeout | undefined;
+  if (ROLLOUT) {
+    const third = Math.max(1, Math.round(SECONDS / 3));
+    const res = await fetch(`${base}/api/v1/rollouts/sbc/stable/start`, { method: 'POST', headers: operator, body: JSON.stringify({ to: '1.1.0', stages: `10,50@+${third}s,100@+${third}s` }) });
+    if (res.status !== 201) throw new Error(`rollout start answered HTTP ${res.status}: ${await res.text()}`);
+    watcher = setInterval(() => {
+      void fetch(`${base}/api/v1/rollouts`, { headers: operator }).then(async (r) => {
+        watch.polls++;
+        if (r.status !== 200) watch.errors++;
+        else watch.lastStage = ((await r.json()) as { rollouts: { stage: number }[] }).rollouts[0]?.stage ?? 0;
+      }, () => { watch.errors++; });
+    }, 2000);
+  }
   async function agentLoop(i: number): Promise<void> {
     const agent = new http.Agent({ keepAlive: true, maxSockets: 2 });
     const host = `branch-${String(i).padStart(3, '0')}`;
@@ -174,9 +213,18 @@ try {
     while (Date.now() < deadline) {
       // update: the root chain ends (404), then root.json, index.json and its signature
       await request(agent, 'update', { path: 'root/2.json', expect: 404 });
-      for (const p of ['root.json', 'index.json', 'index.json.asc']) await request(agent, 'update', { path: p, expect: 200 });
-      await request(agent, 'manifest', { path: manifestPath(msha), expect: 200 });
-      await request(agent, 'manifest', { path: `${manifestPath(msha)}.asc`, expect: 200 });
+      let served: Index | undefined;
+      for (const p of ['root.json', 'index.json', 'index.json.asc']) {
+        await request(agent, 'update', { path: p, expect: 200, keep: ROLLOUT && p === 'index.json' ? (b) => { served = JSON.parse(b.toString()) as Index; } : undefined });
+      }
+      // with a rollout under way, the version this host's place in it names
+      const ro = served?.images.sbc.rollouts?.stable;
+      const place = ro ? placeHost(ro, { host, site: 'bench' }, new Date()) : null;
+      const version = place?.version ?? '1.0.0';
+      if (place?.taking) onNew.add(host);
+      const sha = manifestOf[version] ?? msha;
+      await request(agent, 'manifest', { path: manifestPath(sha), expect: 200 });
+      await request(agent, 'manifest', { path: `${manifestPath(sha)}.asc`, expect: 200 });
       // delta: a run of the pack, then a few chunks one by one, two at a time
       if (havePack) {
         const from = Math.floor(Math.random() * layout.entries.length);
@@ -192,7 +240,10 @@ try {
       }
       const body = JSON.stringify({
         host, agent_version: '0.1.0', time: new Date().toISOString(), last_error: null,
-        appliances: [{ name: 'sbc', version: '1.0.0', channel: 'stable', running: true, health: 'healthy', verified: true, error: null }],
+        appliances: [{
+          name: 'sbc', version, channel: 'stable', running: true, health: 'healthy', verified: true, error: null,
+          ...(ro && place ? { rollout: { id: ro.id, to: ro.to, taking: place.taking, reason: place.reason?.slice(0, 1000) ?? null } } : {}),
+        }],
       });
       if (!args['no-reports']) await request(agent, 'report', { path: 'api/v1/reports', method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${hostToken}` }, body, expect: 201 });
       rounds++;
@@ -215,6 +266,7 @@ try {
   await Promise.all(Array.from({ length: AGENTS }, (_, i) => agentLoop(i)));
   const wall = (performance.now() - t0) / 1000;
   clearInterval(sampler);
+  if (watcher) clearInterval(watcher);
   const clientCpu = process.cpuUsage(cpu0);
   let hwm = 0;
   let serverCpu = 0;
@@ -225,6 +277,7 @@ try {
   }
   serverCpu -= idle.cpuS;
 
+  if (ROLLOUT) errors.push(...Array.from({ length: watch.errors }, () => 'operator GET /api/v1/rollouts failed'));
   const rows: { kind: string; requests: number; 'p50 ms': number; 'p99 ms': number; 'max ms': number }[] = (Object.keys(lat) as Kind[]).filter((k) => lat[k].length).map((k) => {
     const xs = lat[k].sort((a, b) => a - b);
     return { kind: k, requests: xs.length, 'p50 ms': pct(xs, 50), 'p99 ms': pct(xs, 99), 'max ms': xs[xs.length - 1] };
@@ -237,11 +290,13 @@ try {
     server_rss_idle_mib: idle.rssMiB, server_rss_max_sampled_mib: Math.max(0, ...samples), server_peak_rss_vmhwm_mib: hwm, server_cpu_s: serverCpu, client_cpu_s: (clientCpu.user + clientCpu.system) / 1e6,
     load_avg_1min: { start: load0, end: os.loadavg()[0] },
     image_mib: SIZE / 2 ** 20, chunks: chunks.length, chunk_gets_per_round: CHUNKS, pack_range_kib: havePack ? RANGE / 1024 : 0,
+    ...(ROLLOUT ? { rollout: { hosts_that_took_it: onNew.size, stage_at_end: watch.lastStage, operator_polls: watch.polls, operator_errors: watch.errors } } : {}),
   };
-  await report('agents', `${AGENTS} simulated agents, ${SECONDS} s, one loopship serve (${WORKERS} worker${WORKERS > 1 ? 's' : ''}) on loopback`, rows, figures);
+  await report(args.name ?? 'agents', `${AGENTS} simulated agents${ROLLOUT ? ' during a rollout' : ''}, ${SECONDS} s, one loopship serve (${WORKERS} worker${WORKERS > 1 ? 's' : ''}) on loopback`, rows, figures);
   process.stdout.write(
     `\n${rounds} agent rounds, ${all.length} requests (${figures.requests_per_s.toFixed(0)}/s, ${figures.mib_per_s.toFixed(1)} MiB/s), ${errors.length} errors${errors.length ? `: ${figures.error_samples.join('; ')}` : ''}; ${retried} request(s) resent after a keep-alive race\n` +
       `server RSS: idle ${idle.rssMiB.toFixed(0)} MiB, max sampled ${figures.server_rss_max_sampled_mib.toFixed(0)} MiB, peak (VmHWM) ${hwm.toFixed(0)} MiB; server CPU ${serverCpu.toFixed(1)} s, client CPU ${figures.client_cpu_s.toFixed(1)} s; ` +
+      (ROLLOUT ? `rollout: ${onNew.size} of ${AGENTS} hosts took 1.1.0, stage ${watch.lastStage} of 3 at the end, ${watch.polls} operator polls (${watch.errors} failed)\n` : '') +
       `all rounds ended ${figures.drain_s.toFixed(1)} s after the deadline; load average ${load0.toFixed(1)} -> ${os.loadavg()[0].toFixed(1)} on ${os.cpus().length} CPUs\n`,
   );
 } finally {

@@ -7,7 +7,7 @@ import { execa } from 'execa';
 import path from 'node:path';
 import { BENCH_DIR } from './report.js';
 
-const ALL = ['verify', 'install', 'server', 'build', 'peers'];
+const ALL = ['verify', 'install', 'server', 'fleet', 'build', 'peers'];
 const only = process.argv.slice(2).filter((a) => !a.startsWith('-'));
 const chosen = only.length ? ALL.filter((b) => only.includes(b)) : ALL;
 let failed = 0;
