@@ -140,7 +140,7 @@ export class Agent {
   // ---------- install ----------
 
   /** The version a spec (or, without one, agent.yaml) names now, and whose word that is. */
-  private async resolveTarget(spec: InstallSpec): Promise<{ name: string; version: string; via: Move['via'] }> {
+  private async resolveTarget(spec: InstallSpec): Promise<{ name: string; version: string; via: Move['via']; stageWindow?: string[] | null }> {
     const client = await this.trust.repo(); // its update loaded agent.yaml: a missing or broken one failed there
     const cfgApp = await this.ctx.applianceConfig(spec.name);
     const version = spec.version ?? (spec.channel ? undefined : cfgApp?.version);
@@ -154,7 +154,7 @@ export class Agent {
     // a rollout under way on the channel: this host's place in it says which of its two versions
     const cfg = await this.config();
     const p = placeHost(rollout, { host: this.host, site: cfg.report?.site, groups: cfg.groups }, this.now());
-    return { name: r.name, version: p.version, via: { channel: via.channel, rollout: { id: rollout.id, from: rollout.from, to: rollout.to, taking: p.taking, reason: p.reason } } };
+    return { name: r.name, version: p.version, via: { channel: via.channel, rollout: { id: rollout.id, from: rollout.from, to: rollout.to, taking: p.taking, reason: p.reason } }, stageWindow: p.taking ? p.window : null };
   }
 
   /** Keeps this host's place in its channel's rollout in state.json (written only when it changes). */
@@ -437,7 +437,7 @@ export class Agent {
           continue;
         }
         // a switch stops what runs: outside its window only the pre-fetch above (a new version dir) happens
-        const gate = opts.ignoreWindow ? { switch: true as const } : decideSwitch(cfg, await this.ctx.applianceConfig(n), this.now(), { name: n, to });
+        const gate = opts.ignoreWindow ? { switch: true as const } : decideSwitch(cfg, await this.ctx.applianceConfig(n), this.now(), { name: n, to }, target.stageWindow);
         if (!gate.switch) {
           this.log(`${n}: ${gate.reason}`);
           results.push({ name: n, from, to, status: 'waiting', message: gate.reason });

@@ -9,7 +9,7 @@ import YAML from 'yaml';
 import { ConfigError } from '../format/index.js';
 import { imageName, imageVersion, channelName, bridgeName, siteName, groupName, describeIssues } from '../format/index.js';
 import { writeFileAtomic } from './fsutil.js';
-import { parseWindow, checkTimeZone } from './windows.js';
+import { parseWindow, checkTimeZone } from '../format/index.js';
 
 export const DEFAULT_CONFIG = '/etc/loopship/agent.yaml';
 export const DEFAULT_STATE_DIR = '/var/lib/loopship';

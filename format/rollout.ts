@@ -6,6 +6,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { LoopshipError, UsageError } from './errors.js';
 import { compareVersions, type IndexImage, type Rollout, type RolloutStage } from './schema.js';
+import { parseWindows } from './windows.js';
 
 
 /** Who a host is, for a rollout: its name (the one its reports carry), site and groups. */
@@ -26,6 +27,8 @@ export interface Placement {
   bucket: number;
   /** the highest open stage (0-based), -1 before the first opens */
   stage: number;
+  /** the windows that stage switches in (each host's local time), when it sets any */
+  window: string[] | null;
 }
 
 /**
@@ -61,7 +64,8 @@ export function nextStage(r: Rollout, now: Date): string | null {
 export function placeHost(r: Rollout, place: HostPlace, now: Date): Placement {
   const bucket = rolloutBucket(r.id, place.host);
   const { stage, percent } = openStage(r, now);
-  const stay = (reason: string): Placement => ({ version: r.from, taking: false, reason, bucket, stage });
+  const window = stage >= 0 ? r.stages[stage].window ?? null : null;
+  const stay = (reason: string): Placement => ({ version: r.from, taking: false, reason, bucket, stage, window });
   if (r.state === 'aborted') return stay(`the rollout of ${r.to} was aborted (${r.stopped?.reason ?? 'no reason given'})`);
   if (r.sites && !(place.site && r.sites.includes(place.site))) {
     return stay(`the rollout of ${r.to} is for the sites ${r.sites.join(', ')}; this host's site is ${place.site ?? 'not set (report.site in agent.yaml)'}`);
@@ -69,7 +73,7 @@ export function placeHost(r: Rollout, place: HostPlace, now: Date): Placement {
   if (r.groups && !(place.groups ?? []).some((g) => r.groups!.includes(g))) {
     return stay(`the rollout of ${r.to} is for the groups ${r.groups.join(', ')}; this host is in ${place.groups?.length ? place.groups.join(', ') : 'none (groups in agent.yaml)'}`);
   }
-  if (bucket < percent) return { version: r.to, taking: true, reason: null, bucket, stage };
+  if (bucket < percent) return { version: r.to, taking: true, reason: null, bucket, stage, window };
   const where = stage < 0 ? 'no stage is open yet' : `stage ${stage + 1} of ${r.stages.length} is open to ${percent}% of hosts`;
   const paused = r.state === 'paused' ? `; paused: ${r.stopped?.reason}` : '';
   const next = nextStage(r, now);
@@ -80,6 +84,8 @@ export function placeHost(r: Rollout, place: HostPlace, now: Date): Placement {
 
 export interface StageSpec {
   percent: number;
+  /** hosts switch only inside these windows while it is the highest open stage */
+  window?: string[];
   /** absolute opening time; absent: `afterSeconds` after the stage before, or manual */
   opens?: Date;
   afterSeconds?: number;
@@ -125,6 +131,8 @@ export interface StartRollout {
   sites?: string[];
   groups?: string[];
   halt?: Rollout['halt'];
+  /** every stage switches only inside these windows (each host's local time), unless its StageSpec sets its own */
+  window?: string[];
   /** for tests: a fixed id (else random) */
   id?: string;
 }
@@ -160,10 +168,18 @@ export function startRollout(image: IndexImage, name: string, channel: string, o
   if (compareVersions(opts.to, from) <= 0) {
     throw new UsageError(`${opts.to} is not newer than ${from}, which channel ${channel} names: hosts do not move back on a rollout (to go back, republish the old content as a new version)`, { where });
   }
+  for (const w of [opts.window, ...opts.stages.map((s) => s.window)]) {
+    try {
+      if (w) parseWindows(w, 'window');
+    } catch (e) {
+      throw new UsageError((e as Error).message, { where });
+    }
+  }
   const stages: RolloutStage[] = opts.stages.map((s, i) => ({
     percent: s.percent,
     opens: s.opens ? s.opens.toISOString() : i === 0 && !s.manual && s.afterSeconds === undefined ? now.toISOString() : null,
     ...(s.afterSeconds !== undefined ? { after_seconds: s.afterSeconds } : {}),
+    ...(s.window ?? opts.window ? { window: s.window ?? opts.window } : {}),
   }));
   if (stages[0].opens === null && opts.stages[0].afterSeconds !== undefined) stages[0].opens = new Date(now.getTime() + opts.stages[0].afterSeconds * 1000).toISOString();
   schedule(stages);

@@ -2,6 +2,7 @@
 // JSON, signed detached (file.asc) over its exact bytes. Unknown fields are errors.
 import * as z from 'zod';
 import { MetadataError } from './errors.js';
+import { parseWindows } from './windows.js';
 import { LIMITS, BLOCK_SIZE, zstdCompressBound } from './limits.js';
 
 export const SPEC_VERSION = 1;
@@ -77,6 +78,14 @@ const rolloutStage = z.strictObject({
   opens: timestamp.nullable(),
   /** for the writer: once the stage before opens, this one opens so many seconds later */
   after_seconds: count.max(366 * 86400).optional(),
+  /** while this is the highest open stage, hosts switch only inside these windows (each host's local time; format/windows.ts) */
+  window: z.array(z.string().max(100)).min(1).max(8).optional().superRefine((w, ctx) => {
+    try {
+      if (w) parseWindows(w, 'window');
+    } catch (e) {
+      ctx.addIssue({ code: 'custom', message: (e as Error).message });
+    }
+  }),
 });
 
 /**

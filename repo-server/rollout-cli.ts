@@ -2,7 +2,7 @@
 // (--server, an operator or publisher token) or straight on a repository directory (--repo,
 // --keys). `promote` stays the one-step form (and ends a rollout on its channel).
 import { Command, InvalidArgumentError } from 'commander';
-import { RepositoryWriter, UsageError, parseStages } from '../format/index.js';
+import { RepositoryWriter, UsageError, parseStages, parseWindows } from '../format/index.js';
 import { rolloutRemote, rolloutsRemote } from './client.js';
 import { tokenFrom, checkTarget, localWriter, type Target } from './cli-target.js';
 import { applyRollout, viewRollouts, type RolloutRequest, type RolloutResult, type RolloutView } from './rollouts.js';
@@ -33,7 +33,7 @@ export function describeView(v: RolloutView): string {
   const lines = [`${v.name}/${v.channel}: ${v.from} -> ${v.to}, ${v.state}${v.stopped ? ` (${v.stopped.reason}; by ${v.stopped.by} at ${v.stopped.at})` : ''}`];
   lines.push(`  stage ${v.stage} of ${v.stages.length}: open to ${v.percent}% of hosts${v.complete ? ' - complete: rollout finish moves the channel' : ''}`);
   if (v.next) lines.push(`  next: ${v.next}`);
-  lines.push(`  stages: ${v.stages.map((s) => `${s.percent}%@${s.opens ?? 'manual'}`).join(', ')}`);
+  lines.push(`  stages: ${v.stages.map((s) => `${s.percent}%@${s.opens ?? 'manual'}${s.window ? ` (in ${s.window.join(', ')})` : ''}`).join(', ')}`);
   if (v.sites) lines.push(`  sites: ${v.sites.join(', ')}`);
   if (v.groups) lines.push(`  groups: ${v.groups.join(', ')}`);
   if (v.halt) lines.push(`  halts after ${v.halt.failures} failure(s) among the first ${v.halt.of_first} hosts, then above ${v.halt.percent}%`);
@@ -86,10 +86,16 @@ export function registerRolloutCommands(program: Command): void {
       .option('--every <duration>', 'each stage this long after the one before (30m, 4h, 2d); without it, later stages wait for rollout resume')
       .option('--sites <list>', 'only hosts of these sites (comma-separated)', list)
       .option('--groups <list>', 'only hosts in these groups (agent.yaml groups:)', list)
+      .option('--window <window>', 'hosts switch only inside this window, in their local time, e.g. "Mon-Fri 22:00-05:00" (repeat for several)', (v: string, prev: string[] = []) => [...prev, v])
       .option('--halt <rule>', 'pause when FAILURES of the first OF_FIRST hosts fail, or more than PERCENT% after (default 2/20,5%)', halt),
-  ).action(async (name: string, version: string, o: Common & { stages: string; every?: string; sites?: string[]; groups?: string[]; halt?: never }) => {
-    parseStages(o.stages, o.every); // a bad --stages is a usage error before any key or server is asked
-    await act(name, o, { op: 'start', to: version, stages: o.stages, every: o.every, sites: o.sites, groups: o.groups, halt: o.halt });
+  ).action(async (name: string, version: string, o: Common & { stages: string; every?: string; sites?: string[]; groups?: string[]; halt?: never; window?: string[] }) => {
+    parseStages(o.stages, o.every); // a bad --stages or --window is a usage error before any key or server is asked
+    try {
+      if (o.window) parseWindows(o.window, '--window');
+    } catch (e) {
+      throw new UsageError((e as Error).message, { where: '--window' });
+    }
+    await act(name, o, { op: 'start', to: version, stages: o.stages, every: o.every, sites: o.sites, groups: o.groups, halt: o.halt, window: o.window });
   });
 
   for (const op of ['pause', 'abort'] as const) {

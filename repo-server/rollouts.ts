@@ -24,6 +24,8 @@ export const RolloutRequestSchema = z.discriminatedUnion('op', [
     sites: z.array(siteName).min(1).max(256).optional(),
     groups: z.array(groupName).min(1).max(256).optional(),
     halt: z.strictObject({ failures: z.number().int().min(1), of_first: z.number().int().min(1), percent: z.number().min(0).max(100) }).optional(),
+    /** hosts switch only inside these windows, in their local time (e.g. "Mon-Fri 22:00-05:00") */
+    window: z.array(z.string().max(100)).min(1).max(8).optional(),
     id: rolloutId.optional(),
   }),
   z.strictObject({ op: z.literal('pause'), reason: oneLine(1000).optional() }),
@@ -115,7 +117,7 @@ export async function applyRollout(w: RolloutWriter, name: string, channel: stri
   function move(image: IndexImage, now: Date): Rollout {
     switch (req.op) {
       case 'start':
-        return startRollout(image, name, channel, { to: req.to, stages: stages!, sites: req.sites, groups: req.groups, halt: req.halt, id: req.id }, now);
+        return startRollout(image, name, channel, { to: req.to, stages: stages!, sites: req.sites, groups: req.groups, halt: req.halt, window: req.window, id: req.id }, now);
       case 'pause':
         return pauseRollout(image, name, channel, { reason: req.reason ?? 'paused by an operator', by }, now);
       case 'abort':

@@ -5,7 +5,8 @@ import test from 'ava';
 import { mkdtemp, writeFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { parseWindow, parseWindows, isOpen, nextOpening, describeTime, checkTimeZone, windowsFor } from '../../client-agent/windows.js';
+import { parseWindow, parseWindows, isOpen, nextOpening, describeTime, checkTimeZone } from '../../format/index.js';
+import { windowsFor } from '../../client-agent/windows.js';
 import { loadConfig } from '../../client-agent/config.js';
 
 const at = (iso: string) => new Date(iso);

@@ -3,7 +3,7 @@
 import test from 'ava';
 import {
   rolloutBucket, placeHost, openStage, parseStages, startRollout, pauseRollout, resumeRollout, abortRollout, finishRollout, dropRollout, shouldHalt,
-  IndexSchema, parseMetadata, serialize, MetadataError, type IndexImage, type Index,
+  IndexSchema, parseMetadata, serialize, MetadataError, UsageError, type IndexImage, type Index,
 } from '../../format/index.js';
 
 const T0 = new Date('2026-12-06T10:00:00Z');
@@ -50,7 +50,7 @@ test('stages open by the clock: hosts below the open share take the new version,
   const p = placeHost(r, { host: out }, at(1));
   t.is(p.version, '1.0');
   t.regex(p.reason!, /^outside the open stages of the rollout of 1\.1: stage 1 of 3 is open to 10% of hosts, this host's place is \d+\.\d\d%; next: stage 2 of 3 \(50%\) opens at 2026-12-06T11:00:00\.000Z$/);
-  t.deepEqual(placeHost(r, { host: early[0] }, at(1)), { version: '1.1', taking: true, reason: null, bucket: rolloutBucket(ID, early[0]), stage: 0 });
+  t.deepEqual(placeHost(r, { host: early[0] }, at(1)), { version: '1.1', taking: true, reason: null, bucket: rolloutBucket(ID, early[0]), stage: 0, window: null });
 });
 
 test('sites and groups limit a rollout; hosts outside them stay on the old version', (t) => {
@@ -166,5 +166,11 @@ test('the index schema: a rollout round-trips; one that names another start, unk
   bad((i) => { i.rollouts!.stable.stopped = { at: T0.toISOString(), reason: 'a\nb', by: 'x' }; i.rollouts!.stable.state = 'paused'; }, /reason.*one line/);
   bad((i) => { i.rollouts!.stable.sites = ['../x']; }, /sites/);
   bad((i) => { i.rollouts!.stable.id = 'not-hex'; }, /rollout id/);
+  bad((i) => { i.rollouts!.stable.stages[0].window = ['Mon-Fri 25:00-05:00']; }, /stages\.0\.window.*25:00 is not a time of day/);
+  t.throws(() => startRollout(image(), 'tiny', 'stable', { to: '1.1', stages: parseStages('100'), window: ['Someday 22:00-05:00'] }, T0), { instanceOf: UsageError, message: /unknown day "Someday"/ });
+  const w = image();
+  const wr = startRollout(w, 'tiny', 'stable', { to: '1.1', stages: parseStages('10,100'), window: ['Sat,Sun 00:00-24:00'], id: ID }, T0);
+  t.deepEqual(wr.stages.map((st) => st.window), [['Sat,Sun 00:00-24:00'], ['Sat,Sun 00:00-24:00']]);
+  t.deepEqual(placeHost(wr, { host: 'h' }, T0).window, ['Sat,Sun 00:00-24:00']);
   t.true(IndexSchema.safeParse(indexWith(image())).success, 'an index without rollouts is as before');
 });
