@@ -7,7 +7,7 @@ import { createReadStream } from 'node:fs';
 import { mkdir, readdir, rename, rm, rmdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
-  readPackage, decodeChunk, chunkPath, compareVersions, placeHost, LoopshipError, UsageError,
+  readPackage, decodeChunk, chunkPath, compareVersions, placeHost, holdFor, LoopshipError, UsageError,
   type Root, type Manifest, type Chunk,
 } from '../format/index.js';
 import { type AgentConfig, parseSize } from './config.js';
@@ -62,6 +62,8 @@ export interface ApplianceStatus {
   waiting: ApplianceState['waiting'];
   /** a move to an older version this host refused (policy.ts) */
   held: ApplianceState['held'];
+  /** an operator holds this host on a version (the signed index's holds) */
+  operator_hold: ApplianceState['operator_hold'];
   failed_versions: string[];
   last_error: string | null;
   /** what the last install fetched and reused */
@@ -148,6 +150,9 @@ export class Agent {
     const r = client.resolve(spec.name, { version, channel });
     // resolve's own order: the version, the channel, stable, else the newest version
     const image = client.currentIndex?.images[spec.name];
+    // an operator's hold on this host (the signed index's word) comes before its channel, not before its own agent.yaml
+    const hold = version ? undefined : holdFor(image, this.host);
+    if (hold) return { name: spec.name, version: hold.version, via: { hold } };
     const via: Move['via'] = version ? { version } : channel ? { channel } : image?.channels.stable !== undefined ? { channel: 'stable' } : { newest: true };
     const rollout = 'channel' in via ? image?.rollouts?.[via.channel] : undefined;
     if (!rollout || !('channel' in via)) return { name: r.name, version: r.version, via };
@@ -160,10 +165,15 @@ export class Agent {
   /** Keeps this host's place in its channel's rollout in state.json (written only when it changes). */
   private async notePlace(name: string, via: Move['via']): Promise<void> {
     const place = 'channel' in via ? via.rollout ?? null : null;
+    const hold = 'hold' in via ? { version: via.hold.version, reason: via.hold.reason, by: via.hold.by } : null;
     const a = (await this.state.readState()).appliances[name];
-    if (JSON.stringify(a?.rollout ?? null) === JSON.stringify(place)) return;
+    if (JSON.stringify(a?.rollout ?? null) === JSON.stringify(place) && JSON.stringify(a?.operator_hold ?? null) === JSON.stringify(hold)) return;
     if (place && !place.taking) this.log(`${name}: stays on ${place.from}: ${place.reason}`);
-    await this.state.updateAppliance(name, (s) => { s.rollout = place; });
+    if (hold) this.log(`${name}: held on ${hold.version} by ${hold.by}: ${hold.reason}`);
+    await this.state.updateAppliance(name, (s) => {
+      s.rollout = place;
+      s.operator_hold = hold;
+    });
   }
 
   private async fetchManifest(spec: InstallSpec): Promise<VerifiedManifest> {
@@ -363,6 +373,7 @@ export class Agent {
         pending_upgrade: a?.pending_upgrade ?? null,
         waiting: a?.waiting ?? null,
         held: a?.held ?? null,
+        operator_hold: a?.operator_hold ?? null,
         failed_versions: a?.failed_versions ?? [],
         last_error: a?.last_error ?? null,
         last_install: a?.last_install ?? null,

@@ -38,6 +38,8 @@ const applianceState = z.object({
   held: z.object({ to: z.string(), reason: z.string() }).nullable().default(null),
   /** this host's place in the rollout on its channel (format/rollout.ts), while one is under way */
   rollout: z.object({ id: z.string(), from: z.string(), to: z.string(), taking: z.boolean(), reason: z.string().nullable() }).nullable().default(null),
+  /** an operator holds this host on a version (format/holds.ts) */
+  operator_hold: z.object({ version: z.string(), reason: z.string(), by: z.string() }).nullable().default(null),
   /** a move installed but not switched, outside the maintenance window (windows.ts): like held, its reason is also last_error */
   waiting: z.object({ to: z.string(), opens: z.string().nullable(), reason: z.string() }).nullable().default(null),
 });

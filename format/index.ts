@@ -17,6 +17,7 @@ export { createFetcher, HttpFetcher, DirFetcher, type Fetcher, type HttpFetcherO
 export { RepoClient, verifyIndex, verifyManifest, checkNotExpired, type RootPin, type UpdateResult, type Resolved } from './client.js';
 export { roleKeys, verifyRole, verifyRootSignature, verifyManifestSignature, verifyRootTransition, checkSameRepository } from './trust.js';
 export { parallel } from './parallel.js';
+export { holdKey, holdFor, holdHost, releaseHost, type Hold } from './holds.js';
 export { parseWindow, parseWindows, checkTimeZone, localTimeZone, isOpen, nextOpening, describeTime, type MaintenanceWindow } from './windows.js';
 export {
   rolloutBucket, openStage, nextStage, placeHost, parseStages, parseDuration, startRollout, pauseRollout, resumeRollout, abortRollout, finishRollout,

@@ -16,6 +16,7 @@ export const LIMITS = {
   imagesPerIndex: 10_000,
   versionsPerImage: 10_000,
   rolloutStages: 16,
+  holdsPerImage: 10_000,
   keysPerRoot: 256,
 } as const;
 

@@ -125,17 +125,26 @@ const rollout = z
 export type Rollout = z.infer<typeof rollout>;
 export type RolloutStage = Rollout['stages'][number];
 
+const hold = z.strictObject({ version: imageVersion, reason: oneLine(500), by: oneLine(200), at: timestamp });
+export type Hold = z.infer<typeof hold>;
+
 const imageEntry = z
   .strictObject({
     versions: z.record(imageVersion, versionEntry),
     channels: z.record(channelName, imageVersion),
     /** per channel: the rollout under way (at most one) */
     rollouts: z.record(channelName, rollout).optional(),
+    /** hosts an operator holds on a version, by holdKey(host name) (format/holds.ts): no host name is published */
+    holds: z.record(sha256Hex, hold).optional(),
   })
   .superRefine((img, ctx) => {
     if (Object.keys(img.versions).length > LIMITS.versionsPerImage) ctx.addIssue({ code: 'custom', path: ['versions'], message: 'too many versions' });
     for (const [ch, v] of Object.entries(img.channels)) {
       if (!img.versions[v]) ctx.addIssue({ code: 'custom', path: ['channels', ch], message: `channel points to unknown version ${v}` });
+    }
+    if (Object.keys(img.holds ?? {}).length > LIMITS.holdsPerImage) ctx.addIssue({ code: 'custom', path: ['holds'], message: 'too many holds' });
+    for (const [key, h] of Object.entries(img.holds ?? {})) {
+      if (!img.versions[h.version]) ctx.addIssue({ code: 'custom', path: ['holds', key, 'version'], message: `hold on unknown version ${h.version}` });
     }
     for (const [ch, r] of Object.entries(img.rollouts ?? {})) {
       if (img.channels[ch] !== r.from) ctx.addIssue({ code: 'custom', path: ['rollouts', ch, 'from'], message: `a rollout starts from the version its channel names (${img.channels[ch] ?? 'none'})` });

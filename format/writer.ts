@@ -243,10 +243,11 @@ export class RepositoryWriter {
   }
 
   /**
-   * Changes a channel's rollout (format/rollout.ts's moves, given the image entry and the
-   * writer's clock) and re-signs the index; nothing is written when `change` throws.
+   * Changes one image's entry (a rollout's move, format/rollout.ts; a host's hold, format/holds.ts),
+   * given the entry and the writer's clock, and re-signs the index; nothing is written when
+   * `change` throws.
    */
-  async changeRollout<T>(name: string, change: (image: IndexImage, now: Date) => T): Promise<{ indexVersion: number; result: T }> {
+  async changeImage<T>(name: string, change: (image: IndexImage, now: Date) => T): Promise<{ indexVersion: number; result: T }> {
     return this.locked(async () => {
       const root = await this.readRoot();
       this.assertIndexKeysOf(root);

@@ -43,7 +43,7 @@ export interface ErrorBody {
 /** Status for an error thrown below the HTTP layer: bad input is the client's fault, the rest ours. */
 export function statusFor(err: LoopshipError): number {
   if (err instanceof VerificationError) return 422;
-  if (err instanceof UsageError || err instanceof ConfigError) return 400;
+  if (err instanceof UsageError || err instanceof ConfigError || err.code === 'USAGE' || err.code === 'CONFIG_INVALID') return 400;
   switch (err.code) {
     case 'NOT_FOUND':
       return 404;

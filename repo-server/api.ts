@@ -116,7 +116,7 @@ export function apiRouter(opts: ApiOptions): Router {
   router.post('/channels/:channel/promote', publisher, jsonBody, promote('body'));
   router.post('/channels/:channel/promote/:name/:version', publisher, promote('path'));
 
-  const rollouts = writer?.changeRollout && writer.currentIndex ? (writer as PackageWriter & RolloutWriter) : undefined;
+  const rollouts = writer?.changeImage && writer.currentIndex ? (writer as PackageWriter & RolloutWriter) : undefined;
   const watch = rollouts && store ? new RolloutWatch(rollouts, () => store.list(), log) : undefined;
   router.use(fleetRouter({ config, store, hosts, log, onReport: watch && ((r) => void watch.observe(r)) }));
   router.use(rolloutRouter({ config, writer: rollouts, store, now: opts.now ?? (() => new Date()), log }));

@@ -23,7 +23,7 @@ import { renderDashboard } from './dashboard.js';
 import { dashboardActions, csrfToken, mayAct } from './dashboard-actions.js';
 import { viewRollouts, type RolloutWriter } from './rollouts.js';
 import { readServedIndex } from './repo-view.js';
-import { siteName } from '../format/index.js';
+import { siteName, holdFor } from '../format/index.js';
 import type { Principal } from './config.js';
 import type { ReportStore } from './reports.js';
 import type { HostCredentials } from './hosts.js';
@@ -104,6 +104,7 @@ export function createApp(opts: AppOptions & { repository?: RepositoryHandler; l
         title: opts.config.dashboard.title, now: now(), staleMinutes: opts.config.dashboard.staleMinutes, site,
         rollouts: index ? viewRollouts(index, now(), reports) : [],
         actions: mayAct(who) && opts.writer ? { csrf: csrfToken(who) } : null,
+        holdOf: (image, host) => holdFor(index?.images[image], host),
       });
       res.setHeader('Content-Type', 'text/html; charset=utf-8');
       res.setHeader('Cache-Control', 'no-store');
@@ -132,7 +133,7 @@ export function createApp(opts: AppOptions & { repository?: RepositoryHandler; l
     });
   }
 
-  app.use(dashboardActions({ config: opts.config, writer: opts.writer?.changeRollout && opts.writer.currentIndex ? (opts.writer as RolloutWriter) : undefined, store: opts.store, log }));
+  app.use(dashboardActions({ config: opts.config, writer: opts.writer?.changeImage && opts.writer.currentIndex ? (opts.writer as RolloutWriter) : undefined, store: opts.store, log }));
 
   app.use('/api/v1', apiRouter({ config: opts.config, writer: opts.writer, store: opts.store, hosts: opts.hosts, now, log, metrics: opts.metrics }));
 

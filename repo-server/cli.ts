@@ -125,8 +125,7 @@ async function runWorkers(n: number, log: Logger): Promise<void> {
 }
 
 export function register(program: Command): void {
-  registerHostsCommands(program);
-  registerRolloutCommands(program);
+  registerRolloutCommands(program, registerHostsCommands(program));
   program
     .command('serve')
     .description('serve a repository over HTTP: the static tree, the publish/promote API, fleet reports and a dashboard')

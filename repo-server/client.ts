@@ -2,6 +2,7 @@
 // streams the package file (never buffered) with progress, and turns the server's JSON
 // errors back into LoopshipErrors with the server's code and message.
 import type { RolloutRequest, RolloutResult, RolloutView } from './rollouts.js';
+import type { HoldRequest, HoldResult } from './holds.js';
 import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import http from 'node:http';
@@ -155,4 +156,13 @@ export async function rolloutsRemote(server: string, token: string): Promise<Rol
   const res = await request(apiUrl(server, 'api/v1/rollouts'), { method: 'GET', token, timeoutMs: 60_000 });
   if (res.status !== 200) throw remoteError(res.status, res.text, 'rollouts');
   return (JSON.parse(res.text) as { rollouts: RolloutView[] }).rollouts;
+}
+
+/** `PUT /api/v1/holds/<image>/<host>` (hold) or `DELETE` (release). */
+export async function holdRemote(server: string, token: string, name: string, host: string, req: HoldRequest | null): Promise<HoldResult> {
+  const url = apiUrl(server, `api/v1/holds/${encodeURIComponent(name)}/${encodeURIComponent(host)}`);
+  const body = req ? Buffer.from(JSON.stringify(req)) : undefined;
+  const res = await request(url, { method: req ? 'PUT' : 'DELETE', token, headers: body ? { 'Content-Type': 'application/json', 'Content-Length': body.length } : {}, body, timeoutMs: 60_000 });
+  if (res.status !== 200) throw remoteError(res.status, res.text, `${req ? 'hold' : 'release'} ${name}/${host}`);
+  return JSON.parse(res.text) as HoldResult;
 }

@@ -9,7 +9,8 @@ import { ApiError } from './api-error.js';
 import { validate, wrap } from './handlers.js';
 import { requireBrowserToken, principalOf } from './auth.js';
 import { applyRollout, ROLLOUT_OPS, RolloutRequestSchema, type RolloutWriter } from './rollouts.js';
-import type { ReportStore } from './reports.js';
+import { hostName, type ReportStore } from './reports.js';
+import { applyHold } from './holds.js';
 import type { Principal, ServerConfig } from './config.js';
 
 export function csrfToken(p: Principal): string {
@@ -33,6 +34,16 @@ function sameOrigin(req: Request): boolean {
   return origin !== 'null';
 }
 
+/** The form came from a dashboard page rendered for this principal; returns who it is. */
+function checkForm(req: Request): Principal {
+  const who = principalOf(req);
+  if (!sameOrigin(req)) throw new ApiError(403, 'CROSS_SITE', 'a dashboard action must come from the dashboard itself (cross-site request refused)');
+  const sent = typeof req.body?.csrf === 'string' ? Buffer.from(req.body.csrf) : Buffer.alloc(0);
+  const want = Buffer.from(csrfToken(who));
+  if (sent.length !== want.length || !timingSafeEqual(sent, want)) throw new ApiError(403, 'CSRF', 'the form\'s token is missing or not this user\'s: reload the dashboard and try again');
+  return who;
+}
+
 export interface DashboardActionOptions {
   config: ServerConfig;
   writer?: RolloutWriter;
@@ -49,11 +60,7 @@ export function dashboardActions(opts: DashboardActionOptions): Router {
     actor,
     urlencoded({ extended: false, limit: 8192, parameterLimit: 10 }),
     wrap(async (req, res) => {
-      const who = principalOf(req);
-      if (!sameOrigin(req)) throw new ApiError(403, 'CROSS_SITE', 'a dashboard action must come from the dashboard itself (cross-site request refused)');
-      const sent = typeof req.body?.csrf === 'string' ? Buffer.from(req.body.csrf) : Buffer.alloc(0);
-      const want = Buffer.from(csrfToken(who));
-      if (sent.length !== want.length || !timingSafeEqual(sent, want)) throw new ApiError(403, 'CSRF', 'the form\'s token is missing or not this user\'s: reload the dashboard and try again');
+      const who = checkForm(req);
       if (!writer) throw new ApiError(503, 'NOT_CONFIGURED', 'this server holds no index key, so it cannot sign rollouts');
       const name = validate(imageName, req.params.name, 'image name');
       const channel = validate(channelName, req.params.channel, 'channel name');
@@ -64,6 +71,23 @@ export function dashboardActions(opts: DashboardActionOptions): Router {
       const r = await applyRollout(writer, name, channel, body, `${who.kind} ${who.name} (dashboard)`, store && (() => store.list()));
       log.info({ who: who.name, kind: who.kind, via: 'dashboard', image: name, channel, op, rollout: r.rollout.id, state: r.rollout.state, indexVersion: r.index_version }, `rollout ${op}`);
       res.redirect(303, '/#rollouts');
+    }),
+  );
+  router.post(
+    '/actions/holds/:name/:host/:op',
+    actor,
+    urlencoded({ extended: false, limit: 8192, parameterLimit: 10 }),
+    wrap(async (req, res) => {
+      const who = checkForm(req);
+      if (!writer) throw new ApiError(503, 'NOT_CONFIGURED', 'this server holds no index key, so it cannot sign holds');
+      const op = String(req.params.op);
+      if (op !== 'hold' && op !== 'release') throw new ApiError(404, 'NOT_FOUND', `no dashboard action ${op}`);
+      const name = validate(imageName, req.params.name, 'image name');
+      const host = validate(hostName, req.params.host, 'host name');
+      const reason = typeof req.body.reason === 'string' && req.body.reason.trim() ? req.body.reason.trim().slice(0, 500) : undefined;
+      const r = await applyHold(writer, name, host, op === 'hold' ? { reason } : null, `${who.kind} ${who.name} (dashboard)`, store?.list() ?? []);
+      log.info({ who: who.name, kind: who.kind, via: 'dashboard', image: name, host, version: r.hold?.version ?? null, indexVersion: r.index_version }, op === 'hold' ? 'host held' : 'host released');
+      res.redirect(303, '/#fleet');
     }),
   );
   return router;

@@ -12,7 +12,9 @@ export const ROLLOUT_STYLE = `
 .rollout .body { padding:8px 14px 12px; }
 .rollout form { display:inline-flex; gap:4px; margin:4px 8px 0 0; }
 .rollout input[type=text] { font:inherit; padding:2px 6px; width:16em; }
-.rollout button { font:inherit; padding:2px 10px; cursor:pointer; }
+.rollout button, form.hold button { font:inherit; padding:2px 10px; cursor:pointer; }
+form.hold { display:inline-flex; gap:4px; margin-left:6px; }
+form.hold input[type=text] { font:inherit; padding:1px 6px; width:10em; }
 .banner { padding:10px 14px; border-radius:8px; margin:0 0 16px; background:#fef4e6; color:var(--warn); border:1px solid #f5d3a5; }
 .banner.bad { background:#fdecea; color:var(--bad); border-color:#f3b8b2; }
 nav.sites a { margin-right:10px; }

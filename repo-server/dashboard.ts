@@ -4,6 +4,7 @@ import { html, formatBytes, formatAge, SafeHtml } from './html.js';
 import type { RepositoryView, VersionView, ImageView } from './repo-view.js';
 import type { StoredReport } from './reports.js';
 import type { RolloutView } from './rollouts.js';
+import type { Hold } from '../format/index.js';
 import { ROLLOUT_STYLE, rolloutCard, versionsTable, behindReason, siteNav, expiryBanner, type ActionContext } from './dashboard-rollouts.js';
 
 export interface DashboardOptions {
@@ -16,6 +17,8 @@ export interface DashboardOptions {
   actions?: ActionContext | null;
   /** show only this site's hosts */
   site?: string | null;
+  /** an operator's hold on a host for an image (the signed index's holds) */
+  holdOf?: (image: string, host: string) => Hold | undefined;
 }
 
 const STYLE = `
@@ -101,9 +104,13 @@ function hostRow(r: StoredReport, view: RepositoryView, opts: DashboardOptions):
     // a host on the version a channel's rollout moves to is ahead of the channel, not behind it
     const rollout = opts.rollouts?.find((r) => r.name === a.name && r.channel === a.channel);
     const behind = target !== undefined && a.version !== target && !(rollout && a.version === rollout.to && rollout.state !== 'aborted');
-    const why = behindReason(a);
+    const hold = opts.holdOf?.(a.name, r.report.host);
+    const why = hold ? `held on ${hold.version} by ${hold.by}: ${hold.reason}` : behindReason(a);
+    const form = (op: 'hold' | 'release', label: string) => opts.actions
+      ? html`<form method="post" class="hold" action="/actions/holds/${encodeURIComponent(a.name)}/${encodeURIComponent(r.report.host)}/${op}"><input type="hidden" name="csrf" value="${opts.actions.csrf}">${op === 'hold' ? html`<input type="text" name="reason" maxlength="500" placeholder="reason">` : ''}<button type="submit">${label}</button></form>`
+      : '';
     return html`<li><b>${a.name}</b> ${a.version ?? 'not installed'}${a.channel ? html` <span class="muted">(${a.channel})</span>` : ''}
-      <span class="badge ${HEALTH_CLASS[a.health] ?? 'muted'}">${a.health}</span> ${a.running ? html`<span class="badge ok">running</span>` : html`<span class="badge muted">not running</span>`} ${a.verified === false ? html`<span class="badge bad">not verified</span>` : a.verified === null ? html`<span class="badge muted">not checked</span>` : ''} ${behind ? html`<span class="badge warn">behind: ${a.channel} is ${target}</span>` : ''}${why ? html`<span class="badge warn why">${why}</span>` : ''}${a.error ? html`<div class="error">${a.error}</div>` : ''}</li>`;
+      <span class="badge ${HEALTH_CLASS[a.health] ?? 'muted'}">${a.health}</span> ${a.running ? html`<span class="badge ok">running</span>` : html`<span class="badge muted">not running</span>`} ${a.verified === false ? html`<span class="badge bad">not verified</span>` : a.verified === null ? html`<span class="badge muted">not checked</span>` : ''} ${behind ? html`<span class="badge warn">behind: ${a.channel} is ${target}</span>` : ''}${why ? html`<span class="badge warn why">${why}</span>` : ''}${a.version ? (hold ? form('release', 'Release') : form('hold', `Hold on ${a.version}`)) : ''}${a.error ? html`<div class="error">${a.error}</div>` : ''}</li>`;
   });
   return html`<tr class="host${stale ? ' stale' : ''}" data-host="${r.report.host}">
   <td><b>${r.report.host}</b>${stale ? html` <span class="badge warn">stale</span>` : ''}</td>

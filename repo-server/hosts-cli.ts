@@ -15,8 +15,8 @@ function registryFor(site: string, host: string, stateDir: string): FileHostRegi
   return FileHostRegistry.at(stateDir, { maxHosts: Infinity, maxHostsPerSite: Infinity });
 }
 
-export function registerHostsCommands(program: Command): void {
-  const hosts = program.command('hosts').description("the fleet's per-host credentials (issued at enrolment)");
+export function registerHostsCommands(program: Command): Command {
+  const hosts = program.command('hosts').description("the fleet's hosts: their report credentials (revoke, allow) and operator holds (hold, release)");
   // both verbs take SITE HOST and the server's state dir, and print one line or one JSON object
   const verb = (name: string, description: string, act: (r: FileHostRegistry, site: string, host: string) => Promise<{ json: Record<string, unknown>; text: string }>) =>
     hosts
@@ -42,4 +42,5 @@ export function registerHostsCommands(program: Command): void {
     }
     return { json: { allowed: true }, text: `host ${host} of site ${site} may enrol again with the site token` };
   });
+  return hosts;
 }

@@ -6,7 +6,8 @@ import { ApiError, sendError } from './api-error.js';
 import { validate, wrap, requireJson } from './handlers.js';
 import { requireToken, principalOf } from './auth.js';
 import { applyRollout, viewRollouts, RolloutRequestSchema, ROLLOUT_OPS, type RolloutWriter } from './rollouts.js';
-import type { ReportStore } from './reports.js';
+import { hostName, type ReportStore } from './reports.js';
+import { applyHold, HoldRequestSchema } from './holds.js';
 import type { ServerConfig } from './config.js';
 
 export interface RolloutApiOptions {
@@ -54,6 +55,22 @@ export function rolloutRouter(opts: RolloutApiOptions): Router {
       res.status(op === 'start' ? 201 : 200).json(r);
     }),
   );
+
+  const hold = (release: boolean) =>
+    wrap(async (req, res) => {
+      const w = needWriter();
+      const name = validate(imageName, req.params.name, 'image name');
+      const host = validate(hostName, req.params.host, 'host name');
+      if (!release && req.get('content-length') && req.get('content-length') !== '0') requireJson(req);
+      const body = release ? null : validate(HoldRequestSchema, req.body && typeof req.body === 'object' ? req.body : {}, 'hold request');
+      const who = principalOf(req);
+      const r = await applyHold(w, name, host, body, `${who.kind} ${who.name}`, store?.list() ?? []);
+      log.info({ who: who.name, kind: who.kind, image: name, host, version: r.hold?.version ?? null, indexVersion: r.index_version }, release ? 'host released' : 'host held');
+      res.json(r);
+    });
+  router.put('/holds/:name/:host', operator, jsonBody, hold(false));
+  router.delete('/holds/:name/:host', operator, hold(true));
+  router.all(['/holds/:name/:host'], (req, res) => sendError(res, new ApiError(405, 'METHOD_NOT_ALLOWED', `${req.method} is not allowed here`, { headers: { Allow: 'PUT, DELETE' } })));
 
   router.all(['/rollouts'], (req, res) => sendError(res, new ApiError(405, 'METHOD_NOT_ALLOWED', `${req.method} is not allowed here`, { headers: { Allow: 'GET' } })));
   router.all(['/rollouts/:name/:channel/:op'], (req, res) => sendError(res, new ApiError(405, 'METHOD_NOT_ALLOWED', `${req.method} is not allowed here`, { headers: { Allow: 'POST' } })));

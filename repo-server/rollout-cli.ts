@@ -3,7 +3,8 @@
 // --keys). `promote` stays the one-step form (and ends a rollout on its channel).
 import { Command, InvalidArgumentError } from 'commander';
 import { RepositoryWriter, UsageError, parseStages, parseWindows } from '../format/index.js';
-import { rolloutRemote, rolloutsRemote } from './client.js';
+import { rolloutRemote, rolloutsRemote, holdRemote } from './client.js';
+import { applyHold, type HoldRequest, type HoldResult } from './holds.js';
 import { tokenFrom, checkTarget, localWriter, type Target } from './cli-target.js';
 import { applyRollout, viewRollouts, type RolloutRequest, type RolloutResult, type RolloutView } from './rollouts.js';
 
@@ -70,7 +71,8 @@ Exit codes: 0 done; 2 usage (bad stages, a version not newer than the channel's)
 1 anything else (no such image or rollout, a rollout already under way, a move its state does not allow).
 `;
 
-export function registerRolloutCommands(program: Command): void {
+export function registerRolloutCommands(program: Command, hosts: Command): void {
+  registerHoldCommands(hosts);
   const rollout = program
     .command('rollout')
     .description('staged rollouts: move a channel to a new version a share of hosts at a time, halted when hosts fail')
@@ -128,4 +130,31 @@ export function registerRolloutCommands(program: Command): void {
       if (o.json) return void process.stdout.write(JSON.stringify({ rollouts: views }) + '\n');
       process.stdout.write(views.length ? views.map(describeView).join('') : `no rollout under way${name ? ` for ${name}` : ''}\n`);
     });
+}
+
+/** `loopship hosts hold|release IMAGE HOST`: an operator keeps one host on a version (the signed index's holds). */
+function registerHoldCommands(hosts: Command): void {
+  const run = async (name: string, host: string, o: Target & { json?: boolean }, req: HoldRequest | null) => {
+    const r: HoldResult =
+      checkTarget(o) === 'server'
+        ? await holdRemote(o.server!, await tokenFrom(o), name, host, req)
+        : await applyHold(await localWriter(o), name, host, req, `local ${process.env.SUDO_USER ?? process.env.USER ?? 'user'}`);
+    process.stdout.write(o.json ? JSON.stringify(r) + '\n'
+      : r.hold ? `${host} is held on ${name} ${r.hold.version} (${r.hold.reason}); index version ${r.index_version}\n`
+        : `${host} follows its channel of ${name} again; index version ${r.index_version}\n`);
+  };
+  targetOptions(
+    hosts
+      .command('hold')
+      .description('keep one host on a version of an image, whatever its channel or a rollout says (it never moves back for a hold)')
+      .argument('<image>', 'image name')
+      .argument('<host>', 'host name (as it reports)')
+      .option('--on <version>', 'the version to hold it on (default: the one it last reported, with --server)')
+      .option('--reason <text>', 'why, for the host\'s status and the dashboard'),
+    false,
+  ).action(async (name: string, host: string, o: Target & { json?: boolean; on?: string; reason?: string }) => run(name, host, o, { version: o.on, reason: o.reason }));
+  targetOptions(
+    hosts.command('release').description('let a held host follow its channel again').argument('<image>', 'image name').argument('<host>', 'host name'),
+    false,
+  ).action(async (name: string, host: string, o: Target & { json?: boolean }) => run(name, host, o, null));
 }

@@ -9,7 +9,7 @@ import {
 } from '../format/index.js';
 import type { FleetReport, StoredReport } from './reports.js';
 
-export type RolloutWriter = Pick<RepositoryWriter, 'changeRollout' | 'currentIndex'>;
+export type RolloutWriter = Pick<RepositoryWriter, 'changeImage' | 'currentIndex'>;
 
 /** Who the server names as having paused a rollout by its halt rule. */
 export const HALT_RULE_BY = 'loopship serve (halt rule)';
@@ -108,7 +108,7 @@ export interface RolloutResult {
 /** Runs one request on the writer: the move, the signed index, and what it looks like now. */
 export async function applyRollout(w: RolloutWriter, name: string, channel: string, req: RolloutRequest, by: string, reports?: () => readonly StoredReport[]): Promise<RolloutResult> {
   const stages = req.op === 'start' ? parseStages(req.stages, req.every) : undefined;
-  const { indexVersion, result } = await w.changeRollout(name, (image, now) => {
+  const { indexVersion, result } = await w.changeImage(name, (image, now) => {
     const r = move(image, now);
     return { view: viewRollout(name, channel, r, now), channelVersion: image.channels[channel] };
   });
@@ -165,7 +165,7 @@ export class RolloutWatch {
         if (!shouldHalt(r.halt, t.took - base.took, t.failed.length - base.failed)) continue;
         const named = t.failed.slice(0, 5).map((f) => `${f.host} (${(f.error ?? 'unhealthy').slice(0, 120)})`).join(', ');
         const reason = `halted: ${t.failed.length} of ${t.took} hosts that took ${r.to} failed: ${named}${t.failed.length > 5 ? ', ...' : ''}`;
-        await this.w.changeRollout(name, (img, now) => pauseRollout(img, name, channel, { reason, by: HALT_RULE_BY }, now));
+        await this.w.changeImage(name, (img, now) => pauseRollout(img, name, channel, { reason, by: HALT_RULE_BY }, now));
         this.log.warn({ image: name, channel, rollout: r.id, to: r.to, took: t.took, failed: t.failed.map((f) => f.host) }, 'rollout halted');
       }
     }

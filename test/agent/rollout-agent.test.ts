@@ -7,7 +7,7 @@ import { mkdtemp, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { Agent } from '../../client-agent/agent.js';
-import { startRollout, abortRollout, parseStages, rolloutBucket, type RepositoryWriter } from '../../format/index.js';
+import { startRollout, abortRollout, parseStages, rolloutBucket, holdHost, releaseHost, type RepositoryWriter } from '../../format/index.js';
 import { makeRepo, type Fixture } from '../helpers/repo.js';
 import { publishExt4 } from './ext4.js';
 import { FakeBackend } from './fakes.js';
@@ -56,7 +56,7 @@ test('a host outside the open stages stays and says why; one inside moves, in it
   const b = await host(t, fx, outside);
   for (const h of [a, b]) t.true((await h.agent.daemonOnce()).ok);
   await publishExt4(fx, 'sbc', '1.1.0', { bulkFiles: 4, motd: 'next' });
-  await (fx.writer as RepositoryWriter).changeRollout('sbc', (img, now) => startRollout(img, 'sbc', 'stable', { to: '1.1.0', stages: parseStages('50,100@manual'), window: ['Mon-Fri 22:00-05:00'], id: ID }, now));
+  await (fx.writer as RepositoryWriter).changeImage('sbc', (img, now) => startRollout(img, 'sbc', 'stable', { to: '1.1.0', stages: parseStages('50,100@manual'), window: ['Mon-Fri 22:00-05:00'], id: ID }, now));
 
   // Monday noon: the inside host pre-fetches 1.1.0 and waits for the stage's window, the other stays on 1.0.0
   const [ra] = await a.agent.upgrade();
@@ -79,7 +79,7 @@ test('a host outside the open stages stays and says why; one inside moves, in it
   t.is(await a.agent.state.currentVersion('sbc'), '1.1.0');
 
   // the rollout is aborted: back to 1.0.0 only with the host's consent
-  await (fx.writer as RepositoryWriter).changeRollout('sbc', (img, now) => abortRollout(img, 'sbc', 'stable', { reason: 'calls from the field', by: 'ops' }, now));
+  await (fx.writer as RepositoryWriter).changeImage('sbc', (img, now) => abortRollout(img, 'sbc', 'stable', { reason: 'calls from the field', by: 'ops' }, now));
   const [held] = await a.agent.upgrade();
   t.like(held, { status: 'held', from: '1.1.0', to: '1.0.0' });
   t.regex(held.message!, /^the rollout of 1\.1\.0 was aborted \(calls from the field\), so channel stable names 1\.0\.0 again, older than the installed 1\.1\.0: not downgrading/);
@@ -94,11 +94,33 @@ test('an aborted rollout takes back a host whose agent.yaml allows downgrades; s
   const other = await host(t, fx, 'dom0-b', ['groups: [main]']);
   for (const h of [inGroup, other]) t.true((await h.agent.daemonOnce()).ok);
   await publishExt4(fx, 'sbc', '1.1.0', { bulkFiles: 4, motd: 'next' });
-  await (fx.writer as RepositoryWriter).changeRollout('sbc', (img, now) => startRollout(img, 'sbc', 'stable', { to: '1.1.0', stages: parseStages('100'), groups: ['canary'], sites: ['berlin'] }, now));
+  await (fx.writer as RepositoryWriter).changeImage('sbc', (img, now) => startRollout(img, 'sbc', 'stable', { to: '1.1.0', stages: parseStages('100'), groups: ['canary'], sites: ['berlin'] }, now));
   t.like((await inGroup.agent.upgrade())[0], { status: 'upgraded', to: '1.1.0' });
   t.like((await other.agent.upgrade())[0], { status: 'up-to-date', to: '1.0.0' });
   t.regex((await other.agent.status('sbc'))[0].rollout!.reason!, /for the sites berlin; this host's site is not set/);
-  await (fx.writer as RepositoryWriter).changeRollout('sbc', (img, now) => abortRollout(img, 'sbc', 'stable', { reason: 'bad', by: 'ops' }, now));
+  await (fx.writer as RepositoryWriter).changeImage('sbc', (img, now) => abortRollout(img, 'sbc', 'stable', { reason: 'bad', by: 'ops' }, now));
   t.like((await inGroup.agent.upgrade())[0], { status: 'upgraded', to: '1.0.0' });
   t.is(await inGroup.agent.state.currentVersion('sbc'), '1.0.0');
+});
+
+test('an operator\'s hold keeps a host on its version while its channel moves; released, it follows again', async (t) => {
+  const fx = await makeRepo();
+  t.teardown(fx.cleanup);
+  await publishExt4(fx, 'sbc', '1.0.0', { channel: 'stable', bulkFiles: 4 });
+  const h = await host(t, fx, 'Dom0-Held.site');
+  t.true((await h.agent.daemonOnce()).ok);
+  const w = fx.writer as RepositoryWriter;
+  await w.changeImage('sbc', (img, now) => holdHost(img, 'sbc', 'dom0-held.site', { version: '1.0.0', reason: 'site visit friday', by: 'operator anna' }, now));
+  await publishExt4(fx, 'sbc', '1.1.0', { channel: 'stable', bulkFiles: 4, motd: 'next' });
+  t.like((await h.agent.upgrade())[0], { status: 'up-to-date', to: '1.0.0' });
+  t.deepEqual((await h.agent.status('sbc'))[0].operator_hold, { version: '1.0.0', reason: 'site visit friday', by: 'operator anna' });
+  // a hold on an older version is a downgrade like any other: refused without the host's consent
+  await publishExt4(fx, 'sbc', '0.9.0', { bulkFiles: 4, motd: 'old' });
+  await w.changeImage('sbc', (img, now) => holdHost(img, 'sbc', 'dom0-held.site', { version: '0.9.0', reason: 'r', by: 'operator anna' }, now));
+  const [held] = await h.agent.upgrade();
+  t.like(held, { status: 'held', to: '0.9.0' });
+  t.regex(held.message!, /^operator anna holds this host on 0\.9\.0 \(r\), older than the installed 1\.0\.0: not downgrading/);
+  await w.changeImage('sbc', (img) => releaseHost(img, 'sbc', 'dom0-held.site'));
+  t.like((await h.agent.upgrade())[0], { status: 'upgraded', to: '1.1.0' });
+  t.is((await h.agent.status('sbc'))[0].operator_hold, null);
 });

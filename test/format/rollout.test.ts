@@ -3,7 +3,7 @@
 import test from 'ava';
 import {
   rolloutBucket, placeHost, openStage, parseStages, startRollout, pauseRollout, resumeRollout, abortRollout, finishRollout, dropRollout, shouldHalt,
-  IndexSchema, parseMetadata, serialize, MetadataError, UsageError, type IndexImage, type Index,
+  IndexSchema, parseMetadata, serialize, MetadataError, UsageError, holdKey, holdFor, holdHost, releaseHost, type IndexImage, type Index,
 } from '../../format/index.js';
 
 const T0 = new Date('2026-12-06T10:00:00Z');
@@ -173,4 +173,23 @@ test('the index schema: a rollout round-trips; one that names another start, unk
   t.deepEqual(wr.stages.map((st) => st.window), [['Sat,Sun 00:00-24:00'], ['Sat,Sun 00:00-24:00']]);
   t.deepEqual(placeHost(wr, { host: 'h' }, T0).window, ['Sat,Sun 00:00-24:00']);
   t.true(IndexSchema.safeParse(indexWith(image())).success, 'an index without rollouts is as before');
+});
+
+test('holds: keyed by a digest of the host name (no name in the index), on a published version; release ends them', async (t) => {
+  const img = image();
+  const h = holdHost(img, 'tiny', 'Xen-07.Site.example', { version: '1.0', reason: 'ticket\n42', by: 'ops' }, T0);
+  t.deepEqual(h, { version: '1.0', reason: 'ticket 42', by: 'ops', at: T0.toISOString() });
+  t.deepEqual(Object.keys(img.holds!), [holdKey('xen-07.site.example')]);
+  t.regex(holdKey('x'), /^[0-9a-f]{64}$/);
+  t.false(JSON.stringify(img).toLowerCase().includes('xen-07'), 'the index does not name the host');
+  t.is(holdFor(img, 'xen-07.site.example'), h);
+  t.is(holdFor(img, 'xen-08.site.example'), undefined);
+  t.deepEqual(parseMetadata('index', serialize(indexWith(img)), 'index.json').images.tiny.holds, img.holds);
+  t.throws(() => holdHost(img, 'tiny', 'h', { version: '7.0', reason: 'r', by: 'b' }, T0), { message: /no version 7\.0/ });
+  const bad = structuredClone(img);
+  bad.holds![holdKey('xen-07.site.example')].version = '7.0';
+  t.throws(() => parseMetadata('index', serialize(indexWith(bad)), 'index.json'), { message: /holds\.[0-9a-f]{64}\.version.*hold on unknown version 7\.0/ });
+  releaseHost(img, 'tiny', 'XEN-07.site.example');
+  t.is(img.holds, undefined);
+  t.throws(() => releaseHost(img, 'tiny', 'xen-07.site.example'), { message: /is not held/ });
 });

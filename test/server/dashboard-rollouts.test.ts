@@ -86,6 +86,15 @@ test('rollouts on the dashboard: an operator pauses and resumes from the page; r
   await Promise.all([page.waitForURL(/#rollouts$/), card.locator('form[action$="/resume"] button').click()]);
   t.regex(await card.innerText(), /running/);
 
+  // hold a host from its row: the index holds it on the version it reported, the row says so
+  const row = page.locator('tr[data-host="xen-n1"]');
+  await row.locator('form.hold input[name=reason]').fill('visit on friday');
+  await Promise.all([page.waitForURL(/#fleet$/), row.locator('form.hold button').click()]);
+  t.regex(await page.locator('tr[data-host="xen-n1"] .why').innerText(), /held on 1\.1\.0 by operator anna \(dashboard\): visit on friday/);
+  t.like(logs.find((l) => l.msg === 'host held'), { who: 'anna', via: 'dashboard', host: 'xen-n1', version: '1.1.0' });
+  await Promise.all([page.waitForURL(/#fleet$/), page.locator('tr[data-host="xen-n1"] form.hold button', { hasText: 'Release' }).click()]);
+  t.is(await page.locator('tr[data-host="xen-n1"] form.hold button', { hasText: 'Hold on 1.1.0' }).count(), 1);
+
   // the site filter
   await page.goto(srv.url + '/?site=south#fleet');
   t.deepEqual(await page.locator('tr.host').evaluateAll((rows) => rows.map((r) => r.getAttribute('data-host'))), ['xen-s1', 'xen-s2']);

@@ -46,4 +46,14 @@ test('rollout start/status/pause/resume/finish on a repository directory', async
   t.is(fin.exitCode, 0, fin.stderr);
   t.regex(fin.stdout, /^finished: channel stable of tiny names 1\.1\.0/);
   t.is((await loopship(['rollout', 'status', '--repo', fx.repoDir])).stdout, 'no rollout under way');
+
+  // an operator's hold, on a repository directory: the version must be given (no reports here)
+  const noVersion = await loopship(['hosts', 'hold', 'tiny', 'xen-07', ...where]);
+  t.is(noVersion.exitCode, 2, noVersion.stderr);
+  t.regex(noVersion.stderr, /has not reported a version of tiny: give the version/);
+  const hold = await loopship(['hosts', 'hold', 'tiny', 'xen-07', '--on', '1.0.0', '--reason', 'visit', ...where]);
+  t.is(hold.exitCode, 0, hold.stderr);
+  t.regex(hold.stdout, /^xen-07 is held on tiny 1\.0\.0 \(visit\); index version \d+$/);
+  const release = await loopship(['hosts', 'release', 'tiny', 'xen-07', ...where, '--json']);
+  t.is(JSON.parse(release.stdout).hold, null);
 });

@@ -5,8 +5,8 @@ import test, { type ExecutionContext } from 'ava';
 import { rm } from 'node:fs/promises';
 import pino from 'pino';
 import { startServer, parseServerConfig, createRepositoryWriter, uploadPackage, promoteRemote, type RunningServer } from '../../repo-server/index.js';
-import { rolloutRemote, rolloutsRemote } from '../../repo-server/client.js';
-import { RepoClient, DirFetcher, LoopshipError, UsageError } from '../../format/index.js';
+import { rolloutRemote, rolloutsRemote, holdRemote } from '../../repo-server/client.js';
+import { RepoClient, DirFetcher, LoopshipError, UsageError, holdKey } from '../../format/index.js';
 import { makeRealRepo, makePackage, hashTree, rawRequest, tempDir, settled, type RealRepo } from './helpers.js';
 import { enrolHost, postReport } from './fleet.js';
 
@@ -117,4 +117,29 @@ test('the halt rule: two hosts that took the new version fail, and the server pa
   const [view] = await rolloutsRemote(srv.url, VIEWER);
   t.deepEqual(view.fleet?.failed.map((f) => f.host), ['xen-02', 'xen-03']);
   t.is(view.fleet?.took, 3);
+});
+
+test('holds over the API: an operator holds a host on the version it reported, the index names only a digest; release; refusals', async (t) => {
+  const { repo, srv, logs } = await setup(t);
+  const token = await enrolHost(srv.url, SITE, 'xen-07');
+  const body = { host: 'xen-07', agent_version: 't', last_error: null, appliances: [{ name: 'desktop', version: '1.0.0', running: true, health: 'healthy', verified: true }] };
+  t.is((await postReport(srv.url, body, token)).status, 201);
+  const before = await hashTree(repo.dir);
+  const put = (tok: string | null, path: string, b: unknown, method = 'PUT') =>
+    rawRequest(srv.url, { method, path, headers: { 'Content-Type': 'application/json', ...(tok ? { Authorization: `Bearer ${tok}` } : {}) }, body: JSON.stringify(b) });
+  t.is((await put(VIEWER, '/api/v1/holds/desktop/xen-07', {})).status, 401);
+  t.is((await put(SITE, '/api/v1/holds/desktop/xen-07', {})).status, 401);
+  t.is((await put(OPERATOR, '/api/v1/holds/desktop/xen-99', {})).status, 400, 'no version given and none reported');
+  t.is((await put(OPERATOR, '/api/v1/holds/desktop/bad_host!', {})).status, 400);
+  t.is((await put(OPERATOR, '/api/v1/holds/desktop/xen-07', { version: '9.9' })).status, 404);
+  t.is((await put(OPERATOR, '/api/v1/holds/desktop/xen-07', {}, 'POST')).status, 405);
+  t.is(await hashTree(repo.dir), before, 'refusals changed nothing');
+  const held = await holdRemote(srv.url, OPERATOR, 'desktop', 'xen-07', { reason: 'site visit' });
+  t.like(held, { image: 'desktop', host: 'xen-07', hold: { version: '1.0.0', reason: 'site visit', by: 'operator ops-anna' } });
+  const idx = await verifiedIndex(repo);
+  t.deepEqual(Object.keys(idx.images.desktop.holds ?? {}), [holdKey('xen-07')]);
+  t.like(logs.find((l) => l.msg === 'host held'), { who: 'ops-anna', host: 'xen-07', version: '1.0.0' });
+  t.is((await holdRemote(srv.url, PUBLISHER, 'desktop', 'xen-07', null)).hold, null);
+  t.is((await verifiedIndex(repo)).images.desktop.holds, undefined);
+  await t.throwsAsync(holdRemote(srv.url, OPERATOR, 'desktop', 'xen-07', null), { message: /404.*is not held/ });
 });
