@@ -16,5 +16,5 @@ export { RepositoryWriter, WRITER_DIR, type PublishResult, type RepositoryWriter
 export { createFetcher, HttpFetcher, DirFetcher, type Fetcher, type HttpFetcherOptions } from './fetcher.js';
 export { RepoClient, verifyIndex, verifyManifest, checkNotExpired, type RootPin, type UpdateResult, type Resolved } from './client.js';
 export { roleKeys, verifyRole, verifyRootSignature, verifyManifestSignature, verifyRootTransition, checkSameRepository } from './trust.js';
-export { parallel } from './parallel.js';
+export { parallel, Semaphore } from './parallel.js';
 export { exportPackage, mirrorRepository, type ExportOptions, type MirrorOptions, type MirrorResult } from './export.js';
