@@ -67,7 +67,15 @@ export function register(program: Command): void {
     .option('--config <file>', 'agent configuration', DEFAULT_CONFIG)
     .option('--state-dir <dir>', 'state directory', DEFAULT_STATE_DIR)
     .option('--json', 'machine-readable output');
+  registerTrust(program);
+  registerInstall(program);
+  registerLifecycle(program);
+  registerUpkeep(program);
+  registerDaemon(program);
+}
 
+/** init, update: what the host trusts */
+function registerTrust(program: Command): void {
   program
     .command('init')
     .description('pin the trust root and write the configuration')
@@ -94,7 +102,10 @@ export function register(program: Command): void {
         [`root version ${r.root_version}, index version ${r.index_version} (from ${r.source})`,
           ...Object.entries(r.images).map(([n, i]) => `  ${n}: ${i.versions.join(' ')}  ${Object.entries(i.channels).map(([c, v]) => `${c}=${v}`).join(' ')}`)].join('\n'));
     });
+}
 
+/** install, import, configure: a version onto this host */
+function registerInstall(program: Command): void {
   const installOpts = (c: Command) =>
     c
       .option('--set <key=value>', 'host setting the image declares (repeatable)', collect, [])
@@ -125,7 +136,10 @@ export function register(program: Command): void {
       const r = await agent.configure(name, { set: parseSetOptions(o.set) });
       print(g, r, () => `configured ${r.name} ${r.version}: ${r.files.join(', ')}`);
     });
+}
 
+/** start, stop, restart, status, upgrade, rollback, remove: the installed appliances */
+function registerLifecycle(program: Command): void {
   for (const [verb, desc] of [['start', 'boot the current version and wait until it is ready'], ['stop', 'shut down (forced after a timeout)'], ['restart', 'stop, then start']] as const) {
     program
       .command(verb)
@@ -197,7 +211,10 @@ export function register(program: Command): void {
       const r = await agent.remove(name, { keepData: o.keepData });
       print(g, r, () => `removed ${name}${r.keptData ? ' (data disk kept)' : ''}`);
     });
+}
 
+/** gc, verify */
+function registerUpkeep(program: Command): void {
   program
     .command('gc')
     .description('drop versions no longer needed (keeps current and previous) and abandoned downloads')
@@ -227,7 +244,10 @@ export function register(program: Command): void {
         throw e;
       }
     });
+}
 
+/** daemon: the unattended loop */
+function registerDaemon(program: Command): void {
   program
     .command('daemon')
     .description('poll on an interval with jitter: upgrade what follows a channel, keep appliances running, report')
