@@ -20,7 +20,7 @@ import { ioError, assertOwnDir, openOwnFile, createOwnFile, fsyncDir } from './f
 import { planInstall, BLOB_FILES, BOOT_DISK, type InstallPlan, type VerifiedManifest } from './install-plan.js';
 import { StagingWriter, moveIntoPlace, type InstallProgress } from './install-writer.js';
 import { fillInOrder, singleChunks, type ChunkProvider, type ChunkSource } from './chunk-sources.js';
-import { seedIndex, seedProvider } from './seed-source.js';
+import { seedIndex, seedProvider, type SeedIndex } from './seed-source.js';
 import { packProvider, type PackStats } from './pack-source.js';
 
 export { BLOB_FILES, BOOT_DISK, blobsOf, planChunks, type BlobName, type VerifiedManifest } from './install-plan.js';
@@ -77,7 +77,7 @@ export interface InstallOptions {
 }
 
 /** The providers of one install, in the order they are tried. */
-function providersFor(opts: InstallOptions, plan: InstallPlan, seeds: Awaited<ReturnType<typeof seedIndex>>, workers: LazyDecodePool, concurrency: number): { providers: ChunkProvider[]; pack?: PackStats } {
+function providersFor(opts: InstallOptions, plan: InstallPlan, seeds: SeedIndex, workers: LazyDecodePool, concurrency: number): { providers: ChunkProvider[]; pack?: PackStats } {
   const { source } = opts;
   const providers: ChunkProvider[] = [seedProvider(seeds, workers, concurrency)];
   let pack: PackStats | undefined;
