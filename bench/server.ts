@@ -12,7 +12,7 @@
 // Two modes, each a row:
 // - pack (the headline: what agents do now): every client downloads the whole image from
 //   the pack as Range requests planned by format's planPackRanges (runs of frames of at
-//   most 8 MiB), 4 in flight per client, like client-agent/install.ts. Every answer must
+//   most 8 MiB), 4 in flight per client, like client-agent/pack-source.ts. Every answer must
 //   be 206 with exactly the Content-Range and length asked for.
 // - chunks (older clients, mirrors): every chunk file fetched once per round with CLIENTS
 //   transfers in flight; every answer must be 200.
@@ -57,7 +57,7 @@ const CURLS = num('curls', 2);
 const MODES = (arg('mode') ?? 'pack,chunks').split(',') as ('pack' | 'chunks')[];
 /** fixed chunk-file size in KiB (0: sizes like the chunker's, ~30 KiB on average) */
 const CHUNK_KIB = num('chunk-kib', 0);
-/** like client-agent/install.ts */
+/** like client-agent/pack-source.ts */
 const PACK_RANGE_MAX = 8 * 2 ** 20;
 const PACK_PARALLEL = 4;
 const KEEP = process.argv.includes('--keep');

@@ -7,18 +7,20 @@ import { createReadStream } from 'node:fs';
 import { mkdir, readdir, rename, rm, rmdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
-  readPackage, decodeChunk, chunkPath, compareVersions, placeHost, holdFor, LoopshipError, UsageError,
-  type Root, type Manifest, type Chunk,
+  readPackage, chunkPath, compareVersions, placeHost, holdFor, LoopshipError, UsageError,
+  type Root, type Manifest,
 } from '../format/index.js';
 import { type AgentConfig, parseSize } from './config.js';
 import type { StateDir, ApplianceState } from './state.js';
 import { type Exec, run } from './exec.js';
-import { installVersion, type InstallResult, type VerifiedManifest, type ChunkSource, allocatedBytes, seedIndex } from './install.js';
+import { installVersion, type InstallResult, type VerifiedManifest, allocatedBytes } from './install.js';
+import { chunkDirSource, type ChunkSource } from './chunk-sources.js';
+import { seedIndex } from './seed-source.js';
 import { cleanStale } from './mount.js';
 import type { Backend } from './backends/types.js';
 import type { WaitReadyResult } from './health.js';
 import { verifyVersionDir, type VersionCheck } from './verify.js';
-import { writeFileAtomic, readOwnFile, ownFileOrNull, createOwnFile, assertOwnDirsBelow } from './fsutil.js';
+import { writeFileAtomic, ownFileOrNull, createOwnFile, assertOwnDirsBelow } from './fsutil.js';
 import { packageVersion } from '../format/version.js';
 import { decideMove, type Move } from './policy.js';
 import { decideSwitch } from './windows.js';
@@ -284,9 +286,7 @@ export class Agent {
           haveChunk: async (sha) => seeds.has(sha),
           onChunk: async (sha, compressed) => writeFileAtomic(join(spool, chunkPath(sha)), compressed, { mkdir: true }),
         });
-        const source: ChunkSource = {
-          chunk: async (c: Chunk, where?: string) => decodeChunk(await readOwnFile(join(spool, chunkPath(c.sha256))), c, where ?? file),
-        };
+        const source = chunkDirSource(spool, file);
         // an exported package may carry newer roots and the signed index: trust advances through them
         await this.trust.acceptFromPackage(pkg, root);
         const verified: VerifiedManifest = { manifest: pkg.manifest, sha256: pkg.manifestSha256, bytes: pkg.manifestBytes, signature: pkg.signature };

@@ -68,7 +68,15 @@ export function register(program: Command): void {
     .option('--config <file>', 'agent configuration', DEFAULT_CONFIG)
     .option('--state-dir <dir>', 'state directory', DEFAULT_STATE_DIR)
     .option('--json', 'machine-readable output');
+  registerTrust(program);
+  registerInstall(program);
+  registerLifecycle(program);
+  registerUpkeep(program);
+  registerDaemon(program);
+}
 
+/** init, update: what the host trusts */
+function registerTrust(program: Command): void {
   program
     .command('init')
     .description('pin the trust root and write the configuration')
@@ -95,7 +103,10 @@ export function register(program: Command): void {
         [`root version ${r.root_version}, index version ${r.index_version} (from ${r.source})`,
           ...Object.entries(r.images).map(([n, i]) => `  ${n}: ${i.versions.join(' ')}  ${Object.entries(i.channels).map(([c, v]) => `${c}=${v}`).join(' ')}`)].join('\n'));
     });
+}
 
+/** install, import, configure: a version onto this host */
+function registerInstall(program: Command): void {
   const installOpts = (c: Command) =>
     c
       .option('--set <key=value>', 'host setting the image declares (repeatable)', collect, [])
@@ -126,7 +137,10 @@ export function register(program: Command): void {
       const r = await agent.configure(name, { set: parseSetOptions(o.set) });
       print(g, r, () => `configured ${r.name} ${r.version}: ${r.files.join(', ')}`);
     });
+}
 
+/** start, stop, restart, status, upgrade, rollback, remove: the installed appliances */
+function registerLifecycle(program: Command): void {
   for (const [verb, desc] of [['start', 'boot the current version and wait until it is ready'], ['stop', 'shut down (forced after a timeout)'], ['restart', 'stop, then start']] as const) {
     program
       .command(verb)
@@ -156,6 +170,7 @@ export function register(program: Command): void {
               // a wait is no error: said as what it is (its reason is last_error too, for the fleet report)
               `${a.rollout && !a.rollout.taking ? `\n  rollout: stays on ${a.rollout.from}: ${a.rollout.reason}` : ''}` +
               `${a.waiting ? `\n  waiting: ${a.waiting.reason}` : ''}${a.held ? `\n  held: ${a.held.reason}` : ''}` +
+              `${a.operator_hold ? `\n  operator hold: on ${a.operator_hold.version} by ${a.operator_hold.by} (${a.operator_hold.reason})` : ''}` +
               `${a.last_error && a.last_error !== a.waiting?.reason && a.last_error !== a.held?.reason ? `\n  last error: ${a.last_error}` : ''}`).join('\n'));
     });
 
@@ -204,7 +219,10 @@ export function register(program: Command): void {
       const r = await agent.remove(name, { keepData: o.keepData });
       print(g, r, () => `removed ${name}${r.keptData ? ' (data disk kept)' : ''}`);
     });
+}
 
+/** gc, verify */
+function registerUpkeep(program: Command): void {
   program
     .command('gc')
     .description('drop versions no longer needed (keeps current, previous and a version waiting for its window) and abandoned downloads')
@@ -234,7 +252,10 @@ export function register(program: Command): void {
         throw e;
       }
     });
+}
 
+/** daemon: the unattended loop */
+function registerDaemon(program: Command): void {
   program
     .command('daemon')
     .description('poll on an interval with jitter: upgrade what follows a channel, keep appliances running, report')

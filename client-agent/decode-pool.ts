@@ -76,3 +76,16 @@ export class DecodePool {
     await Promise.all(this.workers.map((w) => w.terminate()));
   }
 }
+
+/** A DecodePool started only when first asked for, shared by the sources of one install; size 0: none (the main thread decodes). */
+export class LazyDecodePool {
+  private pool?: DecodePool;
+  constructor(private readonly size?: number) {}
+  get(): DecodePool | null {
+    if (this.size === 0) return null;
+    return (this.pool ??= new DecodePool(this.size));
+  }
+  async close(): Promise<void> {
+    await this.pool?.close();
+  }
+}

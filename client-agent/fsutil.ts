@@ -3,10 +3,9 @@
 // And safe ones: the agent runs as root, so it opens what it keeps only if it is a file it
 // made itself (regular, ours, one name), never through a symlink (O_NOFOLLOW) and never
 // stuck on a planted fifo (O_NONBLOCK); anything else is a STATE_UNSAFE error naming it.
-import { open, rename, mkdir, rm, symlink, readlink, unlink, lstat, stat, chmod, type FileHandle } from 'node:fs/promises';
+import { open, rename, mkdir, symlink, readlink, unlink, lstat, stat, chmod, type FileHandle } from 'node:fs/promises';
 import { constants, type Stats } from 'node:fs';
-import { dirname, basename, join, relative, isAbsolute, sep } from 'node:path';
-import { randomBytes } from 'node:crypto';
+import { dirname, join, relative, isAbsolute, sep } from 'node:path';
 import { LoopshipError } from '../format/index.js';
 
 export function ioError(err: unknown, where: string, what: string): LoopshipError {
@@ -17,8 +16,8 @@ export function ioError(err: unknown, where: string, what: string): LoopshipErro
   return new LoopshipError('IO', `${what}: ${detail}${hint}`.replace(/\s+/g, ' '), { where, cause: err });
 }
 
-// One directory fsync for the whole project: format/ has it.
-import { fsyncDir } from '../format/index.js';
+// One directory fsync and one atomic writer for the whole project: base/ has them.
+import { fsyncDir, writeFileAtomic as writeAtomic, tempName } from '../base/atomic.js';
 export { fsyncDir };
 
 const { O_RDONLY, O_RDWR, O_WRONLY, O_CREAT, O_EXCL, O_APPEND, O_NOFOLLOW, O_NONBLOCK, O_NOCTTY } = constants;
@@ -162,34 +161,22 @@ export async function appendOwnFile(path: string, data: string): Promise<void> {
   }
 }
 
-export const tmpName = (path: string): string => join(dirname(path), `.${basename(path)}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
+export const tmpName = tempName;
 
 /**
- * Replaces `path` whole. The file it replaces must be one we made, and its mode is never
- * widened: a 0600 file holding a secret stays 0600 whatever `mode` asks.
+ * Replaces `path` whole (base/atomic.ts: random temporary name, fsync of file then directory,
+ * never through a link, mode never widened). The file it replaces must be one we made:
+ * anything planted there is a STATE_UNSAFE error naming it.
  */
 export async function writeFileAtomic(
   path: string,
   data: string | Uint8Array,
   opts: { mode?: number; mkdir?: boolean } = {},
 ): Promise<void> {
-  if (opts.mkdir) await mkdir(dirname(path), { recursive: true, mode: 0o755 });
-  const old = await lstatOrNull(path);
-  if (old) assertOwnFile(old, path);
-  const mode = (opts.mode ?? 0o644) & (old ? old.mode & 0o777 : 0o777);
-  const tmp = tmpName(path);
   try {
-    const fh = await open(tmp, O_WRONLY | O_CREAT | O_EXCL | SAFE, mode);
-    try {
-      await fh.writeFile(data);
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-    await rename(tmp, path);
-    await fsyncDir(dirname(path));
+    await writeAtomic(path, data, { ...opts, checkExisting: (st) => assertOwnFile(st, path) });
   } catch (err) {
-    await rm(tmp, { force: true }).catch(() => {});
+    if (err instanceof LoopshipError) throw err;
     throw ioError(err, path, 'cannot write');
   }
 }

@@ -4,7 +4,7 @@ import { stat, type FileHandle } from 'node:fs/promises';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { parseMetadata, verifyManifestSignature, LoopshipError, type Root, type Blob } from '../format/index.js';
-import { blobsOf, BLOB_FILES, BOOT_DISK } from './install.js';
+import { blobsOf, BLOB_FILES, BOOT_DISK } from './install-plan.js';
 import { openOwnFile, readOwnFile } from './fsutil.js';
 
 export interface VersionCheck {

@@ -7,7 +7,8 @@ import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
 import { RepoClient, type RootPin, type UpdateResult } from './client.js';
-import { ChunkStore, writeFileAtomic, fsyncDir } from './chunkstore.js';
+import { ChunkStore } from './chunkstore.js';
+import { writeFileAtomic, fsyncDir } from '../base/atomic.js';
 import { LoopshipError, FetchError, RootChainError } from './errors.js';
 import { checkSameRepository, checkRootKeys, verifyRootSignature } from './trust.js';
 import { LIMITS } from './limits.js';
@@ -146,7 +147,7 @@ export async function mirrorRepository(opts: MirrorOptions): Promise<MirrorResul
   const up = await client.update();
   const unchanged = lastIndexVersion === up.index.version;
 
-  const write = (rel: string, data: Buffer | string) => writeFileAtomic(join(opts.to, rel), data);
+  const write = (rel: string, data: Buffer | string) => writeFileAtomic(join(opts.to, rel), data, { mkdir: true });
   const exists = async (rel: string) => stat(join(opts.to, rel)).then(() => true, () => false);
   for (const file of await verifiedRootFiles(opts.from, up, (v) => exists(rootHistoryPath(v)))) {
     await write(rootHistoryPath(file.version), file.bytes);

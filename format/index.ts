@@ -9,14 +9,16 @@ export {
 export * from './paths.js';
 export { sha256Hex, compressChunk, decodeChunk, DEFAULT_ZSTD_LEVEL } from './codec.js';
 export { chunkFile, IMAGE_CHUNKING, FILE_CHUNKING, type ChunkerOptions, type RawChunk } from './chunker.js';
-export { ChunkStore, writeFileAtomic, fsyncDir } from './chunkstore.js';
+export { ChunkStore } from './chunkstore.js';
+// the one atomic writer lives in base/ (keys/, below format/, uses it too); here for format's users
+export { writeFileAtomic, fsyncDir } from '../base/atomic.js';
 export { createPackage, readPackage, writePackageTar, manifestChunks, MANIFEST_ENTRY, SIGNATURE_ENTRY, type CreatePackageOptions, type CreatedPackage, type PackageStats, type ReadPackageResult } from './package.js';
 export { packLayout, planPackRanges, readPackRange, splitPackRange, frameWhere, writePack, type PackEntry, type PackLayout, type PackRange } from './pack.js';
 export { RepositoryWriter, WRITER_DIR, type PublishResult, type RepositoryWriterOptions } from './writer.js';
 export { createFetcher, HttpFetcher, DirFetcher, type Fetcher, type HttpFetcherOptions } from './fetcher.js';
 export { RepoClient, verifyIndex, verifyManifest, checkNotExpired, type RootPin, type UpdateResult, type Resolved } from './client.js';
 export { roleKeys, verifyRole, verifyRootSignature, verifyManifestSignature, verifyRootTransition, checkSameRepository } from './trust.js';
-export { parallel } from './parallel.js';
+export { parallel, Semaphore } from './parallel.js';
 export { holdKey, holdFor, holdHost, releaseHost, type Hold } from './holds.js';
 export { parseWindow, parseWindows, checkTimeZone, localTimeZone, isOpen, nextOpening, describeTime, type MaintenanceWindow } from './windows.js';
 export {

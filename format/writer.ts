@@ -11,7 +11,8 @@ import { join, dirname } from 'node:path';
 import lockfile from 'proper-lockfile';
 import { signDetached, type SigningKey } from '../keys/pgp.js';
 import { signingKeyFingerprint } from '../keys/signer.js';
-import { ChunkStore, writeFileAtomic, fsyncDir } from './chunkstore.js';
+import { ChunkStore } from './chunkstore.js';
+import { writeFileAtomic, fsyncDir } from '../base/atomic.js';
 import { decodeChunk, sha256Hex } from './codec.js';
 import { LoopshipError, VerificationError, SignatureError } from './errors.js';
 import { LIMITS } from './limits.js';
@@ -395,7 +396,7 @@ export class RepositoryWriter {
   }
 
   private async writeFile(rel: string, data: Uint8Array | string): Promise<void> {
-    await writeFileAtomic(join(this.repoDir, rel), data);
+    await writeFileAtomic(join(this.repoDir, rel), data, { mkdir: true });
   }
 
   private async readBounded(rel: string, max: number): Promise<Buffer> {

@@ -1,9 +1,10 @@
 // The packaging team's key directory: which key plays which role, private keys
 // (mode 0600, optionally passphrase-protected) and their armored public halves.
 // It knows nothing of repositories; roots are built from it in keys/root.ts.
-import { chmod, mkdir, readFile, writeFile, stat } from 'node:fs/promises';
+import { mkdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import * as z from 'zod';
+import { writeFileAtomic } from '../base/atomic.js';
 import { LoopshipError } from '../format/errors.js';
 import { describeIssues } from '../format/schema.js';
 import { generateKey, readPrivateKey, readPublicKey, fingerprintOf, type PrivateKey, type PublicKey } from './pgp.js';
@@ -170,9 +171,9 @@ export class Keystore {
   async exportPublic(out: string): Promise<KeyEntry[]> {
     await mkdir(out, { recursive: true, mode: 0o700 });
     const keys = this.entries().map(({ gpg: _gpg, ...e }) => ({ ...e, private_file: null }));
-    for (const e of keys) await writeFile(join(out, e.public_file), await readFile(join(this.dir, e.public_file)), { mode: 0o644 });
+    for (const e of keys) await writeFileAtomic(join(out, e.public_file), await readFile(join(this.dir, e.public_file)), { mode: 0o644 });
     const data: KeystoreData = { version: 1, thresholds: { ...this.data.thresholds }, keys };
-    await writeFile(join(out, STORE_FILE), JSON.stringify(data, null, 2) + '\n', { mode: 0o644 });
+    await writeFileAtomic(join(out, STORE_FILE), JSON.stringify(data, null, 2) + '\n', { mode: 0o644 });
     return keys;
   }
 
@@ -198,7 +199,7 @@ export class Keystore {
         if (this.data.keys.some((k) => k.fingerprint === e.fingerprint && !k.retired)) continue;
         let name = e.name;
         for (let i = 2; this.data.keys.some((k) => k.role === role && k.name === name && !k.retired); i++) name = `${e.name}-${i}`;
-        await writeFile(join(this.dir, e.public_file), pub.armor(), { mode: 0o644 });
+        await writeFileAtomic(join(this.dir, e.public_file), pub.armor(), { mode: 0o644 });
         const entry: KeyEntry = { role, name, fingerprint: e.fingerprint, created: e.created, public_file: e.public_file, private_file: null };
         this.data.keys.push(entry);
         added.push(entry);
@@ -249,19 +250,13 @@ export class Keystore {
     return Promise.all(entries.slice(0, need).map((e) => this.privateKey(e, passphrase)));
   }
 
+  /** Synced before keystore.json names them: a crash never leaves an entry without its key. */
   private async writeKeyFiles(base: string, publicArmored: string, privateArmored?: string): Promise<void> {
-    await writeFile(join(this.dir, `${base}.pub.asc`), publicArmored, { mode: 0o644 });
-    if (privateArmored) {
-      const p = join(this.dir, `${base}.key`);
-      await writeFile(p, privateArmored, { mode: 0o600 });
-      await chmod(p, 0o600); // mode is ignored when the file already existed
-    }
+    await writeFileAtomic(join(this.dir, `${base}.pub.asc`), publicArmored, { mode: 0o644 });
+    if (privateArmored) await writeFileAtomic(join(this.dir, `${base}.key`), privateArmored, { mode: 0o600 });
   }
 
   private async save(): Promise<void> {
-    const p = join(this.dir, STORE_FILE);
-    await writeFile(p + '.tmp', JSON.stringify(this.data, null, 2) + '\n', { mode: 0o600 });
-    const { rename } = await import('node:fs/promises');
-    await rename(p + '.tmp', p);
+    await writeFileAtomic(join(this.dir, STORE_FILE), JSON.stringify(this.data, null, 2) + '\n', { mode: 0o600 });
   }
 }

@@ -10,11 +10,12 @@
 // cache to go stale. A host token names its site and host (`lsh1:SITE:HOST:SECRET`) so
 // that the file is found without a scan; only the secret part is a secret.
 import { constants } from 'node:fs';
-import { chmod, link, lstat, mkdir, open, readdir, rm, unlink } from 'node:fs/promises';
+import { chmod, lstat, mkdir, open, readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import * as z from 'zod';
-import { LoopshipError, fsyncDir } from '../format/index.js';
+import { LoopshipError } from '../format/index.js';
+import { createFileExclusive, fsyncDir } from '../base/atomic.js';
 import { ApiError } from './api-error.js';
 import { hostName, siteName, hostFileStem } from './reports.js';
 
@@ -211,24 +212,9 @@ const enrolled = (site: string, host: string) =>
 
 /** Writes `data` as `file` (0600) only if no such file exists; false if one did. */
 async function createExclusive(file: string, data: string): Promise<boolean> {
-  const tmp = path.join(path.dirname(file), `.tmp-${process.pid}-${randomBytes(6).toString('hex')}`);
-  let linking = false;
   try {
-    const fh = await open(tmp, 'wx', 0o600);
-    try {
-      await fh.writeFile(data);
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-    linking = true;
-    await link(tmp, file); // atomic, and refuses an existing name (a rename would replace it)
+    return await createFileExclusive(file, data, { mode: 0o600 });
   } catch (err) {
-    if (linking && (err as NodeJS.ErrnoException).code === 'EEXIST') return false;
     throw new LoopshipError('IO', `cannot store the host enrolment (${(err as Error).message})`, { where: file, cause: err });
-  } finally {
-    await unlink(tmp).catch(() => {});
   }
-  await fsyncDir(path.dirname(file));
-  return true;
 }

@@ -1,14 +1,15 @@
 // Fleet reports: what each host's agent says about itself. Validated strictly, stored one
-// JSON file per (site, host) under the state directory, each written atomically (temp file,
-// fsync, rename, fsync dir), so a crash leaves either the old report or the new one. The
+// JSON file per (site, host) under the state directory, each written atomically
+// (base/atomic.ts), so a crash leaves either the old report or the new one. The
 // store is bounded in hosts (per site and in all) and in bytes per report, and is loaded
 // back at start-up. Who may store a report for which (site, host) is decided before: the
 // host's own token (hosts.ts, fleet-api.ts).
-import { mkdir, open, readdir, readFile, rename, rm } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
-import { randomBytes, createHash } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import * as z from 'zod';
 import { imageName, imageVersion, channelName, siteName, rolloutId } from '../format/index.js';
+import { writeFileAtomic, isTempName } from '../base/atomic.js';
 import { LoopshipError } from '../format/index.js';
 import { ApiError } from './api-error.js';
 
@@ -87,34 +88,6 @@ export interface FileReportStoreOptions {
   log?: { warn: (obj: object, msg: string) => void };
 }
 
-/** Writes `data` to `file` so that readers see the old or the new content, never a mix. */
-export async function writeFileAtomic(file: string, data: Buffer): Promise<void> {
-  const dir = path.dirname(file);
-  const tmp = path.join(dir, `.tmp-${process.pid}-${randomBytes(6).toString('hex')}`);
-  const fh = await open(tmp, 'wx', 0o640);
-  try {
-    await fh.writeFile(data);
-    await fh.sync();
-  } catch (err) {
-    await fh.close().catch(() => {});
-    await rm(tmp, { force: true });
-    throw err;
-  }
-  await fh.close();
-  try {
-    await rename(tmp, file);
-  } catch (err) {
-    await rm(tmp, { force: true });
-    throw err;
-  }
-  const d = await open(dir, 'r');
-  try {
-    await d.sync();
-  } finally {
-    await d.close();
-  }
-}
-
 export class FileReportStore implements ReportStore {
   readonly dir: string;
   private readonly reports = new Map<string, StoredReport>();
@@ -145,7 +118,7 @@ export class FileReportStore implements ReportStore {
       for (const f of await readdir(siteDir, { withFileTypes: true })) {
         if (!f.isFile()) continue;
         const file = path.join(siteDir, f.name);
-        if (f.name.startsWith('.tmp-')) {
+        if (isTempName(f.name)) {
           if (into === this.reports) await rm(file, { force: true }); // left by a crash between write and rename
           continue;
         }
@@ -214,7 +187,7 @@ export class FileReportStore implements ReportStore {
     const prev = this.writes.get(key) ?? Promise.resolve();
     const write = prev.catch(() => {}).then(async () => {
       await mkdir(path.dirname(file), { recursive: true, mode: 0o750 });
-      await writeFileAtomic(file, Buffer.from(JSON.stringify(stored, null, 2) + '\n'));
+      await writeFileAtomic(file, JSON.stringify(stored, null, 2) + '\n', { mode: 0o640 });
       this.reports.set(key, stored);
     });
     this.writes.set(key, write);
