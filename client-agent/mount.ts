@@ -140,7 +140,15 @@ export async function cleanStale(deps: MountDeps): Promise<string[]> {
 }
 
 /**
- * Attaches `image` to a loop device, mounts it (nodev, nosuid, noexec: a signed image may hold device nodes and setuid programs), runs `f` with the mount
+ * How dom0 mounts a boot disk. nodev, nosuid, noexec: a signed image may hold device nodes and
+ * setuid programs. errors=remount-ro: the superblock's own error behaviour (tune2fs -e, or its
+ * stored mount options) would otherwise apply, and a disk the guest wrote may say panic, so
+ * that the first ext4 error found while configuring panics dom0. Options given here win over both.
+ */
+export const MOUNT_OPTIONS = 'nodev,nosuid,noexec,errors=remount-ro';
+
+/**
+ * Attaches `image` to a loop device, mounts it (MOUNT_OPTIONS), runs `f` with the mount
  * point, then unmounts and detaches whatever happened in `f`.
  */
 export async function withMountedImage<T>(deps: MountDeps, image: string, label: string, f: (mountPoint: string) => Promise<T>): Promise<T> {
@@ -156,7 +164,7 @@ export async function withMountedImage<T>(deps: MountDeps, image: string, label:
   try {
     rec.device = (await run(deps.exec, 'losetup', ['--find', '--show', rec.image])).trim();
     await writeFileAtomic(recPath, JSON.stringify(rec), { mode: 0o600 });
-    await run(deps.exec, 'mount', ['-t', 'ext4', '-o', 'nodev,nosuid,noexec', rec.device, rec.mountPoint]);
+    await run(deps.exec, 'mount', ['-t', 'ext4', '-o', MOUNT_OPTIONS, rec.device, rec.mountPoint]);
     await pauseAt('mount');
     result = await f(rec.mountPoint);
   } catch (err) {
