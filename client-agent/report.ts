@@ -57,7 +57,14 @@ export async function defaultPost(url: string, body: unknown, token?: string): P
     headers: { 'content-type': 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}) },
     body: JSON.stringify(body),
     signal: AbortSignal.timeout(30_000),
+    // as for repository files (format/fetcher.ts): a redirect would send the report (or the
+    // enrolment) elsewhere and take that host's answer, its token too, for the server's
+    redirect: 'manual',
   });
+  if (res.status >= 300 && res.status < 400) {
+    await res.body?.cancel().catch(() => {});
+    throw new FetchError(`HTTP ${res.status} redirect to ${res.headers.get('location') ?? '?'} refused`, { where: url, status: res.status });
+  }
   const text = await readSome(res, 64 * 1024).catch(() => '');
   let json: unknown;
   try {
