@@ -10,7 +10,8 @@ const sha256Hex = z.string().regex(/^[0-9a-f]{64}$/, 'expected a lowercase hex s
 const fingerprint = z.string().regex(/^[0-9a-f]{40}([0-9a-f]{24})?$/, 'expected a lowercase hex OpenPGP fingerprint');
 const timestamp = z.iso.datetime({ offset: true });
 const count = z.number().int().nonnegative();
-export const imageName = z.string().regex(/^[a-z0-9][a-z0-9._-]{0,63}$/, 'expected lowercase letters, digits, ".", "_" or "-" (max 64)');
+// not digits only: xl takes such an argument for a domain id (`xl shutdown 0` is dom0)
+export const imageName = z.string().regex(/^(?![0-9]+$)[a-z0-9][a-z0-9._-]{0,63}$/, 'expected lowercase letters, digits, ".", "_" or "-" (max 64), not digits only');
 export const imageVersion = z.string().regex(/^[0-9A-Za-z][0-9A-Za-z.+~_-]{0,63}$/, 'expected a version such as 1.2.3 (letters, digits, . + ~ _ -)');
 export const channelName = z.string().regex(/^[a-z][a-z0-9_-]{0,31}$/, 'expected a channel name such as stable');
 export const arch = z.enum(['amd64', 'arm64', 'i386']);

@@ -3,7 +3,7 @@
 // instead of sleeping a fixed time after boot.
 import { mkdir, readFile, readdir, rm, symlink, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
-import { ConfigError, ExecError, LoopshipError, bridgeName } from '../../format/index.js';
+import { ConfigError, ExecError, LoopshipError, bridgeName, imageName } from '../../format/index.js';
 import { type Exec, type ExecResult, run, defaultExec } from '../exec.js';
 import { writeFileAtomic, readLinkOrNull } from '../fsutil.js';
 import type { Backend, DomainSpec } from './types.js';
@@ -53,6 +53,7 @@ export function xlString(s: string): string {
 /** The xl domain config (xl.cfg(5) syntax: KEY = VALUE, strings quoted, lists in [ ]). */
 export function renderXlConfig(spec: DomainSpec): string {
   // the manifest's schema holds these already; checked again where they become xl syntax
+  if (!imageName.safeParse(spec.name).success) throw new LoopshipError('CONFIG_INVALID', `not a domain name xl takes as one (digits only are a domain id to it): ${JSON.stringify(spec.name)}`);
   if (spec.bridge !== undefined && !bridgeName.safeParse(spec.bridge).success) throw new LoopshipError('CONFIG_INVALID', `bridge is not a network interface name: ${JSON.stringify(spec.bridge)}`);
   for (const [k, v] of [['memory', spec.memory], ['vcpus', spec.vcpus], ['nics', spec.nics]] as const) {
     if (!Number.isSafeInteger(v) || v < 0) throw new LoopshipError('CONFIG_INVALID', `${k} is not a whole number: ${v}`);

@@ -1,0 +1,35 @@
+// Signed manifest fields as the programs of dom0 read them: a name is what xl takes as a
+// domain, so it must be one xl cannot take for anything else. Fast (no repository, no host).
+import test from 'ava';
+import { imageName, parseMetadata } from '../../format/index.js';
+import { parseConfig } from '../../client-agent/config.js';
+import { renderXlConfig } from '../../client-agent/backends/xl.js';
+import type { DomainSpec } from '../../client-agent/backends/types.js';
+import { baseManifest } from '../helpers/repo.js';
+
+const blob = { size: 4096, chunks: [{ offset: 0, length: 4096, sha256: 'b'.repeat(64), csize: 100 }] };
+const manifestBytes = (name: string) => Buffer.from(JSON.stringify({ ...baseManifest(name), image: { ...blob, fs: 'ext4' }, kernel: blob, initrd: null }));
+
+const spec = (name: string): DomainSpec => ({
+  name, version: '1.0.0', type: 'pvh', kernel: '/v/kernel', initrd: null, disk: '/v/disk.img', dataDisk: null,
+  cmdline: 'root=/dev/xvda ro', memory: 256, vcpus: 1, nics: 0, macs: [],
+});
+
+// xl (libxl_domain_qualifier_to_domid) takes an argument of digits only for a domain id: an
+// appliance "0" would have `xl shutdown 0`, `xl destroy 3` aim at dom0 or another guest.
+for (const name of ['0', '7', '0123']) {
+  test(`an image named "${name}" (digits only: a domain id to xl) is refused in a manifest, in agent.yaml and by the xl backend`, (t) => {
+    t.is(manifestBytes('sbc').length > 0 && parseMetadata('manifest', manifestBytes('sbc'), 'm').name, 'sbc');
+    t.throws(() => parseMetadata('manifest', manifestBytes(name), 'manifests/x.json'), { message: /invalid manifest metadata: name:/ });
+    t.false(imageName.safeParse(name).success);
+    t.throws(() => parseConfig({ repos: ['/r'], trust: { root_fingerprint: 'a'.repeat(40) }, appliances: [{ name }] }, 'agent.yaml'), { message: /appliances\.0\.name/ });
+    t.throws(() => renderXlConfig(spec(name)), { message: /domain id/ });
+  });
+}
+
+test('names with digits and letters stay good ones', (t) => {
+  for (const name of ['sbc', 'sbc2', '7a', 'a7', '0-x', '1.2']) {
+    t.true(imageName.safeParse(name).success, name);
+    t.notThrows(() => renderXlConfig(spec(name)), name);
+  }
+});
