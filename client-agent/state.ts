@@ -16,7 +16,7 @@ import { join } from 'node:path';
 import * as z from 'zod';
 import { LoopshipError } from '../format/index.js';
 import { imageName, imageVersion, compareVersions } from '../format/index.js';
-import { writeFileAtomic, symlinkAtomic, readLinkOrNull, fsyncDir, ensureOwnDir, readOwnFile, createOwnFile } from './fsutil.js';
+import { writeFileAtomic, symlinkAtomic, readLinkOrNull, fsyncDir, ensureOwnDir, readOwnFile, createOwnFile, ioError } from './fsutil.js';
 import { pauseAt } from './pause.js';
 
 const applianceState = z.object({
@@ -76,15 +76,24 @@ export class StateDir {
 
   // ---------- trust ----------
 
+  /**
+   * The rollback floor; undefined only when there is no such file (a host that never saw an
+   * index). A planted, unreadable or damaged one must not lower it quietly: it is an error.
+   */
   async readIndexVersion(): Promise<number | undefined> {
+    let text: string;
     try {
-      const n = Number((await readOwnFile(this.indexVersionFile)).toString('utf8').trim());
-      return Number.isSafeInteger(n) && n > 0 ? n : undefined;
+      text = (await readOwnFile(this.indexVersionFile)).toString('utf8').trim();
     } catch (err) {
-      // a planted file must not lower the rollback floor quietly
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
       if (err instanceof LoopshipError) throw err;
-      return undefined;
+      throw ioError(err, this.indexVersionFile, 'cannot read the rollback floor');
     }
+    const n = Number(text);
+    if (!/^[1-9][0-9]*$/.test(text) || !Number.isSafeInteger(n)) {
+      throw new LoopshipError('METADATA_INVALID', `holds ${JSON.stringify(text.slice(0, 40))}, not an index version: the rollback floor is unknown, so no index is taken (init --force resets it)`, { where: this.indexVersionFile });
+    }
+    return n;
   }
 
   async writeIndexVersion(v: number): Promise<void> {
