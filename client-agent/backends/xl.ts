@@ -180,12 +180,20 @@ export class XlBackend implements Backend {
     }
   }
 
-  /** xenconsoled's argv (null if it does not run), from /proc. */
+  /**
+   * xenconsoled's argv (null if it does not run), from /proc: a root process of that name.
+   * Anyone can name a process xenconsoled and give it any arguments; its real and effective
+   * uid (status, which a non-dumpable process cannot hide as it can the owner of /proc/PID)
+   * tell root's from a user's.
+   */
   private async xenconsoledArgv(): Promise<string[] | null> {
-    const pids = (await readdir(this.procDir).catch(() => [] as string[])).filter((e) => /^\d+$/.test(e));
+    const pids = (await readdir(this.procDir).catch(() => [] as string[])).filter((e) => /^\d+$/.test(e)).sort((a, b) => Number(a) - Number(b));
     for (const pid of pids) {
       const comm = await readFile(join(this.procDir, pid, 'comm'), 'utf8').catch(() => '');
       if (comm.trim() !== 'xenconsoled') continue;
+      const status = await readFile(join(this.procDir, pid, 'status'), 'utf8').catch(() => '');
+      const uids = /^Uid:\s+(\d+)\s+(\d+)/m.exec(status);
+      if (!uids || uids[1] !== '0' || uids[2] !== '0') continue;
       const cmdline = await readFile(join(this.procDir, pid, 'cmdline'), 'utf8').catch(() => null);
       if (cmdline !== null) return cmdline.replace(/\0$/, '').split('\0');
     }

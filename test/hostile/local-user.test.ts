@@ -1,0 +1,43 @@
+// What a local user without root on dom0 can do to the agent: run processes, and name them.
+// xenconsoled's command line is how the agent knows where guest consoles are logged (the
+// ready marker is read there); a process of anyone else named "xenconsoled" is not it.
+import test from 'ava';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { XlBackend } from '../../client-agent/backends/xl.js';
+
+const XENCONSOLED = '/usr/lib/xen-4.17/bin/xenconsoled';
+
+/** A /proc holding these processes: pid -> [real uid, comm, argv]. */
+async function proc(t: import('ava').ExecutionContext, procs: Record<number, [number, string, string[]]>): Promise<{ procDir: string; consoleDir: string }> {
+  const dir = await mkdtemp(join(tmpdir(), 'hostile-proc-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const procDir = join(dir, 'proc');
+  for (const [pid, [uid, comm, argv]] of Object.entries(procs)) {
+    await mkdir(join(procDir, pid), { recursive: true });
+    await writeFile(join(procDir, pid, 'comm'), `${comm}\n`);
+    await writeFile(join(procDir, pid, 'cmdline'), argv.join('\0') + '\0');
+    // /proc/PID/status as the kernel writes it: real, effective, saved and fs uid
+    await writeFile(join(procDir, pid, 'status'), `Name:\t${comm}\nUmask:\t0022\nState:\tS (sleeping)\nPid:\t${pid}\nUid:\t${uid}\t${uid}\t${uid}\t${uid}\nGid:\t${uid}\t${uid}\t${uid}\t${uid}\n`);
+  }
+  return { procDir, consoleDir: join(dir, 'console') };
+}
+
+const backend = (procDir: string, consoleDir: string) => {
+  let clock = 0;
+  return new XlBackend({ procDir, consoleDir, toolstackTimeoutMs: 3000, now: () => clock, sleep: async (ms) => void (clock += ms) });
+};
+
+test('a user\'s process named xenconsoled, with the arguments the agent wants, is not taken for xenconsoled (none runs: refused)', async (t) => {
+  const { procDir, consoleDir } = await proc(t, { 1: [0, 'systemd', ['/sbin/init']], 4242: [1000, 'xenconsoled', ['/tmp/xenconsoled', '--log=guest', '--log-dir=CONSOLE']] });
+  // its argv names the agent's console dir exactly
+  await writeFile(join(procDir, '4242', 'cmdline'), ['/tmp/xenconsoled', '--log=guest', `--log-dir=${consoleDir}`].join('\0') + '\0');
+  await t.throwsAsync(backend(procDir, consoleDir).checkConsoleLogging(), { message: /xenconsoled is not running/ });
+});
+
+test('a user\'s process named xenconsoled that says consoles go elsewhere does not stop boots: root\'s xenconsoled decides', async (t) => {
+  const { procDir, consoleDir } = await proc(t, { 1: [0, 'systemd', ['/sbin/init']], 300: [1000, 'xenconsoled', ['/tmp/xenconsoled', '--log=none']], 412: [0, 'xenconsoled', [XENCONSOLED, '--log=guest', '--log-dir=CONSOLE']] });
+  await writeFile(join(procDir, '412', 'cmdline'), [XENCONSOLED, '--log=guest', `--log-dir=${consoleDir}`].join('\0') + '\0');
+  await t.notThrowsAsync(backend(procDir, consoleDir).checkConsoleLogging());
+});
