@@ -178,9 +178,19 @@ const SCHEMAS = { root: RootSchema, index: IndexSchema, manifest: ManifestSchema
 const MAX_BYTES = { root: LIMITS.rootBytes, index: LIMITS.indexBytes, manifest: LIMITS.manifestBytes } as const;
 type Parsed = { root: Root; index: Index; manifest: Manifest };
 
+/**
+ * Text taken from a file into a message: control and non-ASCII characters escaped (\uXXXX),
+ * at most `max` characters. A root file is parsed before its signatures can be checked, so
+ * its keys are anyone's; they must not reach a terminal, a log line or a report as they are.
+ */
+export function printable(s: string, max = 200): string {
+  const t = s.replace(/[^\x20-\x7e]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+  return t.length > max ? `${t.slice(0, max)}... (${t.length} characters)` : t;
+}
+
 /** Formats zod issues as "field.path: message" lines, at most a few of them. */
 export function describeIssues(issues: readonly z.core.$ZodIssue[], max = 5): string {
-  const lines = issues.slice(0, max).map((i) => `${i.path.length ? i.path.join('.') : '(top level)'}: ${i.message}`);
+  const lines = issues.slice(0, max).map((i) => printable(`${i.path.length ? i.path.map(String).join('.') : '(top level)'}: ${i.message}`, 300));
   if (issues.length > max) lines.push(`... and ${issues.length - max} more`);
   return lines.join('; ');
 }

@@ -54,3 +54,23 @@ for (const status of [301, 302, 307, 308]) {
     await t.throwsAsync(import('node:fs/promises').then((f) => f.stat(join(dir, 'state', 'trust', 'report-token'))), { code: 'ENOENT' }, 'no token kept');
   });
 }
+
+test('the report server\'s error message goes into the agent\'s error (log, state.json) printable and bounded', async (t) => {
+  const server = await listen((req, res) => {
+    req.resume();
+    res.writeHead(403, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({ code: 'FORBIDDEN\u001b[2J', message: `no\nloopship-agent: upgraded sbc -> 9.9.9\u001b]0;x\u0007${'y'.repeat(50_000)}` }));
+  }, '127.0.0.1');
+  const dir = await mkdtemp(join(tmpdir(), 'hostile-report-'));
+  t.teardown(async () => {
+    await server.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+  await writeFile(join(dir, 'agent.yaml'), [`repos: [${server.url}]`, `trust: { root_fingerprint: ${'a'.repeat(40)} }`, `report: { url: "${server.url}", site: branch-7, token: "${SITE_TOKEN}" }`].join('\n') + '\n');
+  const agent = new Agent({ configPath: join(dir, 'agent.yaml'), stateDir: join(dir, 'state'), backend: new FakeBackend(join(dir, 'console')), host: 'dom0-7', log: () => {} });
+  await agent.state.init();
+  const err = await t.throwsAsync(agent.report(null));
+  t.regex(err!.message, /enrolment answered HTTP 403 FORBIDDEN\\u001b\[2J: no\\u000aloopship-agent/);
+  t.notRegex(err!.message, /[^\x20-\x7e]/);
+  t.true(err!.message.length < 1000, `${err!.message.length}`);
+});
