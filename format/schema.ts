@@ -204,7 +204,8 @@ export function parseMetadata<K extends MetadataKind>(kind: K, bytes: Uint8Array
   try {
     value = JSON.parse(Buffer.from(bytes).toString('utf8'));
   } catch (cause) {
-    throw new MetadataError('METADATA_INVALID', `not valid JSON (${(cause as Error).message})`, { where, cause });
+    // V8 quotes the bytes it stopped at
+    throw new MetadataError('METADATA_INVALID', `not valid JSON (${printable((cause as Error).message)})`, { where, cause });
   }
   const result = SCHEMAS[kind].safeParse(value);
   if (!result.success) {
