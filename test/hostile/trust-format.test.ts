@@ -9,7 +9,8 @@ import { execa } from 'execa';
 import type * as OpenPGP from 'openpgp';
 import { makeRepo, type Fixture } from '../helpers/repo.js';
 import { publishRootFromKeystore } from '../../keys/cli.js';
-import { RepoClient, createFetcher, serialize, sigPath, rootHistoryPath, mirrorRepository, type Root, type Index } from '../../format/index.js';
+import { RepoClient, createFetcher, serialize, sigPath, rootHistoryPath, mirrorRepository, readPackage, type Root, type Index } from '../../format/index.js';
+import tar from 'tar-stream';
 import { readPublicKey, fingerprintOf, signRoot, buildRoot, generateKey } from '../../keys/index.js';
 import { hostileServer } from './harness.js';
 
@@ -351,3 +352,15 @@ for (const [where, plant] of [
     t.regex(err.message, /\\u001b/, 'the key is still shown, escaped');
   });
 }
+
+test('a package (an offline import, an upload) whose entry name holds control characters: refused naming it as printable text', async (t) => {
+  const fx = await makeRepo();
+  t.teardown(fx.cleanup);
+  const pack = tar.pack();
+  pack.entry({ name: EVIL, size: 1 }, Buffer.from('x'));
+  pack.finalize();
+  const err = (await t.throwsAsync(readPackage(pack, { root: await fx.writer.readRoot(), onChunk: async () => {}, where: 'pkg.tar' }))) as Error & { code?: string };
+  t.is(err.code, 'PACKAGE_INVALID', err.message);
+  t.regex(err.message, /^pkg\.tar: \\u001b\]0;owned/);
+  t.notRegex(err.message, /[^\x20-\x7e]/);
+});
