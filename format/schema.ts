@@ -132,6 +132,9 @@ export type Blob = z.infer<typeof ImageBlobSchema>;
 export const settingType = z.enum(['string', 'hostname', 'url', 'ip', 'cidr', 'ip-list', 'port', 'boolean', 'ssh-keys', 'users']);
 export type SettingType = z.infer<typeof settingType>;
 
+/** Xen's HVM_MAX_VCPUS: a PVH guest is an HVM domain to it */
+export const PVH_MAX_VCPUS = 128;
+
 export const ManifestSchema = z.strictObject({
   type: z.literal('loopship/manifest'),
   spec_version: z.literal(SPEC_VERSION),
@@ -168,6 +171,9 @@ export const ManifestSchema = z.strictObject({
       required: z.boolean().optional(),
     }),
   ),
+}).superRefine((m, ctx) => {
+  // Xen builds no PVH (HVM) domain of more (HVM_MAX_VCPUS): refused here, not by xl create after the running version stopped
+  if (m.boot.type === 'pvh' && m.xen.vcpus > PVH_MAX_VCPUS) ctx.addIssue({ code: 'custom', path: ['xen', 'vcpus'], message: `a pvh domain has at most ${PVH_MAX_VCPUS} vcpus` });
 });
 export type Manifest = z.infer<typeof ManifestSchema>;
 

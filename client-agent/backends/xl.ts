@@ -3,7 +3,7 @@
 // instead of sleeping a fixed time after boot.
 import { mkdir, readFile, readdir, rm, symlink, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
-import { ConfigError, ExecError, LoopshipError, bridgeName, imageName } from '../../format/index.js';
+import { ConfigError, ExecError, LoopshipError, bridgeName, imageName, PVH_MAX_VCPUS } from '../../format/index.js';
 import { type Exec, type ExecResult, run, defaultExec } from '../exec.js';
 import { writeFileAtomic, readLinkOrNull } from '../fsutil.js';
 import type { Backend, DomainSpec } from './types.js';
@@ -58,6 +58,8 @@ export function renderXlConfig(spec: DomainSpec): string {
   for (const [k, v] of [['memory', spec.memory], ['vcpus', spec.vcpus], ['nics', spec.nics]] as const) {
     if (!Number.isSafeInteger(v) || v < 0) throw new LoopshipError('CONFIG_INVALID', `${k} is not a whole number: ${v}`);
   }
+  // agent.yaml's vcpus too: what xl create would refuse is refused before anything is stopped
+  if (spec.type === 'pvh' && spec.vcpus > PVH_MAX_VCPUS) throw new LoopshipError('CONFIG_INVALID', `vcpus ${spec.vcpus}: a pvh domain has at most ${PVH_MAX_VCPUS}`);
   for (const mac of spec.macs) if (!/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/.test(mac)) throw new LoopshipError('CONFIG_INVALID', `not a MAC address: ${JSON.stringify(mac)}`);
   const disks = [`format=raw,vdev=xvda,access=rw,target=${spec.disk}`];
   if (spec.dataDisk) disks.push(`format=raw,vdev=xvdb,access=rw,target=${spec.dataDisk}`);

@@ -33,3 +33,19 @@ test('names with digits and letters stay good ones', (t) => {
     t.notThrows(() => renderXlConfig(spec(name)), name);
   }
 });
+
+// Xen builds no PVH (HVM) domain of more than HVM_MAX_VCPUS (128): such a version was taken,
+// installed, and refused by xl create only after the running version had been stopped.
+test('a pvh manifest of more than 128 vcpus is refused by the schema; agent.yaml\'s vcpus for a pvh domain by the xl backend, before anything stops', (t) => {
+  const withVcpus = (type: string, vcpus: number) => {
+    const m = JSON.parse(manifestBytes('sbc').toString());
+    m.boot.type = type;
+    m.xen.vcpus = vcpus;
+    return Buffer.from(JSON.stringify(m));
+  };
+  t.throws(() => parseMetadata('manifest', withVcpus('pvh', 129), 'm'), { message: /xen\.vcpus: a pvh domain has at most 128 vcpus/ });
+  t.is(parseMetadata('manifest', withVcpus('pvh', 128), 'm').xen.vcpus, 128);
+  t.is(parseMetadata('manifest', withVcpus('pv', 256), 'm').xen.vcpus, 256);
+  t.throws(() => renderXlConfig({ ...spec('sbc'), vcpus: 200 }), { message: /vcpus 200: a pvh domain has at most 128/ });
+  t.notThrows(() => renderXlConfig({ ...spec('sbc'), type: 'pv', vcpus: 200 }));
+});
