@@ -134,6 +134,8 @@ export type SettingType = z.infer<typeof settingType>;
 
 /** Xen's HVM_MAX_VCPUS: a PVH guest is an HVM domain to it */
 export const PVH_MAX_VCPUS = 128;
+/** A PV guest's command line lives in start_info.cmd_line[MAX_GUEST_CMDLINE], with its NUL: Xen cuts off the rest */
+export const PV_MAX_CMDLINE_BYTES = 1023;
 
 export const ManifestSchema = z.strictObject({
   type: z.literal('loopship/manifest'),
@@ -174,6 +176,7 @@ export const ManifestSchema = z.strictObject({
 }).superRefine((m, ctx) => {
   // Xen builds no PVH (HVM) domain of more (HVM_MAX_VCPUS): refused here, not by xl create after the running version stopped
   if (m.boot.type === 'pvh' && m.xen.vcpus > PVH_MAX_VCPUS) ctx.addIssue({ code: 'custom', path: ['xen', 'vcpus'], message: `a pvh domain has at most ${PVH_MAX_VCPUS} vcpus` });
+  if (m.boot.type === 'pv' && Buffer.byteLength(m.boot.cmdline) > PV_MAX_CMDLINE_BYTES) ctx.addIssue({ code: 'custom', path: ['boot', 'cmdline'], message: `a pv guest's command line has at most ${PV_MAX_CMDLINE_BYTES} bytes (Xen cuts off the rest)` });
 });
 export type Manifest = z.infer<typeof ManifestSchema>;
 

@@ -49,3 +49,20 @@ test('a pvh manifest of more than 128 vcpus is refused by the schema; agent.yaml
   t.throws(() => renderXlConfig({ ...spec('sbc'), vcpus: 200 }), { message: /vcpus 200: a pvh domain has at most 128/ });
   t.notThrows(() => renderXlConfig({ ...spec('sbc'), type: 'pv', vcpus: 200 }));
 });
+
+// A PV guest's command line is start_info.cmd_line[1024]: Xen cuts off what is longer, the
+// console=hvc0 the agent appends first, so the ready marker was never seen (an outage, a rollback).
+test('a pv command line longer than Xen keeps is refused by the schema; with the console appended, by the xl backend', (t) => {
+  const withCmdline = (type: string, cmdline: string) => {
+    const m = JSON.parse(manifestBytes('sbc').toString());
+    m.boot.type = type;
+    m.boot.cmdline = cmdline;
+    return Buffer.from(JSON.stringify(m));
+  };
+  t.throws(() => parseMetadata('manifest', withCmdline('pv', 'x'.repeat(1024)), 'm'), { message: /boot\.cmdline: a pv guest's command line has at most 1023 bytes/ });
+  t.throws(() => parseMetadata('manifest', withCmdline('pv', 'é'.repeat(600)), 'm'), { message: /at most 1023 bytes/ }, 'bytes, not characters');
+  t.notThrows(() => parseMetadata('manifest', withCmdline('pvh', 'x'.repeat(4000)), 'm'));
+  t.throws(() => renderXlConfig({ ...spec('sbc'), type: 'pv', cmdline: 'x'.repeat(1015) }), { message: /is 1028 bytes: a pv guest gets at most 1023/ });
+  t.notThrows(() => renderXlConfig({ ...spec('sbc'), type: 'pv', cmdline: 'x'.repeat(1010) }));
+  t.notThrows(() => renderXlConfig({ ...spec('sbc'), type: 'pvh', cmdline: 'x'.repeat(4000) }));
+});
