@@ -13,7 +13,7 @@ export { ChunkStore, writeFileAtomic, fsyncDir } from './chunkstore.js';
 export { createPackage, readPackage, writePackageTar, manifestChunks, MANIFEST_ENTRY, SIGNATURE_ENTRY, type CreatePackageOptions, type CreatedPackage, type PackageStats, type ReadPackageResult } from './package.js';
 export { packLayout, planPackRanges, readPackRange, splitPackRange, frameWhere, writePack, type PackEntry, type PackLayout, type PackRange } from './pack.js';
 export { RepositoryWriter, WRITER_DIR, type PublishResult, type RepositoryWriterOptions } from './writer.js';
-export { createFetcher, HttpFetcher, DirFetcher, type Fetcher, type HttpFetcherOptions } from './fetcher.js';
+export { createFetcher, HttpFetcher, DirFetcher, displayUrl, type Fetcher, type HttpFetcherOptions } from './fetcher.js';
 export { RepoClient, verifyIndex, verifyManifest, checkNotExpired, type RootPin, type UpdateResult, type Resolved } from './client.js';
 export { roleKeys, verifyRole, verifyRootSignature, verifyManifestSignature, verifyRootTransition, checkSameRepository } from './trust.js';
 export { parallel } from './parallel.js';
