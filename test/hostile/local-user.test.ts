@@ -41,3 +41,22 @@ test('a user\'s process named xenconsoled that says consoles go elsewhere does n
   await writeFile(join(procDir, '412', 'cmdline'), [XENCONSOLED, '--log=guest', `--log-dir=${consoleDir}`].join('\0') + '\0');
   await t.notThrowsAsync(backend(procDir, consoleDir).checkConsoleLogging());
 });
+
+// qemu backend: the pid file names the appliance's qemu, checked against its command line; a
+// recycled pid is anyone's, and anyone can put the pid file's path in a command line of theirs.
+// The agent took such a process for the running appliance (never started it; signalled it to stop).
+test.serial('a user\'s process holding the pid a qemu pid file names, with that path in its command line, is not the appliance', async (t) => {
+  const { QemuBackend } = await import('../../client-agent/backends/qemu.js');
+  const { execa } = await import('execa');
+  const dir = await mkdtemp(join(tmpdir(), 'hostile-qemu-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const backend = new QemuBackend({ runDir: join(dir, 'run'), logDir: join(dir, 'log') });
+  await mkdir(join(dir, 'run'));
+  const pidFile = join(dir, 'run', 'sbc.pid');
+  const user = execa('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', 'sh', '-c', 'sleep 30', pidFile], { reject: false });
+  t.teardown(() => void user.kill('SIGKILL'));
+  await new Promise((r) => setTimeout(r, 300)); // setpriv has exec'd sh by now
+  await writeFile(pidFile, `${user.pid}\n`);
+  t.false(await backend.isRunning('sbc'));
+  t.is(await backend.instanceId('sbc'), null);
+});
