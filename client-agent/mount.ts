@@ -10,7 +10,7 @@ import { randomBytes } from 'node:crypto';
 import * as z from 'zod';
 import { LoopshipError } from '../format/index.js';
 import type { StateDir } from './state.js';
-import { processAlive } from './state.js';
+import { ourProcessAlive } from './state.js';
 import { type Exec, run } from './exec.js';
 import { writeFileAtomic, readOwnFile, ownFileOrNull, unsafeEntry } from './fsutil.js';
 import { pauseAt } from './pause.js';
@@ -120,7 +120,7 @@ export async function cleanStale(deps: MountDeps): Promise<string[]> {
       continue;
     }
     assertOurRecord(deps.state, recPath, rec);
-    if (rec.pid !== process.pid && processAlive(rec.pid)) {
+    if (rec.pid !== process.pid && ourProcessAlive(rec.pid)) {
       live.add(rec.mountPoint);
       continue;
     }

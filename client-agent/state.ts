@@ -12,6 +12,7 @@
 // The directory is the agent's alone (0700): state.json holds settings such as password
 // hashes, and root must never write through an entry someone else planted in it.
 import { mkdir, readdir, rm, stat, unlink } from 'node:fs/promises';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as z from 'zod';
 import { LoopshipError } from '../format/index.js';
@@ -209,7 +210,7 @@ export class StateDir {
         if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
       }
       const owner = await this.lockOwner();
-      if (owner && processAlive(owner)) {
+      if (owner && ourProcessAlive(owner)) {
         throw new LoopshipError('LOCKED', `another loopship-agent (pid ${owner}) is running`, { where: this.lockFile });
       }
       // stale: its owner is gone
@@ -237,6 +238,22 @@ async function keepCopy(path: string, text: string): Promise<void> {
   } finally {
     await fh.close();
   }
+}
+
+/**
+ * A live process of the agent's user (real uid in /proc/PID/status): what a lock or a mount
+ * record names after a crash is a recycled pid when it is anyone else's, and any local user
+ * can make processes until one gets that pid.
+ */
+export function ourProcessAlive(pid: number): boolean {
+  if (!processAlive(pid)) return false;
+  let status: string;
+  try {
+    status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  } catch {
+    return false; // gone meanwhile
+  }
+  return /^Uid:\s+(\d+)/m.exec(status)?.[1] === String(process.getuid?.() ?? 0);
 }
 
 export function processAlive(pid: number): boolean {

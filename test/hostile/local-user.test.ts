@@ -60,3 +60,27 @@ test.serial('a user\'s process holding the pid a qemu pid file names, with that 
   t.false(await backend.isRunning('sbc'));
   t.is(await backend.instanceId('sbc'), null);
 });
+
+// The lock a killed agent left names its pid; a user's process on that pid (recycled: anyone
+// can make processes until one gets it) kept every later agent run refused as "another
+// loopship-agent is running", for as long as that user liked.
+test.serial('a stale lock naming a pid a user\'s process now has is taken over, not taken for a running agent', async (t) => {
+  const { StateDir } = await import('../../client-agent/state.js');
+  const { execa } = await import('execa');
+  const dir = await mkdtemp(join(tmpdir(), 'hostile-lock-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const state = new StateDir(join(dir, 'state'));
+  await state.init();
+  const user = execa('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', 'sleep', '30'], { reject: false });
+  t.teardown(() => void user.kill('SIGKILL'));
+  await new Promise((r) => setTimeout(r, 300));
+  await writeFile(state.lockFile, `${user.pid}\n`, { mode: 0o600 });
+  const release = await state.lock();
+  t.is((await import('node:fs/promises').then((f) => f.readFile(state.lockFile, 'utf8'))).trim(), String(process.pid));
+  await release();
+  // a live process of ours still holds it
+  const ours = execa('sleep', ['30'], { reject: false });
+  t.teardown(() => void ours.kill('SIGKILL'));
+  await writeFile(state.lockFile, `${ours.pid}\n`, { mode: 0o600 });
+  await t.throwsAsync(state.lock(), { message: new RegExp(`another loopship-agent \\(pid ${ours.pid}\\) is running`) });
+});
