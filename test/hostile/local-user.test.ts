@@ -84,3 +84,13 @@ test.serial('a stale lock naming a pid a user\'s process now has is taken over, 
   await writeFile(state.lockFile, `${ours.pid}\n`, { mode: 0o600 });
   await t.throwsAsync(state.lock(), { message: new RegExp(`another loopship-agent \\(pid ${ours.pid}\\) is running`) });
 });
+
+// systemd applies StateDirectoryMode= to /var/lib/loopship when it starts the unit (some
+// versions on every start, to an existing directory too): 0755 there undid the agent's 0700
+// until its next start-up check tightened it again.
+test('the systemd unit asks for the state directory 0700, as the agent and the package make it', async (t) => {
+  const { readFile } = await import('node:fs/promises');
+  const unit = await readFile(new URL('../../client-agent/loopship-agent.service', import.meta.url), 'utf8');
+  t.regex(unit, /^StateDirectory=loopship$/m);
+  t.regex(unit, /^StateDirectoryMode=0700$/m);
+});
