@@ -141,11 +141,14 @@ export async function cleanStale(deps: MountDeps): Promise<string[]> {
 
 /**
  * How dom0 mounts a boot disk. nodev, nosuid, noexec: a signed image may hold device nodes and
- * setuid programs. errors=remount-ro: the superblock's own error behaviour (tune2fs -e, or its
- * stored mount options) would otherwise apply, and a disk the guest wrote may say panic, so
- * that the first ext4 error found while configuring panics dom0. Options given here win over both.
+ * setuid programs. nosymfollow (Linux 5.10, util-linux 2.36): no symlink of the image is
+ * followed by anything opening a path through the mount (configure.ts refuses them on the
+ * paths it writes; this holds for every path). errors=remount-ro: the superblock's own error
+ * behaviour (tune2fs -e, or its stored mount options) would otherwise apply, and a disk the
+ * guest wrote may say panic, so that the first ext4 error found while configuring panics dom0.
+ * Options given here win over both.
  */
-export const MOUNT_OPTIONS = 'nodev,nosuid,noexec,errors=remount-ro';
+export const MOUNT_OPTIONS = 'nodev,nosuid,noexec,nosymfollow,errors=remount-ro';
 
 /**
  * Attaches `image` to a loop device, mounts it (MOUNT_OPTIONS), runs `f` with the mount

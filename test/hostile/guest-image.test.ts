@@ -46,3 +46,32 @@ for (const [what, tune] of [
     t.false(opts.includes('errors=panic'), opts.join(','));
   });
 }
+
+// The settings writer refuses a symlink on each path it writes (configure.ts), but any read or
+// write through the mount that a later change adds would follow an image's /etc -> /, as root,
+// into dom0: mounted nosymfollow, the kernel follows no symlink of the image at all.
+test.serial('a boot disk is mounted nosymfollow: an image\'s /etc -> a dom0 directory leads nowhere, whatever opens a path through it', async (t) => {
+  const { mkdtemp: mkd, writeFile: wf, symlink, mkdir } = await import('node:fs/promises');
+  const outside = await mkd(join(tmpdir(), 'hostile-dom0-'));
+  t.teardown(() => rm(outside, { recursive: true, force: true }));
+  await wf(join(outside, 'hosts'), 'dom0 secret\n');
+  const tree = await mkd(join(tmpdir(), 'hostile-tree-'));
+  t.teardown(() => rm(tree, { recursive: true, force: true }));
+  await symlink(outside, join(tree, 'etc'));
+  await mkdir(join(tree, 'root'));
+  await symlink('/root/.ssh/authorized_keys', join(tree, 'root', 'keys'));
+  const dir = await mkd(join(tmpdir(), 'hostile-guestfs-'));
+  const state = new StateDir(join(dir, 'state'));
+  await state.init();
+  const img = join(state.root, 'disk.img');
+  await execa('mkfs.ext4', ['-q', '-F', '-d', tree, img, '8M']);
+  t.teardown(async () => {
+    for (const dev of await loopsFor(defaultExec, img).catch(() => [])) await execa('losetup', ['-d', dev]).catch(() => {});
+    await rm(dir, { recursive: true, force: true });
+  });
+  await withMountedImage({ exec: defaultExec, state }, img, 'sbc', async (mp) => {
+    await t.throwsAsync(readFile(join(mp, 'etc', 'hosts'), 'utf8'), { code: 'ELOOP' });
+    await t.throwsAsync(readFile(join(mp, 'root', 'keys'), 'utf8'), { code: 'ELOOP' });
+    t.true(await ext4Options(mp).then((o) => o.length > 0));
+  });
+});
