@@ -2,6 +2,7 @@
 // (xendomains), console via xenconsoled's log. Waits for the toolstack to answer (`xl info`)
 // instead of sleeping a fixed time after boot.
 import { mkdir, readFile, readdir, rm, symlink, unlink } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { ConfigError, ExecError, LoopshipError, bridgeName, imageName, PVH_MAX_VCPUS, PV_MAX_CMDLINE_BYTES } from '../../format/index.js';
 import { type Exec, type ExecResult, run, defaultExec } from '../exec.js';
@@ -17,6 +18,8 @@ export interface XlOptions {
   consoleDir?: string;
   /** /proc: where xenconsoled's command line is read */
   procDir?: string;
+  /** /sys/class/net: the network interfaces of this host (a bridge the domain names must be one) */
+  sysClassNet?: string;
   /** how long the toolstack may take to come up (host just booted) */
   toolstackTimeoutMs?: number;
   /** `xl create` is killed after this long (it occasionally never returns); the domain decides */
@@ -123,6 +126,7 @@ export class XlBackend implements Backend {
   private readonly etcXen: string;
   private readonly consoleDir: string;
   private readonly procDir: string;
+  private readonly sysClassNet: string;
   private readonly toolstackTimeoutMs: number;
   private toolstackAnsweredAt: number | null = null;
   private readonly createTimeoutMs: number;
@@ -136,6 +140,7 @@ export class XlBackend implements Backend {
     this.etcXen = o.etcXen ?? '/etc/xen';
     this.consoleDir = (o.consoleDir ?? XENCONSOLED_LOG_DIR).replace(/\/+$/, '') || '/';
     this.procDir = o.procDir ?? '/proc';
+    this.sysClassNet = o.sysClassNet ?? '/sys/class/net';
     this.toolstackTimeoutMs = o.toolstackTimeoutMs ?? 120_000;
     this.createTimeoutMs = o.createTimeoutMs ?? 180_000;
     // rare notices (a hung xl create); the agent's log is stderr too
@@ -146,6 +151,10 @@ export class XlBackend implements Backend {
 
   validate(spec: DomainSpec): void {
     renderXlConfig(spec);
+    // xl create fails in the vif hotplug script without it, after the running version stopped
+    if (spec.bridge && spec.nics > 0 && !existsSync(join(this.sysClassNet, spec.bridge))) {
+      throw new LoopshipError('CONFIG_INVALID', `this host has no network interface ${spec.bridge} for the domain's vif (bridge; agent.yaml xen.bridge overrides the manifest's)`);
+    }
   }
 
   configPath(name: string): string {

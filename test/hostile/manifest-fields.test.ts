@@ -66,3 +66,21 @@ test('a pv command line longer than Xen keeps is refused by the schema; with the
   t.notThrows(() => renderXlConfig({ ...spec('sbc'), type: 'pv', cmdline: 'x'.repeat(1010) }));
   t.notThrows(() => renderXlConfig({ ...spec('sbc'), type: 'pvh', cmdline: 'x'.repeat(4000) }));
 });
+
+// A bridge this host does not have: xl create fails in the vif hotplug script, which was
+// found only after the running version had been stopped (an outage, then a rollback).
+test('a bridge the host has no interface for is refused by the xl backend\'s check (run before anything stops)', async (t) => {
+  const { mkdtemp, mkdir, rm } = await import('node:fs/promises');
+  const { tmpdir } = await import('node:os');
+  const { join } = await import('node:path');
+  const { XlBackend } = await import('../../client-agent/backends/xl.js');
+  const dir = await mkdtemp(join(tmpdir(), 'hostile-net-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  await mkdir(join(dir, 'xenbr0'));
+  const xl = new XlBackend({ sysClassNet: dir });
+  const s = { ...spec('sbc'), nics: 1, macs: ['00:16:3e:00:00:01'] };
+  t.throws(() => xl.validate({ ...s, bridge: 'br-lan' }), { message: /no network interface br-lan/ });
+  t.notThrows(() => xl.validate({ ...s, bridge: 'xenbr0' }));
+  t.notThrows(() => xl.validate({ ...s, bridge: 'br-lan', nics: 0 }), 'no vif, no bridge needed');
+  t.notThrows(() => xl.validate(s), 'none named: xl.conf\'s default');
+});
