@@ -30,6 +30,8 @@ export function cacheKey(k: BootstrapKey): string {
     variant: k.variant,
     components: [...k.components].sort(),
     snapshot: k.snapshot,
+    // snapshot bootstraps skipped the Release signature check once: those entries must not match
+    ...(k.snapshot ? { release_checked: true } : {}),
     arch: k.arch,
     // only when present, so plain bootstrap entries keep their keys
     ...(k.layer ? { layer: { packages: [...k.layer.packages].sort(), recommends: k.layer.recommends } } : {}),

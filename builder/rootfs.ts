@@ -38,7 +38,9 @@ export async function bootstrapRoot(opts: {
   }
   await exec(
     'debootstrap',
-    [`--variant=${key.variant}`, `--arch=${key.arch}`, `--components=${key.components.join(',')}`, ...(key.snapshot ? ['--no-check-gpg'] : []), key.suite, root, key.mirror],
+    // a snapshot's Release is signed by the archive keys as any other: checked, never skipped
+    // (the publisher key signs what comes out, so unverified packages would go out as signed)
+    [`--variant=${key.variant}`, `--arch=${key.arch}`, `--components=${key.components.join(',')}`, key.suite, root, key.mirror],
     { stage: 'bootstrap', onLine: opts.onLine },
   );
   // debootstrap leaves its .debs in apt's archive: every later install binds the shared

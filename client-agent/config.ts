@@ -183,8 +183,10 @@ export async function updateConfigFile(path: string, fields: Record<string, unkn
   }
   const text = doc.toString();
   const parsed = parseConfig(YAML.parse(text), path);
-  // report.token is a secret; writeFileAtomic also keeps an admin's narrower mode
-  await writeFileAtomic(path, text, { mode: parsed.report?.token ? 0o600 : 0o644, mkdir: true });
+  // report.token is a secret, and so are credentials in a repository URL (user:password@);
+  // writeFileAtomic also keeps an admin's narrower mode
+  const secret = Boolean(parsed.report?.token) || parsed.repos.some((r) => /^[a-z]+:\/\/[^/]*@/i.test(r));
+  await writeFileAtomic(path, text, { mode: secret ? 0o600 : 0o644, mkdir: true });
   return parsed;
 }
 

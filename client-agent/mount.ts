@@ -10,7 +10,7 @@ import { randomBytes } from 'node:crypto';
 import * as z from 'zod';
 import { LoopshipError } from '../format/index.js';
 import type { StateDir } from './state.js';
-import { processAlive } from './state.js';
+import { ourProcessAlive } from './state.js';
 import { type Exec, run } from './exec.js';
 import { writeFileAtomic, readOwnFile, ownFileOrNull, unsafeEntry } from './fsutil.js';
 import { pauseAt } from './pause.js';
@@ -120,7 +120,7 @@ export async function cleanStale(deps: MountDeps): Promise<string[]> {
       continue;
     }
     assertOurRecord(deps.state, recPath, rec);
-    if (rec.pid !== process.pid && processAlive(rec.pid)) {
+    if (rec.pid !== process.pid && ourProcessAlive(rec.pid)) {
       live.add(rec.mountPoint);
       continue;
     }
@@ -140,7 +140,18 @@ export async function cleanStale(deps: MountDeps): Promise<string[]> {
 }
 
 /**
- * Attaches `image` to a loop device, mounts it (nodev, nosuid, noexec: a signed image may hold device nodes and setuid programs), runs `f` with the mount
+ * How dom0 mounts a boot disk. nodev, nosuid, noexec: a signed image may hold device nodes and
+ * setuid programs. nosymfollow (Linux 5.10, util-linux 2.36): no symlink of the image is
+ * followed by anything opening a path through the mount (configure.ts refuses them on the
+ * paths it writes; this holds for every path). errors=remount-ro: the superblock's own error
+ * behaviour (tune2fs -e, or its stored mount options) would otherwise apply, and a disk the
+ * guest wrote may say panic, so that the first ext4 error found while configuring panics dom0.
+ * Options given here win over both.
+ */
+export const MOUNT_OPTIONS = 'nodev,nosuid,noexec,nosymfollow,errors=remount-ro';
+
+/**
+ * Attaches `image` to a loop device, mounts it (MOUNT_OPTIONS), runs `f` with the mount
  * point, then unmounts and detaches whatever happened in `f`.
  */
 export async function withMountedImage<T>(deps: MountDeps, image: string, label: string, f: (mountPoint: string) => Promise<T>): Promise<T> {
@@ -156,7 +167,7 @@ export async function withMountedImage<T>(deps: MountDeps, image: string, label:
   try {
     rec.device = (await run(deps.exec, 'losetup', ['--find', '--show', rec.image])).trim();
     await writeFileAtomic(recPath, JSON.stringify(rec), { mode: 0o600 });
-    await run(deps.exec, 'mount', ['-t', 'ext4', '-o', 'nodev,nosuid,noexec', rec.device, rec.mountPoint]);
+    await run(deps.exec, 'mount', ['-t', 'ext4', '-o', MOUNT_OPTIONS, rec.device, rec.mountPoint]);
     await pauseAt('mount');
     result = await f(rec.mountPoint);
   } catch (err) {

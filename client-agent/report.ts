@@ -6,7 +6,7 @@
 import { mkdir } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import * as z from 'zod';
-import { ConfigError, FetchError, LoopshipError } from '../format/index.js';
+import { ConfigError, FetchError, LoopshipError, printable } from '../format/index.js';
 import { packageVersion } from '../format/version.js';
 import { ioError, readOwnFileOrNull, writeFileAtomic } from './fsutil.js';
 import type { AgentConfig } from './config.js';
@@ -61,7 +61,14 @@ export async function defaultPost(url: string, body: unknown, token?: string): P
     headers: { 'content-type': 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}) },
     body: JSON.stringify(body),
     signal: AbortSignal.timeout(30_000),
+    // as for repository files (format/fetcher.ts): a redirect would send the report (or the
+    // enrolment) elsewhere and take that host's answer, its token too, for the server's
+    redirect: 'manual',
   });
+  if (res.status >= 300 && res.status < 400) {
+    await res.body?.cancel().catch(() => {});
+    throw new FetchError(`HTTP ${res.status} redirect to ${res.headers.get('location') ?? '?'} refused`, { where: url, status: res.status });
+  }
   const text = await readSome(res, 64 * 1024).catch(() => '');
   let json: unknown;
   try {
@@ -134,7 +141,8 @@ const ok = (a: HttpAnswer) => a.status >= 200 && a.status < 300;
 /** "HTTP 403 HOST_MISMATCH: message" from the server's JSON error body, when it sent one. */
 function describe(a: HttpAnswer): string {
   const e = a.body as { code?: unknown; message?: unknown } | undefined;
-  const detail = e && typeof e.message === 'string' ? ` ${typeof e.code === 'string' ? e.code + ': ' : ''}${e.message}` : '';
+  // the server's words go into the log and state.json: printable, bounded (a man in the middle of an http:// URL writes them too)
+  const detail = e && typeof e.message === 'string' ? ` ${printable(`${typeof e.code === 'string' ? e.code + ': ' : ''}${e.message}`, 500)}` : '';
   return `HTTP ${a.status}${detail}`;
 }
 

@@ -12,11 +12,12 @@
 // The directory is the agent's alone (0700): state.json holds settings such as password
 // hashes, and root must never write through an entry someone else planted in it.
 import { mkdir, readdir, rm, stat, unlink } from 'node:fs/promises';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as z from 'zod';
 import { LoopshipError } from '../format/index.js';
 import { imageName, imageVersion, compareVersions } from '../format/index.js';
-import { writeFileAtomic, symlinkAtomic, readLinkOrNull, fsyncDir, ensureOwnDir, readOwnFile, createOwnFile } from './fsutil.js';
+import { writeFileAtomic, symlinkAtomic, readLinkOrNull, fsyncDir, ensureOwnDir, readOwnFile, createOwnFile, ioError } from './fsutil.js';
 import { pauseAt } from './pause.js';
 
 const applianceState = z.object({
@@ -82,15 +83,24 @@ export class StateDir {
 
   // ---------- trust ----------
 
+  /**
+   * The rollback floor; undefined only when there is no such file (a host that never saw an
+   * index). A planted, unreadable or damaged one must not lower it quietly: it is an error.
+   */
   async readIndexVersion(): Promise<number | undefined> {
+    let text: string;
     try {
-      const n = Number((await readOwnFile(this.indexVersionFile)).toString('utf8').trim());
-      return Number.isSafeInteger(n) && n > 0 ? n : undefined;
+      text = (await readOwnFile(this.indexVersionFile)).toString('utf8').trim();
     } catch (err) {
-      // a planted file must not lower the rollback floor quietly
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
       if (err instanceof LoopshipError) throw err;
-      return undefined;
+      throw ioError(err, this.indexVersionFile, 'cannot read the rollback floor');
     }
+    const n = Number(text);
+    if (!/^[1-9][0-9]*$/.test(text) || !Number.isSafeInteger(n)) {
+      throw new LoopshipError('METADATA_INVALID', `holds ${JSON.stringify(text.slice(0, 40))}, not an index version: the rollback floor is unknown, so no index is taken (init --force resets it)`, { where: this.indexVersionFile });
+    }
+    return n;
   }
 
   async writeIndexVersion(v: number): Promise<void> {
@@ -206,7 +216,7 @@ export class StateDir {
         if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
       }
       const owner = await this.lockOwner();
-      if (owner && processAlive(owner)) {
+      if (owner && ourProcessAlive(owner)) {
         throw new LoopshipError('LOCKED', `another loopship-agent (pid ${owner}) is running`, { where: this.lockFile });
       }
       // stale: its owner is gone
@@ -234,6 +244,22 @@ async function keepCopy(path: string, text: string): Promise<void> {
   } finally {
     await fh.close();
   }
+}
+
+/**
+ * A live process of the agent's user (real uid in /proc/PID/status): what a lock or a mount
+ * record names after a crash is a recycled pid when it is anyone else's, and any local user
+ * can make processes until one gets that pid.
+ */
+export function ourProcessAlive(pid: number): boolean {
+  if (!processAlive(pid)) return false;
+  let status: string;
+  try {
+    status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  } catch {
+    return false; // gone meanwhile
+  }
+  return /^Uid:\s+(\d+)/m.exec(status)?.[1] === String(process.getuid?.() ?? 0);
 }
 
 export function processAlive(pid: number): boolean {

@@ -105,10 +105,14 @@ export class HostTrust {
       if (opts.force && err instanceof LoopshipError && err.code === 'METADATA_INVALID') return 'unreadable' as const;
       throw err;
     });
-    const floor = await state.readIndexVersion();
+    // a damaged floor, likewise: only --force resets it (then it is not kept, and that is said)
+    const floor = await state.readIndexVersion().catch((err) => {
+      if (opts.force && err instanceof LoopshipError && err.code === 'METADATA_INVALID') return 'unreadable' as const;
+      throw err;
+    });
     let reset: string | null = null;
     // the same repository: same id, or (a repository from before ids) the same root keys' chain
-    const kept = trusted !== null && trusted !== 'unreadable' && trusted.repository === pinned.repository && (trusted.repository !== undefined || trusted.roles.root.keys.some((k) => pinned.roles.root.keys.includes(k)));
+    const kept = floor !== 'unreadable' && trusted !== null && trusted !== 'unreadable' && trusted.repository === pinned.repository && (trusted.repository !== undefined || trusted.roles.root.keys.some((k) => pinned.roles.root.keys.includes(k)));
     if (trusted && !kept) {
       const what = trusted === 'unreadable'
         ? `the unreadable trusted root and the rollback floor (index version ${floor ?? 'none'})`

@@ -58,13 +58,29 @@ function checkPath(path: string, where: string): void {
   }
 }
 
+/**
+ * A URL as it may be shown: credentials in it (http://user:secret@host/, or a token as the
+ * user name; sent as Basic auth) masked. Messages go to logs, state.json and the fleet
+ * report the server's viewers read.
+ */
+export function displayUrl(url: URL | string): string {
+  const u = new URL(url);
+  if (!u.username && !u.password) return u.href;
+  u.username = '***';
+  u.password = '';
+  return u.href;
+}
+
 export class HttpFetcher implements Fetcher {
+  /** the base URL as shown in messages (displayUrl) */
+  readonly source: string;
   private readonly base: URL;
   private readonly opts: Required<Omit<HttpFetcherOptions, 'headers'>> & { headers: Record<string, string> };
   private readonly agent: http.Agent;
 
-  constructor(readonly source: string, opts: HttpFetcherOptions = {}) {
+  constructor(source: string, opts: HttpFetcherOptions = {}) {
     this.base = new URL(source.endsWith('/') ? source : source + '/');
+    this.source = /^[a-z]+:\/\/[^/]*@/i.test(source) ? displayUrl(source) : source;
     this.opts = { ...DEFAULTS, ...opts, headers: opts.headers ?? {} };
     const Agent = this.base.protocol === 'https:' ? https.Agent : http.Agent;
     this.agent = new Agent({ keepAlive: true, maxSockets: this.opts.maxSockets });
@@ -115,7 +131,7 @@ export class HttpFetcher implements Fetcher {
   /** Sends the request and checks status and headers; the caller reads the body. */
   private open(path: string, maxBytes: number, opts: StreamOptions, attempt = 0): Promise<{ res: http.IncomingMessage; req: http.ClientRequest; where: string; declared?: number; finish: () => void; reason: () => FetchError | undefined }> {
     const url = this.url(path);
-    const where = url.href;
+    const where = displayUrl(url);
     checkPath(path, where);
     const lib = url.protocol === 'https:' ? https : http;
     const deadline = this.opts.baseTimeoutMs + (maxBytes / this.opts.minBytesPerSecond) * 1000;

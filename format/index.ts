@@ -2,8 +2,8 @@
 export * from './errors.js';
 export { LIMITS, BLOCK_SIZE, zstdCompressBound } from './limits.js';
 export {
-  SPEC_VERSION, RootSchema, IndexSchema, ManifestSchema, parseMetadata, serialize, describeIssues, compareVersions, latestVersion,
-  imageName, imageVersion, channelName, settingType, bridgeName, oneLine, repositoryId, siteName, groupName, rolloutId,
+  SPEC_VERSION, RootSchema, IndexSchema, ManifestSchema, parseMetadata, serialize, describeIssues, printable, compareVersions, latestVersion,
+  imageName, imageVersion, channelName, settingType, bridgeName, oneLine, repositoryId, siteName, groupName, rolloutId, PVH_MAX_VCPUS, PV_MAX_CMDLINE_BYTES,
   type Root, type Rollout, type RolloutStage, type Index, type IndexImage, type IndexVersion, type Manifest, type Chunk, type Blob, type SettingType, type MetadataKind, type RoleName,
 } from './schema.js';
 export * from './paths.js';
@@ -15,7 +15,7 @@ export { writeFileAtomic, fsyncDir } from '../base/atomic.js';
 export { createPackage, readPackage, writePackageTar, manifestChunks, MANIFEST_ENTRY, SIGNATURE_ENTRY, type CreatePackageOptions, type CreatedPackage, type PackageStats, type ReadPackageResult } from './package.js';
 export { packLayout, planPackRanges, readPackRange, splitPackRange, frameWhere, writePack, type PackEntry, type PackLayout, type PackRange } from './pack.js';
 export { RepositoryWriter, WRITER_DIR, type PublishResult, type RepositoryWriterOptions } from './writer.js';
-export { createFetcher, HttpFetcher, DirFetcher, type Fetcher, type HttpFetcherOptions } from './fetcher.js';
+export { createFetcher, HttpFetcher, DirFetcher, displayUrl, type Fetcher, type HttpFetcherOptions } from './fetcher.js';
 export { RepoClient, verifyIndex, verifyManifest, checkNotExpired, type RootPin, type UpdateResult, type Resolved } from './client.js';
 export { roleKeys, verifyRole, verifyRootSignature, verifyManifestSignature, verifyRootTransition, checkSameRepository } from './trust.js';
 export { parallel, Semaphore } from './parallel.js';

@@ -18,7 +18,7 @@ import { ChunkStore } from './chunkstore.js';
 import { PackageError, MetadataError, LoopshipError, VerificationError, RollbackError, ExpiredError } from './errors.js';
 import { LIMITS, zstdCompressBound } from './limits.js';
 import { chunkPath } from './paths.js';
-import { parseMetadata, serialize, ManifestSchema, describeIssues, type Manifest, type Blob, type Chunk, type Root, type Index } from './schema.js';
+import { parseMetadata, serialize, ManifestSchema, describeIssues, printable, type Manifest, type Blob, type Chunk, type Root, type Index } from './schema.js';
 import { verifyManifestSignature, verifyRootTransition, verifyIndex, checkRootInForce } from './trust.js';
 
 export const MANIFEST_ENTRY = 'manifest.json';
@@ -478,7 +478,8 @@ export async function readPackage(input: NodeJS.ReadableStream, opts: ReadPackag
       count++;
       const h = entry.header;
       const name = h.name;
-      const at = `${where}: ${name}`;
+      // entry names are read before anything is verified: into messages as printable text
+      const at = `${where}: ${printable(name)}`;
       if (h.type !== 'file') throw new PackageError('PACKAGE_INVALID', `entry of type ${h.type} is not allowed (only regular files)`, { where: at });
       if (name.startsWith('/') || name.split('/').includes('..')) throw new PackageError('PACKAGE_INVALID', 'absolute or parent-relative path', { where: at });
       const expectSig = pendingRoot ? `${pendingRoot.name}.asc` : pendingIndex ? 'index.json.asc' : manifestBytes && !signature ? SIGNATURE_ENTRY : undefined;

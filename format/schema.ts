@@ -11,7 +11,8 @@ const sha256Hex = z.string().regex(/^[0-9a-f]{64}$/, 'expected a lowercase hex s
 const fingerprint = z.string().regex(/^[0-9a-f]{40}([0-9a-f]{24})?$/, 'expected a lowercase hex OpenPGP fingerprint');
 const timestamp = z.iso.datetime({ offset: true });
 const count = z.number().int().nonnegative();
-export const imageName = z.string().regex(/^[a-z0-9][a-z0-9._-]{0,63}$/, 'expected lowercase letters, digits, ".", "_" or "-" (max 64)');
+// not digits only: xl takes such an argument for a domain id (`xl shutdown 0` is dom0)
+export const imageName = z.string().regex(/^(?![0-9]+$)[a-z0-9][a-z0-9._-]{0,63}$/, 'expected lowercase letters, digits, ".", "_" or "-" (max 64), not digits only');
 export const imageVersion = z.string().regex(/^[0-9A-Za-z][0-9A-Za-z.+~_-]{0,63}$/, 'expected a version such as 1.2.3 (letters, digits, . + ~ _ -)');
 export const channelName = z.string().regex(/^[a-z][a-z0-9_-]{0,31}$/, 'expected a channel name such as stable');
 export const arch = z.enum(['amd64', 'arm64', 'i386']);
@@ -206,6 +207,11 @@ export type Blob = z.infer<typeof ImageBlobSchema>;
 export const settingType = z.enum(['string', 'hostname', 'url', 'ip', 'cidr', 'ip-list', 'port', 'boolean', 'ssh-keys', 'users']);
 export type SettingType = z.infer<typeof settingType>;
 
+/** Xen's HVM_MAX_VCPUS: a PVH guest is an HVM domain to it */
+export const PVH_MAX_VCPUS = 128;
+/** A PV guest's command line lives in start_info.cmd_line[MAX_GUEST_CMDLINE], with its NUL: Xen cuts off the rest */
+export const PV_MAX_CMDLINE_BYTES = 1023;
+
 export const ManifestSchema = z.strictObject({
   type: z.literal('loopship/manifest'),
   spec_version: z.literal(SPEC_VERSION),
@@ -242,6 +248,10 @@ export const ManifestSchema = z.strictObject({
       required: z.boolean().optional(),
     }),
   ),
+}).superRefine((m, ctx) => {
+  // Xen builds no PVH (HVM) domain of more (HVM_MAX_VCPUS): refused here, not by xl create after the running version stopped
+  if (m.boot.type === 'pvh' && m.xen.vcpus > PVH_MAX_VCPUS) ctx.addIssue({ code: 'custom', path: ['xen', 'vcpus'], message: `a pvh domain has at most ${PVH_MAX_VCPUS} vcpus` });
+  if (m.boot.type === 'pv' && Buffer.byteLength(m.boot.cmdline) > PV_MAX_CMDLINE_BYTES) ctx.addIssue({ code: 'custom', path: ['boot', 'cmdline'], message: `a pv guest's command line has at most ${PV_MAX_CMDLINE_BYTES} bytes (Xen cuts off the rest)` });
 });
 export type Manifest = z.infer<typeof ManifestSchema>;
 
@@ -252,9 +262,19 @@ const SCHEMAS = { root: RootSchema, index: IndexSchema, manifest: ManifestSchema
 const MAX_BYTES = { root: LIMITS.rootBytes, index: LIMITS.indexBytes, manifest: LIMITS.manifestBytes } as const;
 type Parsed = { root: Root; index: Index; manifest: Manifest };
 
+/**
+ * Text taken from a file into a message: control and non-ASCII characters escaped (\uXXXX),
+ * at most `max` characters. A root file is parsed before its signatures can be checked, so
+ * its keys are anyone's; they must not reach a terminal, a log line or a report as they are.
+ */
+export function printable(s: string, max = 200): string {
+  const t = s.replace(/[^\x20-\x7e]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+  return t.length > max ? `${t.slice(0, max)}... (${t.length} characters)` : t;
+}
+
 /** Formats zod issues as "field.path: message" lines, at most a few of them. */
 export function describeIssues(issues: readonly z.core.$ZodIssue[], max = 5): string {
-  const lines = issues.slice(0, max).map((i) => `${i.path.length ? i.path.join('.') : '(top level)'}: ${i.message}`);
+  const lines = issues.slice(0, max).map((i) => printable(`${i.path.length ? i.path.map(String).join('.') : '(top level)'}: ${i.message}`, 300));
   if (issues.length > max) lines.push(`... and ${issues.length - max} more`);
   return lines.join('; ');
 }
@@ -268,7 +288,8 @@ export function parseMetadata<K extends MetadataKind>(kind: K, bytes: Uint8Array
   try {
     value = JSON.parse(Buffer.from(bytes).toString('utf8'));
   } catch (cause) {
-    throw new MetadataError('METADATA_INVALID', `not valid JSON (${(cause as Error).message})`, { where, cause });
+    // V8 quotes the bytes it stopped at
+    throw new MetadataError('METADATA_INVALID', `not valid JSON (${printable((cause as Error).message)})`, { where, cause });
   }
   const result = SCHEMAS[kind].safeParse(value);
   if (!result.success) {

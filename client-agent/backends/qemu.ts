@@ -105,8 +105,10 @@ export class QemuBackend implements Backend {
     const pid = Number((await readFile(pidFile, 'utf8').catch(() => '')).trim());
     if (!pid || !processAlive(pid)) return null;
     const cmd = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
-    // a recycled pid belongs to someone else
-    return cmd.split('\0').includes(pidFile) ? pid : null;
+    // a recycled pid belongs to someone else, who may put any path in their command line: the
+    // qemu we started runs as we do (real uid in status, which a process cannot change)
+    const uid = /^Uid:\s+(\d+)/m.exec(await readFile(`/proc/${pid}/status`, 'utf8').catch(() => ''))?.[1];
+    return cmd.split('\0').includes(pidFile) && uid === String(process.getuid?.() ?? 0) ? pid : null;
   }
 
   async isRunning(name: string): Promise<boolean> {

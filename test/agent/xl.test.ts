@@ -23,6 +23,7 @@ async function fakeProc(dir: string, args: string[] | null): Promise<string> {
     await mkdir(join(proc, '412'), { recursive: true });
     await writeFile(join(proc, '412', 'comm'), 'xenconsoled\n');
     await writeFile(join(proc, '412', 'cmdline'), ['/usr/lib/xen-4.17/bin/xenconsoled', ...args].join('\0') + '\0');
+    await writeFile(join(proc, '412', 'status'), 'Name:\txenconsoled\nUid:\t0\t0\t0\t0\n');
   }
   return proc;
 }

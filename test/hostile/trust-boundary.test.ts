@@ -187,3 +187,27 @@ test('an unreadable trust root stops init with an error naming it; only --force 
   t.regex(r.reset ?? '', /^the unreadable trusted root and the rollback floor \(index version \d+\)$/);
   t.is(JSON.parse(await readFile(rootFile, 'utf8')).repository, w.repository);
 });
+
+// The floor only goes when there is none: a damaged trust/index-version (bit rot, a hand edit,
+// a file system repaired by fsck) read as "no floor" let an old genuine index in again.
+for (const [what, content] of [['garbage', 'x\n'], ['empty', ''], ['zero', '0\n'], ['negative', '-5\n']] as const) {
+  test(`a damaged rollback floor (${what}) is an error naming it, not "no floor": an old genuine index is still refused; init --force resets it, saying so`, async (t) => {
+    const w = await worldP;
+    const host = await hostFor(w, t, `floor-${what}`);
+    const floorFile = join(host.stateDir, 'trust', 'index-version');
+    await writeFile(floorFile, content);
+    const { server } = await hostileTree(w, async (c) => {
+      await c.write('index.json', await c.read(indexHistoryPath(3)));
+      await c.write('index.json.asc', await c.read(sigPath(indexHistoryPath(3))));
+    });
+    t.teardown(server.close);
+    await hostConfig(host.dir, [server.url]);
+    await rejects(t, agentFor(host, runningBackend(w, host)).upgrade('sbc'), 'METADATA_INVALID', /trust\/index-version: .*not an index version/);
+    t.is(await readFile(floorFile, 'utf8'), content, 'left for a human to see');
+    const opts = { repos: [w.goodServer.url], rootKeyFile: join(w.templateHost, 'root.asc') };
+    await rejects(t, agentFor(host, runningBackend(w, host)).init(opts), 'METADATA_INVALID', /trust\/index-version/);
+    const r = await agentFor(host, runningBackend(w, host)).init({ ...opts, force: true });
+    t.like(r, { kept: false, repository: w.repository });
+    t.regex(r.reset ?? '', /rollback floor \(index version unreadable\)/);
+  });
+}

@@ -9,7 +9,8 @@ import { execa } from 'execa';
 import type * as OpenPGP from 'openpgp';
 import { makeRepo, type Fixture } from '../helpers/repo.js';
 import { publishRootFromKeystore } from '../../keys/cli.js';
-import { RepoClient, createFetcher, serialize, sigPath, rootHistoryPath, mirrorRepository, type Root, type Index } from '../../format/index.js';
+import { RepoClient, createFetcher, serialize, sigPath, rootHistoryPath, mirrorRepository, readPackage, type Root, type Index } from '../../format/index.js';
+import tar from 'tar-stream';
 import { readPublicKey, fingerprintOf, signRoot, buildRoot, generateKey } from '../../keys/index.js';
 import { hostileServer } from './harness.js';
 
@@ -321,4 +322,45 @@ test('a root whose key entry is not an OpenPGP key, and a signature that is not 
   await rm(join(fx.repoDir, rootHistoryPath(2)));
   await writeFile(join(fx.repoDir, 'index.json.asc'), 'garbage, not armor\n');
   await rejects(t, new RepoClient({ fetchers: [f], trustedRoot: await RepoClient.pin(f, { keyArmored: fx.rootKeyArmored }) }).update(), 'SIGNATURE_INVALID', /index\.json\.asc: not an armored OpenPGP signature \(/);
+});
+
+// ---------- what an unverified file says goes into messages harmlessly ----------
+
+// A root file is parsed before its signatures can be checked (they are checked against the
+// keys it lists): anyone serving a mirror, or in the middle of an http:// one, writes it. Its
+// keys came into the error as they were: escape sequences to the admin's terminal, line
+// breaks forging lines in the agent's log (and state.json's last_error), any length.
+const EVIL = '\u001b]0;owned\u0007\u001b[2J\nloopship-agent: upgraded sbc 1.0.0 -> 9.9.9 \u202e\u0085';
+for (const [where, plant] of [
+  ['an unknown top-level key', (r: Record<string, unknown>) => { r[EVIL + 'x'.repeat(100_000)] = 1; }],
+  ['a key of its keys record', (r: Record<string, unknown>) => { (r.keys as Record<string, unknown>)[EVIL] = { name: 'x', public_key: 'y' }; }],
+  ['a key of a key entry', (r: Record<string, unknown>) => { const k = r.keys as Record<string, Record<string, unknown>>; k[Object.keys(k)[0]][EVIL] = 1; }],
+  ['what is not JSON (V8 quotes it)', 'not JSON' as const],
+] as const) {
+  test(`a root/2.json from a hostile mirror with control characters in ${where}: refused with an error of printable text, bounded`, async (t) => {
+    const fx = await makeRepo();
+    t.teardown(fx.cleanup);
+    const root2 = { ...(await fx.writer.readRoot()), version: 2 } as unknown as Record<string, unknown>;
+    root2.keys = { ...(root2.keys as object) };
+    const bytes = plant === 'not JSON' ? `${EVIL} {` : (plant(root2), JSON.stringify(root2));
+    for (const [f, data] of [[rootHistoryPath(2), bytes], [sigPath(rootHistoryPath(2)), 'x'], ['root.json', bytes], ['root.json.asc', 'x']] as const) await writeFile(join(fx.repoDir, f), data);
+    const f = createFetcher(fx.repoDir);
+    const c = new RepoClient({ fetchers: [f], trustedRoot: await RepoClient.pin(f, { keyArmored: fx.rootKeyArmored }) });
+    const err = await rejects(t, c.update(), 'METADATA_INVALID', /root\/2\.json: (invalid root metadata|not valid JSON)/);
+    t.notRegex(err.message, /[^\x20-\x7e]/, 'printable ASCII only');
+    t.true(err.message.length < 2000, `${err.message.length} characters`);
+    t.regex(err.message, /\\u001b/, 'the key is still shown, escaped');
+  });
+}
+
+test('a package (an offline import, an upload) whose entry name holds control characters: refused naming it as printable text', async (t) => {
+  const fx = await makeRepo();
+  t.teardown(fx.cleanup);
+  const pack = tar.pack();
+  pack.entry({ name: EVIL, size: 1 }, Buffer.from('x'));
+  pack.finalize();
+  const err = (await t.throwsAsync(readPackage(pack, { root: await fx.writer.readRoot(), onChunk: async () => {}, where: 'pkg.tar' }))) as Error & { code?: string };
+  t.is(err.code, 'PACKAGE_INVALID', err.message);
+  t.regex(err.message, /^pkg\.tar: \\u001b\]0;owned/);
+  t.notRegex(err.message, /[^\x20-\x7e]/);
 });
