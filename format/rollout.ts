@@ -42,7 +42,7 @@ export function rolloutBucket(rolloutId: string, host: string): number {
 
 /** The highest stage open at `now` (a paused rollout stands still at its pause), and the share of hosts it opens to. */
 export function openStage(r: Rollout, now: Date): { stage: number; percent: number } {
-  const cutoff = r.state === 'paused' && r.stopped ? Date.parse(r.stopped.at) : now.getTime();
+  const cutoff = r.state !== 'running' && r.stopped ? Date.parse(r.stopped.at) : now.getTime();
   let stage = -1;
   for (let i = 0; i < r.stages.length; i++) {
     const opens = r.stages[i].opens;
