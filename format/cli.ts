@@ -1,5 +1,5 @@
 // `loopship repo init|resign` and `loopship verify`: repository-level commands.
-import type { Command } from 'commander';
+import { InvalidArgumentError, type Command } from 'commander';
 import { readFile } from 'node:fs/promises';
 import { Keystore } from '../keys/keystore.js';
 import { buildRoot, signRoot } from '../keys/root.js';
@@ -11,6 +11,15 @@ import { UsageError } from './errors.js';
 import { manifestChunks } from './package.js';
 import { exportPackage, mirrorRepository } from './export.js';
 import cliProgress from 'cli-progress';
+
+/**
+ * --expires-days: whole days, at least 1. 0 (or a negative number) would sign an index that has
+ * already expired, and every host would refuse it with exit 3: a usage error (exit 2) instead.
+ */
+export function parseExpiresDays(v: string): number {
+  if (!/^[0-9]+$/.test(v) || Number(v) < 1 || Number(v) > 3650) throw new InvalidArgumentError('expected whole days from 1 to 3650 (an index valid for 0 days has expired when it is signed)');
+  return Number(v);
+}
 
 function parseTarget(spec: string): { name: string; version?: string; channel?: string } {
   const m = /^([^@:]+)(?:@(.+)|:(.+))?$/.exec(spec);
@@ -49,7 +58,7 @@ export function registerFormatCommands(program: Command): void {
     .description('create an empty signed repository')
     .requiredOption('--dir <dir>', 'repository directory')
     .requiredOption('--keys <dir>', 'key directory (loopship keys init)')
-    .option('--expires-days <n>', 'index validity', (v) => parseInt(v, 10), 30)
+    .option('--expires-days <n>', 'index validity', parseExpiresDays, 30)
     .option('--passphrase-file <file>', 'passphrase of the private keys')
     .option('--json', 'machine-readable output')
     .action(async (o) => {
@@ -66,7 +75,7 @@ export function registerFormatCommands(program: Command): void {
     .description('re-sign index.json with a fresh expiry (run daily from cron or a timer)')
     .requiredOption('--dir <dir>', 'repository directory')
     .requiredOption('--keys <dir>', 'key directory')
-    .option('--expires-days <n>', 'index validity', (v) => parseInt(v, 10), 30)
+    .option('--expires-days <n>', 'index validity', parseExpiresDays, 30)
     .option('--passphrase-file <file>', 'passphrase of the private keys')
     .option('--json', 'machine-readable output')
     .action(async (o) => {

@@ -14,7 +14,7 @@ import { signingKeyFingerprint } from '../keys/signer.js';
 import { ChunkStore } from './chunkstore.js';
 import { writeFileAtomic, fsyncDir } from '../base/atomic.js';
 import { decodeChunk, sha256Hex } from './codec.js';
-import { LoopshipError, VerificationError, SignatureError } from './errors.js';
+import { LoopshipError, VerificationError, SignatureError, UsageError } from './errors.js';
 import { LIMITS } from './limits.js';
 import { readPackage } from './package.js';
 import { parallel } from './parallel.js';
@@ -65,6 +65,8 @@ export class RepositoryWriter {
   ) {
     this.now = opts.now ?? (() => new Date());
     this.expiresDays = opts.expiresDays ?? 30;
+    // an index that expires as it is signed would fail every host (the CLI refuses it first)
+    if (!(this.expiresDays > 0)) throw new UsageError(`expiresDays must be positive, got ${this.expiresDays}`);
   }
 
   /** Creates an empty repository: root version 1 (already signed by the root keys) and an empty index. */

@@ -8,6 +8,7 @@ import { readPassphrase } from './passphrase.js';
 import { signingKeyFingerprint, type GpgSignerOptions, type SigningKey } from './signer.js';
 import { LoopshipError, UsageError } from '../format/errors.js';
 import { RepositoryWriter } from '../format/writer.js';
+import { parseExpiresDays } from '../format/cli.js';
 import { parseMetadata, type Root } from '../format/schema.js';
 import { verifyRole, verifyRootTransition } from '../format/trust.js';
 
@@ -278,7 +279,7 @@ export function registerKeysCommands(program: Command): void {
     .requiredOption('--repo <dir>', 'repository directory')
     .requiredOption('--root <file>', 'the signed root (<N>.json); its signature is <file>.asc unless --signature')
     .option('--signature <file>', 'the detached signature')
-    .option('--expires-days <n>', 'index validity', (v) => parseInt(v, 10), 30)
+    .option('--expires-days <n>', 'index validity', parseExpiresDays, 30)
     .option('--gpg-pin-file <file>', 'PIN or passphrase of gpg-agent keys (else gpg-agent asks through its pinentry)')
     .option('--passphrase-file <file>', 'passphrase of the private keys')
     .option('--json', 'machine-readable output')

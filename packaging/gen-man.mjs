@@ -71,7 +71,9 @@ lines.push(
   '.SH FILES',
   '.TP', '.I /etc/loopship/agent.yaml',
   'repositories (mirrors in order), the trust pin, the boot backend and the wanted appliances with their host settings.',
-  'Shipped commented out; written by \\fBloopship\\-agent init\\fR.',
+  'Written by \\fBloopship\\-agent init\\fR (or by hand); the package does not ship it, so an upgrade never asks about it.',
+  '.TP', '.I /usr/share/loopship\\-agent/agent.yaml',
+  'the commented example of every key, from the package.',
   '.TP', '.I /var/lib/loopship/',
   'state: pinned root, last index version, installed appliances (appliances/\\fINAME\\fR/\\fIVERSION\\fR/ with disk.img, kernel, initrd;',
   'current symlink; data.img persistent data disk). Removed by \\fBdpkg \\-\\-purge\\fR.',
@@ -86,7 +88,7 @@ lines.push(
   '.BR loopship (1),',
   '.BR xl (1),',
   '.BR systemctl (1);',
-  '/usr/share/doc/loopship\\-agent/remote\\-sites.md',
+  '/usr/share/doc/loopship\\-agent/remote\\-sites.md.gz',
   '',
 );
 

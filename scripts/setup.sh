@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 
 DEBIAN_PACKAGES=(
   debootstrap e2fsprogs zstd util-linux mount gnupg   # build, image, sign, loop-mount
+  debhelper lintian                                   # the agent .deb: dh_strip, dh_shlibdeps, ... (packaging/build-deb.sh), and its check
   eatmydata                                           # builder: apt in the scratch chroot without fsyncs (optional, faster)
   qemu-system-x86                                     # the agent's qemu backend, boot tests, the emulated Xen host
   qemu-utils                                          # qemu-img: the Xen test's throw-away dom0 layer (only Recommended by qemu-system-x86)

@@ -59,6 +59,10 @@ test('usage errors of the command-line parser exit 2 in every subcommand, naming
     [loopship(['verify', '--repo', '/nonexistent', '--no-such-option']), /unknown option '--no-such-option'/],
     [loopship(['no-such-command']), /unknown command 'no-such-command'/],
     [agent(['install']), /missing required argument 'spec'/],
+    // an index valid for 0 days has expired when it is signed: every host would fail with exit 3
+    [loopship(['repo', 'resign', '--dir', '/nonexistent', '--keys', '/nonexistent', '--expires-days', '0']), /option '--expires-days <n>' argument '0' is invalid\. expected whole days from 1 to 3650/],
+    [loopship(['repo', 'init', '--dir', '/nonexistent', '--keys', '/nonexistent', '--expires-days', '2.5']), /argument '2\.5' is invalid/],
+    [loopship(['keys', 'install-root', '--dir', '/nonexistent', '--repo', '/nonexistent', '--root', '/nonexistent', '--expires-days', '-1']), /argument '-1' is invalid/],
   ];
   for (const [p, message] of cases) {
     const r = await p;

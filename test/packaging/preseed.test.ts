@@ -36,7 +36,8 @@ test('the cloud-init example is #cloud-config YAML that installs, pins and enabl
   t.truthy(agentYaml);
   t.true(Array.isArray(YAML.parse(agentYaml.content).appliances));
   const runcmd = JSON.stringify(doc.runcmd);
-  t.regex(runcmd, /force-confold/); // keeps the agent.yaml written above
+  // the package ships no agent.yaml, so the one written above is kept without --force-confold
+  t.regex(runcmd, /apt-get -y install \/tmp\/loopship-agent\.deb/);
   t.regex(runcmd, /"loopship-agent","init"/);
   t.regex(runcmd, /"--root-fingerprint"/);
   t.regex(runcmd, /"systemctl","enable","--now","loopship-agent.service"/);
