@@ -169,5 +169,19 @@ agent 05-stop stop "$APP" || exit 1
 sleep 2
 snapshot 05-stop-after
 xl list >"$OUT/05-stop/xl-list-final" 2>&1
+
+# 6. one daemon round under the package's own systemd unit, with its sandbox (ProtectSystem,
+# DevicePolicy, the capability set...): the appliance is stopped but should run (autostart), so
+# the round boots it through xl from inside the sandbox and waits for its health check.
+mkdir -p "$OUT/06-unit"
+systemctl reset-failed loopship-agent.service >/dev/null 2>&1
+systemctl start loopship-agent.service >"$OUT/06-unit/start" 2>&1
+t0=$SECONDS
+until journalctl -u loopship-agent.service --no-pager -o cat 2>/dev/null | grep -q '^round \(complete\|failed\)' ||
+  [ $((SECONDS - t0)) -gt "$HEALTH_TIMEOUT" ]; do sleep 5; done
+journalctl -u loopship-agent.service --no-pager -o cat >"$OUT/06-unit/journal" 2>&1
+systemctl show loopship-agent.service -p ActiveState -p SubState -p NRestarts -p Result >"$OUT/06-unit/show" 2>&1
+xl list >"$OUT/06-unit/xl-list" 2>&1
+systemctl stop loopship-agent.service >/dev/null 2>&1
 say "done"
 exit 0

@@ -61,6 +61,8 @@ interface Run {
   debVersion?: string;
   /** what job.sh found installed in dom0 (00-agent/) */
   agent: { dpkg: string; owner: string; unitEnabled: string; version: string };
+  /** step 6: a daemon round under the package's systemd unit (06-unit/) */
+  unit: { journal: string; show: string; xlList: string };
   steps: Record<string, StepResult>;
 }
 
@@ -200,7 +202,9 @@ function readRun(dir: string, facts: RunFacts): Run {
   for (let n = 1; existsSync(join(out, `02-install.attempt${n}`)); n++) steps[`02-install.attempt${n}`] = readStep(out, `02-install.attempt${n}`);
   const agentFact = (f: string) => (existsSync(join(out, '00-agent', f)) ? readFileSync(join(out, '00-agent', f), 'utf8').trim() : '');
   const agent = { dpkg: agentFact('dpkg'), owner: agentFact('owner'), unitEnabled: agentFact('unit-enabled'), version: agentFact('version') };
-  return { work: dir, out, serial: join(dir, 'serial.log'), ...facts, agent, steps };
+  const unitFact = (f: string) => (existsSync(join(out, '06-unit', f)) ? readFileSync(join(out, '06-unit', f), 'utf8') : '');
+  const unit = { journal: unitFact('journal'), show: unitFact('show'), xlList: unitFact('xl-list') };
+  return { work: dir, out, serial: join(dir, 'serial.log'), ...facts, agent, unit, steps };
 }
 
 /** A kept run's facts: run.json, or for runs kept before it existed, what serial.log shows. */
@@ -396,6 +400,14 @@ xtest('a version that powers off before it is ready is rolled back: the previous
   t.notRegex(s.console, new RegExp(`${MARKER} [^\\n]*version=${VBAD.version}`));
   t.regex(s.console, /LOOPSHIP-BROKEN: this version powers off at boot/);
   t.regex(s.stderr, new RegExp(`${APP} ${VBAD.version} did not become ready: stopped`));
+});
+
+xtest('a daemon round under the package\'s hardened systemd unit boots the stopped appliance through xl', (t) => {
+  const u = run!.unit;
+  t.regex(u.journal, /^round complete$/m, u.journal.slice(-3000));
+  t.notRegex(u.journal, /Permission denied|Operation not permitted|EPERM|EACCES/, 'nothing the sandbox refused');
+  t.regex(u.show, /^ActiveState=active$/m, u.show);
+  t.regex(u.xlList, new RegExp(`^${APP}\\s+\\d+`, 'm'), u.xlList);
 });
 
 xtest('after stop no domain, loop device or mount is left in dom0', (t) => {
