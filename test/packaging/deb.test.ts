@@ -20,6 +20,9 @@ const top = fileURLToPath(new URL('../..', import.meta.url));
 const have = async (tool: string) => (await execa('sh', ['-c', `command -v ${tool}`], { reject: false })).exitCode === 0;
 const slow = !process.env.LOOPSHIP_FAST && process.getuid?.() === 0 && (await have('debootstrap')) && (await have('dpkg-deb')) && (await have('dh_gencontrol')) && existsSync(join(top, 'dist/bin/loopship-agent.js'));
 const maybe = slow ? test.serial : test.serial.skip;
+// trixie (its test is below): found out here, before any test is declared (ava takes only tests declared synchronously)
+const TRIXIE: DebRootSpec = { suite: 'trixie', variant: 'minbase', include: ['systemd', 'init-system-helpers', 'ca-certificates'] };
+const haveTrixie = slow && (await hostMirror('trixie').then(() => true, () => false));
 // The last commit whose package shipped /etc/loopship/agent.yaml as a conffile (0.1.0-1): its
 // packaging/ builds the package hosts have installed. Needs the project's git history.
 const LEGACY = '6858ab9';
@@ -317,8 +320,6 @@ maybe('the preseed late_command installs the agent, pins the root, declares appl
 // trixie: Debian's own nodejs (20) is new enough, so the default build (Depends: nodejs (>= 20))
 // installs from the archive. Runs only where this machine's apt sources name trixie (the
 // mirror is never written here); `npm run deb` builds this variant beside the +node one.
-const TRIXIE: DebRootSpec = { suite: 'trixie', variant: 'minbase', include: ['systemd', 'init-system-helpers', 'ca-certificates'] };
-const haveTrixie = slow && (await hostMirror('trixie').then(() => true, () => false));
 
 (haveTrixie ? test.serial : test.serial.skip)('trixie: the default build installs with Debian\'s nodejs and runs', async (t) => {
   const out = join(work, 'out', 'trixie');
