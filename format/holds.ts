@@ -3,7 +3,7 @@
 // by a digest of the host name, which only the host itself (and whoever knows its name) matches.
 import { createHash } from 'node:crypto';
 import { LoopshipError } from './errors.js';
-import type { IndexImage, Hold } from './schema.js';
+import { asOneLine, type IndexImage, type Hold } from './schema.js';
 
 export type { Hold };
 
@@ -18,7 +18,7 @@ export function holdFor(image: IndexImage | undefined, host: string): Hold | und
 /** Holds `host` on `version` (a published one). Changes `image`. */
 export function holdHost(image: IndexImage, name: string, host: string, hold: Omit<Hold, 'at'>, now: Date): Hold {
   if (!image.versions[hold.version]) throw new LoopshipError('NOT_FOUND', `${name} has no version ${hold.version}`, { where: `${name}/${host}` });
-  const h: Hold = { version: hold.version, reason: hold.reason.replace(/[\x00-\x1f\x7f]+/g, ' ').slice(0, 500), by: hold.by.replace(/[\x00-\x1f\x7f]+/g, ' ').slice(0, 200), at: now.toISOString() };
+  const h: Hold = { version: hold.version, reason: asOneLine(hold.reason, 500), by: asOneLine(hold.by, 200), at: now.toISOString() };
   (image.holds ??= {})[holdKey(host)] = h;
   return h;
 }

@@ -5,7 +5,7 @@
 // entry here; RepositoryWriter signs the result.
 import { createHash, randomBytes } from 'node:crypto';
 import { LoopshipError, UsageError } from './errors.js';
-import { compareVersions, type IndexImage, type Rollout, type RolloutStage } from './schema.js';
+import { compareVersions, asOneLine, type IndexImage, type Rollout, type RolloutStage } from './schema.js';
 import { parseWindows } from './windows.js';
 
 
@@ -202,7 +202,7 @@ export function pauseRollout(image: IndexImage, name: string, channel: string, w
   const r = requireRollout(image, name, channel);
   if (r.state !== 'running') throw new LoopshipError('CONFLICT', `the rollout on ${name}/${channel} is ${r.state}, not running`, { where: `${name}/${channel}` });
   r.state = 'paused';
-  r.stopped = { at: now.toISOString(), reason: oneLineOf(why.reason), by: oneLineOf(why.by).slice(0, 200) };
+  r.stopped = { at: now.toISOString(), reason: asOneLine(why.reason, 1000), by: asOneLine(why.by, 200) };
   return r;
 }
 
@@ -238,7 +238,7 @@ export function abortRollout(image: IndexImage, name: string, channel: string, w
   const r = requireRollout(image, name, channel);
   if (r.state === 'aborted') throw new LoopshipError('CONFLICT', `the rollout on ${name}/${channel} is already aborted`, { where: `${name}/${channel}` });
   r.state = 'aborted';
-  r.stopped = { at: now.toISOString(), reason: oneLineOf(why.reason), by: oneLineOf(why.by).slice(0, 200) };
+  r.stopped = { at: now.toISOString(), reason: asOneLine(why.reason, 1000), by: asOneLine(why.by, 200) };
   return r;
 }
 
@@ -276,4 +276,3 @@ export function shouldHalt(halt: NonNullable<Rollout['halt']>, took: number, fai
   return failed * 100 > halt.percent * took;
 }
 
-const oneLineOf = (s: string): string => s.replace(/[\x00-\x1f\x7f]+/g, ' ').slice(0, 1000);

@@ -24,6 +24,8 @@ export const repositoryId = z.string().regex(/^[0-9a-f]{32}$/, 'expected a repos
 /** A network interface name (IFNAMSIZ 16 with the NUL): no ",", "=", quote or space for xl's vif spec to split on. */
 export const bridgeName = z.string().regex(/^[A-Za-z0-9_.-]{1,15}$/, 'expected a network interface name (letters, digits, "_", ".", "-"; at most 15)');
 /** Printable text on one line: no control characters (a line break ends an xl.cfg value, a NUL a C string). */
+/** Text made to pass `oneLine(max)`: runs of control characters become one space, the rest is cut at `max`. */
+export const asOneLine = (s: string, max: number): string => s.replace(/[\x00-\x1f\x7f]+/g, ' ').slice(0, max);
 export const oneLine = (max: number) => z.string().max(max).regex(/^[^\x00-\x1f\x7f]*$/, 'expected one line of printable text (no control characters)');
 
 // ---------- root.json ----------
