@@ -232,17 +232,12 @@ export class RepositoryWriter {
   async promote(name: string, channel: string, version: string): Promise<{ indexVersion: number }> {
     const ch = channelName.safeParse(channel);
     if (!ch.success) throw new LoopshipError('USAGE', `invalid channel name ${JSON.stringify(channel)}: expected lowercase letters, digits, _ or -`);
-    return this.locked(async () => {
-      const root = await this.readRoot();
-      this.assertIndexKeysOf(root);
-      const index = await this.readIndex();
-      const image = index.images[name];
-      if (!image) throw new LoopshipError('NOT_FOUND', `no image named ${name}`);
+    const { indexVersion } = await this.changeImage(name, (image) => {
       if (!image.versions[version]) throw new LoopshipError('NOT_FOUND', `image ${name} has no version ${version}`);
       image.channels[channel] = version;
       dropRollout(image, channel); // moved by hand: the one-step form ends a rollout
-      return { indexVersion: await this.writeIndex(this.bump(index, root), root) };
     });
+    return { indexVersion };
   }
 
   /**
