@@ -66,3 +66,12 @@ export async function loopsUnder(dir: string): Promise<{ name: string; 'back-fil
 
 /** Mount points strictly under `dir`. */
 export const mountsUnder = async (dir: string): Promise<string[]> => (await listMounts()).filter((m) => m.startsWith(resolve(dir) + '/'));
+
+/** The next Monday 12:00 UTC at least an hour from now: inside a test index's validity (30 days), outside Mon-Fri 22:00-05:00 in Europe. */
+export function nextMondayNoon(): number {
+  const hour = 3600_000;
+  const d = new Date(Date.now() + hour);
+  d.setUTCHours(12, 0, 0, 0);
+  while (d.getUTCDay() !== 1 || d.getTime() < Date.now() + hour) d.setUTCDate(d.getUTCDate() + 1);
+  return d.getTime();
+}

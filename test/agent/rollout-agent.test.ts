@@ -11,15 +11,9 @@ import { startRollout, abortRollout, parseStages, rolloutBucket, holdHost, relea
 import { makeRepo, type Fixture } from '../helpers/repo.js';
 import { publishExt4 } from './ext4.js';
 import { FakeBackend } from './fakes.js';
+import { nextMondayNoon } from './helpers.js';
 
 const HOUR = 3600_000;
-/** Monday 12:00 UTC at least an hour ahead: inside the test index's validity, outside Mon-Fri 22:00-05:00. */
-function nextMondayNoon(): number {
-  const d = new Date(Date.now() + HOUR);
-  d.setUTCHours(12, 0, 0, 0);
-  while (d.getUTCDay() !== 1 || d.getTime() < Date.now() + HOUR) d.setUTCDate(d.getUTCDate() + 1);
-  return d.getTime();
-}
 
 async function host(t: ExecutionContext, fx: Fixture, name: string, extra: string[] = [], appliance = '') {
   const dir = await mkdtemp(join(fx.dir, 'host-'));

@@ -13,18 +13,11 @@ import type { HttpAnswer } from '../../client-agent/report.js';
 import { makeRepo } from '../helpers/repo.js';
 import { publishExt4 } from './ext4.js';
 import { FakeBackend } from './fakes.js';
-import { sha256File } from './helpers.js';
+import { sha256File, nextMondayNoon } from './helpers.js';
 
 const HOST_TOKEN = 'lsh1:site:dom0-win:' + 'h'.repeat(43);
 const HOUR = 3600_000;
 
-/** The next Monday 12:00 UTC at least an hour from now: within the test index's validity (30 days), and outside Mon-Fri 22:00-05:00 Berlin time. */
-function nextMondayNoon(): number {
-  const d = new Date(Date.now() + HOUR);
-  d.setUTCHours(12, 0, 0, 0);
-  while (d.getUTCDay() !== 1 || d.getTime() < Date.now() + HOUR) d.setUTCDate(d.getUTCDate() + 1);
-  return d.getTime();
-}
 
 async function setup(t: import('ava').ExecutionContext, applianceExtra = '') {
   const fx = await makeRepo();
