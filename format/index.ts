@@ -3,7 +3,7 @@ export * from './errors.js';
 export { LIMITS, BLOCK_SIZE, zstdCompressBound } from './limits.js';
 export {
   SPEC_VERSION, RootSchema, IndexSchema, ManifestSchema, parseMetadata, serialize, describeIssues, printable, compareVersions, latestVersion,
-  imageName, imageVersion, channelName, settingType, bridgeName, oneLine, repositoryId, siteName, groupName, rolloutId, PVH_MAX_VCPUS, PV_MAX_CMDLINE_BYTES,
+  imageName, imageVersion, channelName, settingType, bridgeName, oneLine, asOneLine, repositoryId, siteName, groupName, rolloutId, PVH_MAX_VCPUS, PV_MAX_CMDLINE_BYTES,
   type Root, type Rollout, type RolloutStage, type Index, type IndexImage, type IndexVersion, type Manifest, type Chunk, type Blob, type SettingType, type MetadataKind, type RoleName,
 } from './schema.js';
 export * from './paths.js';

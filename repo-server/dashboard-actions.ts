@@ -4,7 +4,7 @@
 // same in every worker), and a cross-site request is refused by its Fetch metadata too.
 import { createHmac, timingSafeEqual } from 'node:crypto';
 import { Router, urlencoded, type Request } from 'express';
-import { imageName, channelName } from '../format/index.js';
+import { imageName, channelName, asOneLine } from '../format/index.js';
 import { ApiError } from './api-error.js';
 import { validate, wrap } from './handlers.js';
 import { requireBrowserToken, principalOf } from './auth.js';
@@ -66,7 +66,8 @@ export function dashboardActions(opts: DashboardActionOptions): Router {
       const channel = validate(channelName, req.params.channel, 'channel name');
       const op = String(req.params.op);
       if (!(ROLLOUT_OPS as readonly string[]).includes(op) || op === 'start') throw new ApiError(404, 'NOT_FOUND', `no dashboard action ${op}`);
-      const reason = typeof req.body.reason === 'string' && req.body.reason.trim() ? req.body.reason.trim() : undefined;
+      // a browser form's text, made one line as the index needs it (a pasted line break is no reason to refuse)
+      const reason = typeof req.body.reason === 'string' && req.body.reason.trim() ? asOneLine(req.body.reason.trim(), 1000) : undefined;
       const body = validate(RolloutRequestSchema, op === 'pause' || op === 'abort' ? { op, reason } : { op }, `rollout ${op}`);
       const r = await applyRollout(writer, name, channel, body, `${who.kind} ${who.name} (dashboard)`, store && (() => store.list()));
       log.info({ who: who.name, kind: who.kind, via: 'dashboard', image: name, channel, op, rollout: r.rollout.id, state: r.rollout.state, indexVersion: r.index_version }, `rollout ${op}`);
